@@ -1,0 +1,1 @@
+"""Sekha: client and shared runtime of the Sekha gRPC LLM gateway."""

@@ -1,0 +1,1 @@
+"""Embedding service: multi-dimension document embeddings in Chroma."""

@@ -1,0 +1,1 @@
+"""Router service: one gRPC door to many LLM providers."""
