@@ -1,0 +1,220 @@
+"""Prices, token estimates and costs.
+
+Where a price comes from, in order: the model's `price:` in the configuration; zero for the
+in-process `local` provider (it runs on our own CPU); LiteLLM's bundled price map. Otherwise the
+price is unknown (None) and stays unknown: an unknown price is never treated as $0, so a request
+with a cost ceiling never lands on a model whose cost nobody knows.
+
+Token estimates are made once per request, before routing, with LiteLLM's token counter. The
+count is an estimate for the cost ceiling and the context-window check, not a bill: the real
+cost comes from the usage the provider reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from router_service.domain import ChatMessage, ChatRequest, Cost, Price, Usage
+
+if TYPE_CHECKING:
+    from router_service.registry import ModelEntry, Registry
+
+__all__ = [
+    "IMAGE_TOKENS_HIGH_DETAIL",
+    "IMAGE_TOKENS_LOW_DETAIL",
+    "PriceTable",
+    "TokenEstimate",
+    "TokenEstimator",
+    "estimate_cost",
+    "real_cost",
+    "resolve_price",
+]
+
+PRICE_SOURCE_CONFIG = "config"
+PRICE_SOURCE_LOCAL = "local"
+PRICE_SOURCE_LITELLM = "litellm"
+PRICE_SOURCE_UNKNOWN = "unknown"
+
+_FREE = Price(input_per_million=0.0, output_per_million=0.0)
+
+# Images are not tokenised locally: LiteLLM would fetch an image URL to learn its size, and
+# inline bytes would have to be decoded; either is too slow and the first is network I/O on the
+# request path. These fixed figures are OpenAI's published image costs: 85 tokens for a
+# low-detail image, and 765 for a 1024x1024 image at high detail (4 tiles x 170 + 85). "auto"
+# counts as high, so the estimate errs on the side of the caller's cost ceiling.
+IMAGE_TOKENS_LOW_DETAIL = 85
+IMAGE_TOKENS_HIGH_DETAIL = 765
+
+# A model whose tokenizer is tiktoken's own (or needs no download) is counted with its own
+# tokenizer; these stand-ins replace tokenizers LiteLLM would download from the Hugging Face hub
+# (llama, cohere), because the router never downloads anything at run time.
+_DEFAULT_TOKENIZER_MODEL = "gpt-4o"
+_OFFLINE_FALLBACK_TOKENIZER_MODEL = "gpt-3.5-turbo"  # tiktoken cl100k_base, bundled with LiteLLM
+
+TokenCounter = Callable[..., int]
+
+
+def resolve_price(
+    provider_type: str, configured: Price | None, bundled: Price | None
+) -> tuple[Price | None, str]:
+    """The effective price of a model and where it came from."""
+    if configured is not None:
+        return configured, PRICE_SOURCE_CONFIG
+    if provider_type == "local":
+        return _FREE, PRICE_SOURCE_LOCAL
+    if bundled is not None:
+        return bundled, PRICE_SOURCE_LITELLM
+    return None, PRICE_SOURCE_UNKNOWN
+
+
+def estimate_cost(price: Price | None, input_tokens: int, output_tokens: int) -> float | None:
+    """US dollars for the tokens, or None when the price is unknown."""
+    if price is None:
+        return None
+    return price.cost(input_tokens, output_tokens)
+
+
+def real_cost(entry: ModelEntry, usage: Usage) -> Cost:
+    """The cost of a finished call from the usage the provider reported (or we counted)."""
+    return Cost(estimate_cost(entry.price, usage.input_tokens, usage.output_tokens))
+
+
+class PriceTable:
+    """Effective prices by model key (`provider_id/model`).
+
+    Built from a Registry (the prices it resolved) or from a plain key -> price mapping.
+    Lookups accept a key or a ModelEntry.
+    """
+
+    def __init__(self, source: Registry | Mapping[str, Price | None]) -> None:
+        if isinstance(source, Mapping):
+            self._prices: dict[str, Price | None] = dict(source)
+        else:
+            self._prices = {entry.key: entry.price for entry in source.entries}
+
+    @classmethod
+    def from_registry(cls, registry: Registry) -> PriceTable:
+        return cls(registry)
+
+    def price(self, model: str | ModelEntry) -> Price | None:
+        """The model's price; None when unknown. Raises KeyError for a model not in the table."""
+        return self._prices[model if isinstance(model, str) else model.key]
+
+    def is_unknown(self, model: str | ModelEntry) -> bool:
+        return self._prices.get(model if isinstance(model, str) else model.key) is None
+
+    def estimate(self, model: str | ModelEntry, input_tokens: int, output_tokens: int) -> float | None:
+        key = model if isinstance(model, str) else model.key
+        return estimate_cost(self._prices.get(key), input_tokens, output_tokens)
+
+    def real_cost(self, entry: ModelEntry, usage: Usage) -> Cost:
+        """The cost of a finished call at this table's price for the entry."""
+        return Cost(estimate_cost(self._prices.get(entry.key), usage.input_tokens, usage.output_tokens))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._prices
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEstimate:
+    input_tokens: int
+    output_tokens: int
+
+
+class TokenEstimator:
+    """Counts a request's tokens once, before routing, with LiteLLM's token counter.
+
+    The tokenizer depends on the model family, but one request is counted once (with the
+    tokenizer of the model the caller names, typically the first candidate for the task), not
+    once per candidate: counting is the most expensive step before the provider call, and the
+    families differ by a few percent, well inside an estimate's error.
+
+    `counter` defaults to `litellm.token_counter`; it is injectable so a caller can wrap it.
+    """
+
+    def __init__(
+        self,
+        default_max_tokens: int = 512,
+        *,
+        counter: TokenCounter | None = None,
+        default_model: str = _DEFAULT_TOKENIZER_MODEL,
+    ) -> None:
+        self._default_max_tokens = default_max_tokens
+        self._counter = counter
+        self._default_model = default_model
+        self._tokenizer_model: dict[str, str] = {}
+
+    def output_tokens(self, max_tokens: int | None) -> int:
+        """Estimated output: the request's max_tokens, else the configured default."""
+        return max_tokens if max_tokens else self._default_max_tokens
+
+    def tokenizer_model(self, litellm_model: str | None) -> str:
+        """The model name whose tokenizer counts for `litellm_model` (cached per model)."""
+        model = litellm_model or self._default_model
+        chosen = self._tokenizer_model.get(model)
+        if chosen is None:
+            chosen = model if _tokenizer_is_offline(model) else _OFFLINE_FALLBACK_TOKENIZER_MODEL
+            self._tokenizer_model[model] = chosen
+        return chosen
+
+    def count_messages(self, messages: Sequence[ChatMessage], litellm_model: str | None = None) -> int:
+        """Input tokens of a conversation: one token-counter call, plus a fixed figure per image."""
+        wire = [{"role": str(m.role), "content": m.text} for m in messages]
+        count = int(self._count(model=self.tokenizer_model(litellm_model), messages=wire))
+        for message in messages:
+            for part in message.parts:
+                if part.image is not None:
+                    count += (
+                        IMAGE_TOKENS_LOW_DETAIL if part.image.detail == "low" else IMAGE_TOKENS_HIGH_DETAIL
+                    )
+        return count
+
+    def count_text(self, text: str, litellm_model: str | None = None) -> int:
+        """Tokens of one text (e.g. a reply whose usage the provider did not report)."""
+        if not text:
+            return 0
+        return int(self._count(model=self.tokenizer_model(litellm_model), text=text))
+
+    def count_texts(self, texts: Sequence[str], litellm_model: str | None = None) -> int:
+        """Input tokens of embedding inputs (one token-counter call for all of them)."""
+        if not texts:
+            return 0
+        return int(self._count(model=self.tokenizer_model(litellm_model), text=list(texts)))
+
+    def estimate_chat(self, request: ChatRequest, litellm_model: str | None = None) -> TokenEstimate:
+        return TokenEstimate(
+            input_tokens=self.count_messages(request.messages, litellm_model),
+            output_tokens=self.output_tokens(request.generation.max_tokens),
+        )
+
+    def estimate_embed(self, inputs: Sequence[str], litellm_model: str | None = None) -> TokenEstimate:
+        return TokenEstimate(input_tokens=self.count_texts(inputs, litellm_model), output_tokens=0)
+
+    def _count(self, **kwargs: Any) -> int:
+        counter = self._counter
+        if counter is None:
+            from router_service.registry import import_litellm
+
+            counter = self._counter = import_litellm().token_counter
+        return counter(**kwargs)
+
+
+def _tokenizer_is_offline(model: str) -> bool:
+    """Whether LiteLLM counts this model without downloading a tokenizer."""
+    from router_service.registry import import_litellm
+
+    kind: str | None
+    try:
+        import_litellm()
+        from litellm.utils import huggingface_tokenizer_kind  # present in the pinned LiteLLM
+
+        kind = huggingface_tokenizer_kind(model)
+    except Exception:
+        lowered = model.lower()
+        downloads = "llama" in lowered or "replicate" in lowered or "command-r" in lowered
+        kind = "download" if downloads else None
+    # tiktoken (None) ships with LiteLLM, and so does the Anthropic tokenizer; the others are
+    # fetched from the Hugging Face hub on first use.
+    return kind is None or kind == "anthropic"

@@ -1,0 +1,290 @@
+"""The model registry: every configured provider model with what it can do and what it costs.
+
+Built once from the configuration. What the file leaves out (capabilities, context window,
+embedding dimension, price) is filled in from LiteLLM's bundled model map, through the
+``ModelInfoSource`` protocol so tests and benchmarks can pass a small static table instead.
+Lookups never touch the network: LiteLLM's model-info call for Ollama asks the Ollama server,
+so Ollama models are looked up in the bundled map only.
+
+The registry also holds which providers are disabled at run time (the data plane disables a
+provider whose credentials are rejected), so routing can skip them and say why.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType, ModuleType
+from typing import Any, Protocol
+
+from sekha.errors import NotFoundError
+
+from router_service.config import KNOWN_LOCAL_EMBEDDING_DIMENSIONS, ProviderConfig, RouterConfig
+from router_service.domain import Capability, Price, Task
+from router_service.pricing import resolve_price
+
+__all__ = [
+    "LiteLLMModelInfo",
+    "ModelEntry",
+    "ModelInfo",
+    "ModelInfoSource",
+    "Registry",
+    "StaticModelInfo",
+    "import_litellm",
+]
+
+# Provider types whose LiteLLM model-info call is answered from the bundled map, without I/O.
+_OFFLINE_MODEL_INFO_TYPES = frozenset(
+    {"openai", "anthropic", "openrouter", "deepseek", "moonshot", "openai_compatible", "mistral", "groq"}
+)
+
+
+def import_litellm() -> ModuleType:
+    """Import LiteLLM without it fetching its price map from the internet."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    return litellm
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a model-info source knows about a model; None = not known."""
+
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    embedding_dimension: int | None = None
+    capabilities: frozenset[Capability] | None = None
+    price: Price | None = None
+
+
+class ModelInfoSource(Protocol):
+    def lookup(self, litellm_model: str, provider_type: str) -> ModelInfo | None:
+        """What is known about the model, or None when nothing is."""
+        ...
+
+
+class StaticModelInfo:
+    """A fixed table keyed by LiteLLM model string (tests, benchmarks)."""
+
+    def __init__(self, table: Mapping[str, ModelInfo]) -> None:
+        self._table = dict(table)
+
+    def lookup(self, litellm_model: str, provider_type: str) -> ModelInfo | None:
+        return self._table.get(litellm_model)
+
+
+class LiteLLMModelInfo:
+    """LiteLLM's bundled model map (`litellm.get_model_info`, `litellm.model_cost`)."""
+
+    def lookup(self, litellm_model: str, provider_type: str) -> ModelInfo | None:
+        litellm = import_litellm()
+        raw: Mapping[str, Any] | None = None
+        if provider_type in _OFFLINE_MODEL_INFO_TYPES:
+            try:
+                raw = dict(litellm.get_model_info(litellm_model))
+            except Exception:
+                raw = None  # not mapped: LiteLLM raises for unknown models
+        if raw is None:
+            raw = _bundled_entry(litellm.model_cost, litellm_model, provider_type)
+        price = _bundled_price(litellm.model_cost, litellm_model, provider_type)
+        if raw is None and price is None:
+            return None
+        raw = raw or {}
+        capabilities: set[Capability] = set()
+        if raw.get("supports_vision"):
+            capabilities.add(Capability.VISION)
+        if raw.get("supports_function_calling"):
+            capabilities.add(Capability.TOOLS)
+        if raw.get("supports_audio_input"):
+            capabilities.add(Capability.AUDIO)
+        return ModelInfo(
+            context_window=_positive_int(raw.get("max_input_tokens") or raw.get("max_tokens")),
+            max_output_tokens=_positive_int(raw.get("max_output_tokens")),
+            embedding_dimension=_positive_int(raw.get("output_vector_size")),
+            capabilities=frozenset(capabilities) if raw else None,
+            price=price,
+        )
+
+
+def _candidate_keys(litellm_model: str, provider_type: str) -> list[str]:
+    bare = litellm_model.split("/", 1)[1] if "/" in litellm_model else litellm_model
+    keys = [litellm_model, bare, f"{provider_type}/{bare}"]
+    return list(dict.fromkeys(keys))
+
+
+def _bundled_entry(
+    model_cost: Mapping[str, Any], litellm_model: str, provider_type: str
+) -> Mapping[str, Any] | None:
+    for key in _candidate_keys(litellm_model, provider_type):
+        entry = model_cost.get(key)
+        if isinstance(entry, Mapping):
+            return entry
+    return None
+
+
+def _bundled_price(model_cost: Mapping[str, Any], litellm_model: str, provider_type: str) -> Price | None:
+    """Price from LiteLLM's map, trying `provider/model` before the bare model name."""
+    entry = _bundled_entry(model_cost, litellm_model, provider_type)
+    if entry is None:
+        return None
+    input_cost = entry.get("input_cost_per_token")
+    if not isinstance(input_cost, int | float):
+        return None  # priced per second, per character or not at all: unknown for our purposes
+    output_cost = entry.get("output_cost_per_token")
+    output_cost = output_cost if isinstance(output_cost, int | float) else 0.0
+    return Price(input_per_million=float(input_cost) * 1e6, output_per_million=float(output_cost) * 1e6)
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """One routable model of one provider, with everything routing needs precomputed.
+
+    `price` is the effective price (config, else free for `local`, else LiteLLM's map);
+    None means unknown, and `price_source` says where a known price came from.
+    """
+
+    provider_id: str
+    model: str
+    litellm_model: str
+    provider_type: str
+    tasks: frozenset[Task]
+    capabilities: frozenset[Capability]
+    context_window: int | None
+    embedding_dimension: int | None
+    price: Price | None
+    priority: int
+    max_output_tokens: int | None
+    price_source: str = "unknown"
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.provider_id}/{self.model}")
+
+    @property
+    def price_unknown(self) -> bool:
+        return self.price is None
+
+
+class Registry:
+    """The configured models, indexed for routing, plus run-time provider disabling."""
+
+    def __init__(self, config: RouterConfig, entries: list[ModelEntry]) -> None:
+        self.config = config
+        self.entries: tuple[ModelEntry, ...] = tuple(entries)
+        self._by_key: dict[str, ModelEntry] = {e.key: e for e in self.entries}
+        by_name: dict[str, list[ModelEntry]] = {}
+        for entry in self.entries:
+            by_name.setdefault(entry.model, []).append(entry)
+            if entry.key != entry.model:
+                by_name.setdefault(entry.key, []).append(entry)
+        self._by_name: dict[str, tuple[ModelEntry, ...]] = {k: tuple(v) for k, v in by_name.items()}
+        ordered = sorted(self.entries, key=lambda e: (e.priority, e.key))
+        self._for_task: dict[Task, tuple[ModelEntry, ...]] = {
+            task: tuple(e for e in ordered if task in e.tasks) for task in Task
+        }
+        self.providers: Mapping[str, ProviderConfig] = MappingProxyType({p.id: p for p in config.providers})
+        self._disabled: dict[str, str] = {
+            p.id: "disabled in the configuration" for p in config.providers if not p.enabled
+        }
+        # Routing reads this mapping directly on its hot path; it changes only through the methods below.
+        self.disabled: Mapping[str, str] = MappingProxyType(self._disabled)
+
+    @classmethod
+    def from_config(cls, config: RouterConfig, model_info: ModelInfoSource | None = None) -> Registry:
+        source = model_info if model_info is not None else LiteLLMModelInfo()
+        entries = [
+            _build_entry(provider, model_index, source)
+            for provider in config.providers
+            for model_index in range(len(provider.models))
+        ]
+        return cls(config, entries)
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    def by_key(self, key: str) -> ModelEntry:
+        entry = self._by_key.get(key)
+        if entry is None:
+            raise NotFoundError("model", key)
+        return entry
+
+    def get(self, key: str) -> ModelEntry | None:
+        return self._by_key.get(key)
+
+    def find(self, model_or_key: str) -> list[ModelEntry]:
+        """Entries whose model id or `provider_id/model` key equals the name."""
+        return list(self._by_name.get(model_or_key, ()))
+
+    def for_task(self, task: Task) -> tuple[ModelEntry, ...]:
+        """Entries serving the task, ordered by (priority, key)."""
+        return self._for_task.get(task, ())
+
+    # -- run-time disabling -----------------------------------------------------------------
+
+    def disable_provider(self, provider_id: str, reason: str) -> None:
+        """Stop routing to the provider (e.g. its key was rejected); `reason` may be shown to callers."""
+        self._require_provider(provider_id)
+        self._disabled[provider_id] = reason
+
+    def enable_provider(self, provider_id: str) -> None:
+        self._require_provider(provider_id)
+        self._disabled.pop(provider_id, None)
+
+    def disabled_reason(self, provider_id: str) -> str | None:
+        return self._disabled.get(provider_id)
+
+    def is_disabled(self, provider_id: str) -> bool:
+        return provider_id in self._disabled
+
+    def _require_provider(self, provider_id: str) -> None:
+        if provider_id not in self.providers:
+            raise NotFoundError("provider", provider_id)
+
+
+def _build_entry(provider: ProviderConfig, model_index: int, source: ModelInfoSource) -> ModelEntry:
+    model = provider.models[model_index]
+    litellm_model = provider.litellm_model_for(model)
+    info: ModelInfo | None = None
+    if provider.type != "local":
+        try:
+            info = source.lookup(litellm_model, provider.type)
+        except Exception:
+            info = None  # model info is a convenience; the file can always say it explicitly
+    info = info or ModelInfo()
+
+    tasks = frozenset(model.tasks)
+    if model.capabilities is not None:
+        capabilities = set(model.capabilities)
+    else:
+        capabilities = set(info.capabilities or ())
+    # A model configured for the vision (audio) task is taken to accept images (audio).
+    if Task.VISION in tasks:
+        capabilities.add(Capability.VISION)
+    if Task.AUDIO in tasks:
+        capabilities.add(Capability.AUDIO)
+
+    dimension = model.embedding_dimension or info.embedding_dimension
+    if dimension is None and provider.type == "local":
+        dimension = KNOWN_LOCAL_EMBEDDING_DIMENSIONS.get(model.id.lower())
+
+    configured = model.price.to_price() if model.price is not None else None
+    price, price_source = resolve_price(provider.type, configured, info.price)
+    return ModelEntry(
+        provider_id=provider.id,
+        model=model.id,
+        litellm_model=litellm_model,
+        provider_type=provider.type,
+        tasks=tasks,
+        capabilities=frozenset(capabilities),
+        context_window=model.context_window or info.context_window,
+        embedding_dimension=dimension,
+        price=price,
+        priority=provider.priority,
+        max_output_tokens=model.max_output_tokens or info.max_output_tokens,
+        price_source=price_source,
+    )
