@@ -1,0 +1,138 @@
+"""Settings of the Embedding service (pydantic v2, unknown keys refused).
+
+The defaults live in `default_config.yaml` next to this module; a deployment file and
+`SEKHA_EMBEDDING__...` environment variables override them through the shared loader
+`sekha.configloader.load_config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+ENV_PREFIX = "SEKHA_EMBEDDING__"
+
+DistanceSpace = Literal["cosine", "l2", "ip"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    """The gRPC listener."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=50052, ge=0, le=65535)
+    reflection: bool = False
+    max_concurrent_rpcs: int = Field(default=256, ge=1)
+    grace_period_s: float = Field(default=10.0, ge=0)
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+
+class RouterClientConfig(_Strict):
+    """How the service reaches the Router service for vectors."""
+
+    target: str = "127.0.0.1:50051"
+    timeout_s: float = Field(default=30.0, gt=0)
+    api_key: SecretStr | None = None
+
+
+class HnswConfig(_Strict):
+    """HNSW index parameters, fixed when a collection is created."""
+
+    space: DistanceSpace = "cosine"
+    ef_construction: int = Field(default=200, ge=4)
+    ef_search: int = Field(default=100, ge=1)
+    max_neighbors: int = Field(default=16, ge=2)
+
+
+class ChromaConfig(_Strict):
+    """Where the vectors live: an embedded persistent Chroma or a Chroma server."""
+
+    mode: Literal["persistent", "http"] = "persistent"
+    path: Path = Path("./data/chroma")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    ssl: bool = False
+    # Chroma's client is synchronous; its calls run on this many worker threads.
+    threads: int = Field(default=4, ge=1, le=64)
+    hnsw: HnswConfig = HnswConfig()
+
+
+class DefaultsConfig(_Strict):
+    """Request defaults and limits."""
+
+    model: str | None = None
+    top_k: int = Field(default=10, ge=1)
+    rrf_k: int = Field(default=60, ge=1)
+    # Each collection is asked for fetch_multiplier x top_k hits so fusion has depth to work with.
+    fetch_multiplier: int = Field(default=3, ge=2, le=4)
+    write_batch_size: int = Field(default=256, ge=1)
+    max_documents_per_request: int = Field(default=1000, ge=1)
+    max_text_chars: int = Field(default=100_000, ge=1)
+    max_top_k: int = Field(default=200, ge=1)
+    max_id_chars: int = Field(default=512, ge=1)
+    max_metadata_keys: int = Field(default=64, ge=1)
+    page_size: int = Field(default=100, ge=1)
+    max_page_size: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="after")
+    def _limits_are_consistent(self) -> DefaultsConfig:
+        if self.top_k > self.max_top_k:
+            raise ValueError("top_k must not exceed max_top_k")
+        if self.page_size > self.max_page_size:
+            raise ValueError("page_size must not exceed max_page_size")
+        return self
+
+
+class MigrationConfig(_Strict):
+    """Background backfill of a model migration."""
+
+    batch_size: int = Field(default=256, ge=1)
+    max_batch_size: int = Field(default=5000, ge=1)
+    # Verification passes (each re-embeds ids still missing) before the migration fails.
+    verify_passes: int = Field(default=3, ge=1)
+    # Attempts per backfill batch when the vector source is unavailable.
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_backoff_s: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> MigrationConfig:
+        if self.batch_size > self.max_batch_size:
+            raise ValueError("batch_size must not exceed max_batch_size")
+        return self
+
+
+class EmbeddingConfig(_Strict):
+    """Root of the Embedding service's settings."""
+
+    server: ServerConfig = ServerConfig()
+    router: RouterClientConfig = RouterClientConfig()
+    chroma: ChromaConfig = ChromaConfig()
+    # SQLite file holding the alias registry and the migrations.
+    state_path: Path = Path("./data/embedding_state.sqlite3")
+    defaults: DefaultsConfig = DefaultsConfig()
+    migration: MigrationConfig = MigrationConfig()
+
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, environ: Mapping[str, str] | None = None
+    ) -> EmbeddingConfig:
+        """Defaults, then the YAML file at `path`, then `SEKHA_EMBEDDING__*` variables."""
+        # Imported here so building a config in code never needs the YAML loader.
+        from sekha.configloader import load_config
+
+        return load_config(
+            cls, path, env_prefix=ENV_PREFIX, default_text=default_config_text(), environ=environ
+        )
+
+
+def default_config_text() -> str:
+    """The packaged `default_config.yaml`."""
+    return resources.files("embedding_service").joinpath("default_config.yaml").read_text(encoding="utf-8")
