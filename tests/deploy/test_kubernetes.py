@@ -1,0 +1,292 @@
+"""Kubernetes manifests: each overlay renders with kustomize and holds what a deployment relies on.
+
+Every rendered resource is validated offline against the Kubernetes OpenAPI schemas
+(`kubernetes-validate`, strict: unknown fields are errors) for the oldest and newest cluster
+versions we support, then the properties that matter are asserted: native gRPC probes, ports
+named `grpc`, the headless Service for client-side balancing, locked-down containers,
+resources on every container, the autoscaler's target, and the prod overlay's replicas and
+Redis wiring.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from embedding_service.config import EmbeddingConfig
+from router_service.config import RouterConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KUBERNETES_DIR = REPO_ROOT / "deploy" / "kubernetes"
+OVERLAYS = ("dev", "prod")
+# Native gRPC probes are GA since 1.27 and the preStop `sleep` action exists since 1.29.
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
+WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job"})
+SERVICE_PORTS = {"router": 50051, "embedding": 50052}
+
+Resource = dict[str, Any]
+
+
+def render(overlay: str) -> list[Resource]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None, "kubectl is required to render the kustomize overlays"
+    result = subprocess.run(
+        [kubectl, "kustomize", str(KUBERNETES_DIR / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"kustomize failed for {overlay}:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Resource]]:
+    return {overlay: render(overlay) for overlay in OVERLAYS}
+
+
+def find(resources: list[Resource], kind: str, name: str) -> Resource:
+    matches = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+    return matches[0]
+
+
+def pod_spec(workload: Resource) -> dict[str, Any]:
+    return workload["spec"]["template"]["spec"]
+
+
+def all_containers(resources: list[Resource]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for resource in resources:
+        if resource["kind"] in WORKLOAD_KINDS:
+            spec = pod_spec(resource)
+            for container in spec.get("initContainers", []) + spec["containers"]:
+                yield f"{resource['kind']}/{resource['metadata']['name']}/{container['name']}", container
+
+
+def mounted_config(resources: list[Resource], workload: Resource, key: str) -> dict[str, Any]:
+    """The service config file a workload mounts from its `config` ConfigMap volume, parsed."""
+    volume = next(v for v in pod_spec(workload)["volumes"] if v["name"] == "config")
+    config_map = find(resources, "ConfigMap", volume["configMap"]["name"])
+    parsed: dict[str, Any] = yaml.safe_load(config_map["data"][key])
+    return parsed
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item.get("value", "") for item in container.get("env", [])}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_resource_matches_the_kubernetes_schema(
+    rendered: dict[str, list[Resource]], overlay: str, version: str
+) -> None:
+    problems = []
+    for resource in rendered[overlay]:
+        try:
+            kubernetes_validate.validate(resource, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = "/".join(str(p) for p in error.path)
+            problems.append(f"{resource['kind']}/{resource['metadata']['name']} at {path}: {error.message}")
+    assert not problems, "\n".join(problems)
+
+
+def test_schema_validation_rejects_a_misspelt_field(rendered: dict[str, list[Resource]]) -> None:
+    """Strict validation must catch a typo, or the test above proves nothing."""
+    deployment = copy.deepcopy(find(rendered["prod"], "Deployment", "router"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["prot"] = 50051
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize(("name", "kind"), [("router", "Deployment"), ("embedding", "StatefulSet")])
+def test_services_have_native_grpc_probes_on_a_port_named_grpc(
+    rendered: dict[str, list[Resource]], overlay: str, name: str, kind: str
+) -> None:
+    container = next(
+        c for c in pod_spec(find(rendered[overlay], kind, name))["containers"] if c["name"] == name
+    )
+    port = SERVICE_PORTS[name]
+    assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe].get("grpc") == {"port": port}, f"{probe} of {name} is not a gRPC probe"
+    service = find(rendered[overlay], "Service", name)
+    assert any(p["name"] == "grpc" and p["port"] == port for p in service["spec"]["ports"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_router_has_a_headless_service_for_client_side_balancing(
+    rendered: dict[str, list[Resource]], overlay: str
+) -> None:
+    headless = find(rendered[overlay], "Service", "router-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert (
+        headless["spec"]["selector"]
+        == find(rendered[overlay], "Deployment", "router")["spec"]["selector"]["matchLabels"]
+    )
+    assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_is_locked_down(rendered: dict[str, list[Resource]], overlay: str) -> None:
+    problems = []
+    for where, container in all_containers(rendered[overlay]):
+        context = container.get("securityContext", {})
+        expected = {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        problems += [
+            f"{where}: {key} is {context.get(key)!r}"
+            for key, want in expected.items()
+            if context.get(key) != want
+        ]
+        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+        if "/tmp" not in mounts:
+            problems.append(f"{where}: no writable /tmp on a read-only root filesystem")
+    for resource in rendered[overlay]:
+        if resource["kind"] in WORKLOAD_KINDS:
+            spec = pod_spec(resource)
+            if spec.get("automountServiceAccountToken") is not False:
+                problems.append(f"{resource['metadata']['name']}: service account token is mounted")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_has_requests_and_limits(rendered: dict[str, list[Resource]], overlay: str) -> None:
+    problems = []
+    for where, container in all_containers(rendered[overlay]):
+        resources = container.get("resources", {})
+        for bound in ("requests", "limits"):
+            missing = {"cpu", "memory"} - set(resources.get(bound, {}))
+            if missing:
+                problems.append(f"{where}: {bound} lack {sorted(missing)}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_router_config_and_keys_are_mounted_from_generated_objects(
+    rendered: dict[str, list[Resource]], overlay: str
+) -> None:
+    resources = rendered[overlay]
+    spec = pod_spec(find(resources, "Deployment", "router"))
+    config_volume = next(v for v in spec["volumes"] if v["name"] == "config")
+    config_map = find(resources, "ConfigMap", config_volume["configMap"]["name"])
+    assert set(config_map["data"]) == {"router.yaml"}
+    assert spec["containers"][0]["args"] == ["--config", "/etc/sekha/router.yaml"]
+    secret_name = spec["containers"][0]["envFrom"][0]["secretRef"]["name"]
+    secret = find(resources, "Secret", secret_name)
+    assert set(secret["data"]) >= {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
+    assert all(value == "" for value in secret["data"].values()), "a real key was committed"
+
+
+def test_prod_runs_three_autoscaled_routers_sharing_state_in_redis(
+    rendered: dict[str, list[Resource]],
+) -> None:
+    resources = rendered["prod"]
+    router = find(resources, "Deployment", "router")
+    assert router["spec"]["replicas"] == 3
+    env = env_of(pod_spec(router)["containers"][0])
+    assert env["SEKHA_ROUTER__STATE__BACKEND"] == "redis"
+    assert env["SEKHA_ROUTER__STATE__REDIS_URL"] == "redis://redis:6379/0"
+    redis_service = find(resources, "Service", "redis")
+    assert redis_service["spec"]["ports"][0]["port"] == 6379
+
+    hpa = find(resources, "HorizontalPodAutoscaler", "router")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "router"}
+    assert hpa["spec"]["minReplicas"] == 3
+    assert hpa["spec"]["maxReplicas"] > 3
+
+    pdb = find(resources, "PodDisruptionBudget", "router")
+    assert pdb["spec"]["selector"] == router["spec"]["selector"]
+
+
+def test_prod_embedding_uses_the_chroma_server_and_a_persistent_state_volume(
+    rendered: dict[str, list[Resource]],
+) -> None:
+    resources = rendered["prod"]
+    embedding = find(resources, "StatefulSet", "embedding")
+    config = mounted_config(resources, embedding, "embedding.yaml")
+    assert config["chroma"]["mode"] == "http"
+    chroma_service = find(resources, "Service", config["chroma"]["host"])
+    assert chroma_service["spec"]["ports"][0]["port"] == config["chroma"]["port"]
+    find(resources, "StatefulSet", "chroma")
+
+    claims = {t["metadata"]["name"] for t in embedding["spec"]["volumeClaimTemplates"]}
+    state_path = Path(config["state_path"])
+    state_mount = next(
+        m
+        for m in pod_spec(embedding)["containers"][0]["volumeMounts"]
+        if state_path.is_relative_to(m["mountPath"])
+    )
+    assert state_mount["name"] in claims, "the SQLite state is not on a PersistentVolumeClaim"
+
+
+def test_dev_is_one_router_with_the_local_config_and_embedded_chroma(
+    rendered: dict[str, list[Resource]],
+) -> None:
+    resources = rendered["dev"]
+    router = find(resources, "Deployment", "router")
+    assert router["spec"]["replicas"] == 1
+    assert not [r for r in resources if r["kind"] == "HorizontalPodAutoscaler"]
+    assert not [r for r in resources if r["metadata"]["name"] in {"chroma", "redis"}]
+
+    router_config = mounted_config(resources, router, "router.yaml")
+    provider_types = {p["type"] for p in router_config["providers"]}
+    assert provider_types <= {"ollama", "local"}, f"dev must stay local, found {provider_types}"
+    assert find(resources, "Service", "ollama")
+
+    embedding = find(resources, "StatefulSet", "embedding")
+    embedding_config = mounted_config(resources, embedding, "embedding.yaml")
+    assert embedding_config["chroma"]["mode"] == "persistent"
+    assert embedding_config["chroma"]["path"].startswith("/var/lib/sekha/"), (
+        "embedded Chroma is not on the PVC"
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_lives_in_the_overlay_namespace(
+    rendered: dict[str, list[Resource]], overlay: str
+) -> None:
+    resources = rendered[overlay]
+    namespace = find(resources, "Namespace", f"sekha-{overlay}" if overlay == "dev" else "sekha")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    name = namespace["metadata"]["name"]
+    assert all(r["metadata"].get("namespace") == name for r in resources if r["kind"] != "Namespace")
+
+
+@pytest.mark.parametrize(
+    "path", sorted(KUBERNETES_DIR.rglob("config/*.yaml")), ids=lambda p: str(p.relative_to(KUBERNETES_DIR))
+)
+def test_service_configs_load_and_listen_on_every_interface(path: Path) -> None:
+    environ = {"OPENAI_API_KEY": "sk-placeholder", "ANTHROPIC_API_KEY": "placeholder"}
+    if path.name.startswith("router."):
+        router = RouterConfig.load(path, environ=environ)
+        assert (router.server.host, router.server.port, router.server.metrics_port) == (
+            "0.0.0.0",
+            50051,
+            9464,
+        )
+    else:
+        assert path.name.startswith("embedding."), f"{path.name}: neither a router nor an embedding config"
+        embedding = EmbeddingConfig.load(path, environ=environ)
+        assert (embedding.server.host, embedding.server.port, embedding.server.metrics_port) == (
+            "0.0.0.0",
+            50052,
+            9465,
+        )
+        assert embedding.state_path.is_relative_to("/var/lib/sekha")
