@@ -1,0 +1,344 @@
+"""Classification of provider failures into three kinds the router acts on.
+
+* :class:`ProviderFailure` - the provider misbehaved (connect error, reset, timeout, 5xx,
+  429, malformed answer). It counts against the provider's breaker and the router falls
+  back to the next candidate.
+* :class:`ProviderRejection` - the provider refused the request itself (400/422, context
+  length, content policy). It is the caller's fault: no fallback, no breaker.
+* :class:`ProviderAuthError` - 401/403: the provider's key is wrong; the router disables it.
+
+The exceptions deliberately carry only a low-cardinality ``kind`` and the status code:
+provider error bodies may echo prompts or keys, so they are never put into ``str()``, and
+the original exception is not chained (``raise ... from None`` at the call sites) so that a
+logged traceback cannot reveal them either. Only the original exception's class name is
+kept, for debugging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import aiohttp
+
+KIND_CONNECT = "connect"
+KIND_RESET = "reset"
+KIND_TIMEOUT = "timeout"
+KIND_RATE_LIMITED = "rate_limited"
+KIND_BAD_RESPONSE = "bad_response"
+KIND_MODEL_NOT_FOUND = "model_not_found"
+KIND_BAD_REQUEST = "bad_request"
+KIND_CONTEXT_LENGTH = "context_length"
+KIND_CONTENT_POLICY = "content_policy"
+KIND_UNSUPPORTED = "unsupported"
+KIND_AUTH = "auth"
+
+_CONTEXT_LENGTH_MARKERS = (
+    "context_length_exceeded",
+    "context length",
+    "context window",
+    "maximum context",
+    "prompt is too long",
+    "too many tokens",
+    "input is too long",
+)
+_CONTENT_POLICY_MARKERS = ("content_policy", "content_filter", "content policy", "safety system")
+
+
+class ProviderError(Exception):
+    """Base of every classified provider error; ``str()`` never holds provider text."""
+
+    kind: str
+    status: int | None
+
+    def __init__(self, kind: str, status: int | None = None, cause_type: str = "") -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.status = status
+        self.cause_type = cause_type
+
+    def __str__(self) -> str:
+        status = f" (status {self.status})" if self.status is not None else ""
+        return f"{type(self).__name__}: {self.kind}{status}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kind={self.kind!r}, status={self.status!r})"
+
+
+class ProviderFailure(ProviderError):
+    """The provider failed: counts against its breaker and triggers fallback."""
+
+    def __init__(
+        self,
+        kind: str,
+        retry_after_s: float | None = None,
+        status: int | None = None,
+        cause_type: str = "",
+    ) -> None:
+        super().__init__(kind, status, cause_type)
+        self.retry_after_s = retry_after_s
+
+    def __repr__(self) -> str:
+        return (
+            f"ProviderFailure(kind={self.kind!r}, retry_after_s={self.retry_after_s!r}, "
+            f"status={self.status!r})"
+        )
+
+
+class ProviderRejection(ProviderError):
+    """The provider refused the request itself: the caller's fault, no fallback, no breaker."""
+
+    def __init__(self, kind: str, status: int | None = None, cause_type: str = "") -> None:
+        super().__init__(kind, status, cause_type)
+
+
+class ProviderAuthError(ProviderError):
+    """The provider refused our credentials (401/403): the provider should be disabled."""
+
+    def __init__(self, status: int | None = None, cause_type: str = "") -> None:
+        super().__init__(KIND_AUTH, status, cause_type)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_retry_after(
+    headers: Mapping[str, str] | None, now: Callable[[], float] = time.time
+) -> float | None:
+    """Seconds to wait, from ``retry-after-ms``, or ``Retry-After`` as seconds or HTTP-date.
+
+    Returns None when absent or unparsable; never negative.
+    """
+    if not headers:
+        return None
+    lowered = {k.lower(): v for k, v in headers.items()}
+    millis = lowered.get("retry-after-ms")
+    if millis is not None:
+        try:
+            value = float(millis) / 1000.0
+            if math.isfinite(value):
+                return max(0.0, value)
+        except ValueError:
+            pass
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        value = float(raw)
+        return max(0.0, value) if math.isfinite(value) else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - now())
+
+
+def _error_text(body_json: Any) -> str:
+    """The lower-cased error code/type/message of an error body, for marker matching only."""
+    if not isinstance(body_json, dict):
+        return ""
+    error = body_json.get("error", body_json)
+    if isinstance(error, str):
+        return error.lower()
+    if not isinstance(error, dict):
+        return ""
+    parts = [error.get("code"), error.get("type"), error.get("message")]
+    return " ".join(str(p) for p in parts if p is not None).lower()
+
+
+def _rejection_kind(text: str) -> str:
+    if any(marker in text for marker in _CONTEXT_LENGTH_MARKERS):
+        return KIND_CONTEXT_LENGTH
+    if any(marker in text for marker in _CONTENT_POLICY_MARKERS):
+        return KIND_CONTENT_POLICY
+    return KIND_BAD_REQUEST
+
+
+def classify_status(
+    status: int,
+    headers: Mapping[str, str] | None = None,
+    error_text: str = "",
+    cause_type: str = "",
+    now: Callable[[], float] = time.time,
+) -> ProviderError:
+    """Classify an HTTP error status (with the lower-cased error text used for markers)."""
+    if status in (401, 403):
+        return ProviderAuthError(status, cause_type)
+    if status == 429:
+        return ProviderFailure(KIND_RATE_LIMITED, parse_retry_after(headers, now), status, cause_type)
+    if status == 408:
+        return ProviderFailure(KIND_TIMEOUT, None, status, cause_type)
+    if status == 404:
+        # The model (or the whole endpoint) is missing on this provider: a configuration
+        # problem of this provider, not the caller's fault, so another candidate may serve.
+        return ProviderFailure(KIND_MODEL_NOT_FOUND, None, status, cause_type)
+    if 500 <= status <= 599:
+        return ProviderFailure(f"http_{status}", parse_retry_after(headers, now), status, cause_type)
+    if 400 <= status <= 499:
+        return ProviderRejection(_rejection_kind(error_text), status, cause_type)
+    return ProviderFailure(KIND_BAD_RESPONSE, None, status, cause_type)
+
+
+def classify_http(
+    status: int,
+    headers: Mapping[str, str] | None,
+    body_json: Any,
+    now: Callable[[], float] = time.time,
+) -> ProviderError:
+    """Classify a non-2xx answer of an OpenAI-compatible (or Ollama) endpoint."""
+    return classify_status(status, headers, _error_text(body_json), "HTTPStatus", now)
+
+
+def decode_error_body(raw: bytes) -> Any:
+    """The JSON of an error body, or None when it is not JSON."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def classify_transport_error(exc: BaseException) -> ProviderError:
+    """Classify an aiohttp / socket / timeout exception raised while talking to a provider."""
+    cause_type = type(exc).__name__
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError)):
+        return ProviderFailure(KIND_TIMEOUT, cause_type=cause_type)
+    if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError, aiohttp.InvalidURL)):
+        return ProviderFailure(KIND_CONNECT, cause_type=cause_type)
+    if isinstance(
+        exc,
+        (
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientOSError,
+            ConnectionResetError,
+            BrokenPipeError,
+            aiohttp.ClientConnectionError,
+        ),
+    ):
+        return ProviderFailure(KIND_RESET, cause_type=cause_type)
+    if isinstance(exc, (ValueError, KeyError, TypeError, IndexError, aiohttp.ContentTypeError)):
+        return ProviderFailure(KIND_BAD_RESPONSE, cause_type=cause_type)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return classify_status(exc.status, exc.headers, "", cause_type)
+    if isinstance(exc, (aiohttp.ClientError, OSError)):
+        return ProviderFailure(KIND_CONNECT, cause_type=cause_type)
+    return ProviderFailure(KIND_BAD_RESPONSE, cause_type=cause_type)
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, its causes/contexts and LiteLLM's ``original_exception`` links."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        original = getattr(current, "original_exception", None)
+        current = (
+            current.__cause__
+            or current.__context__
+            or (original if isinstance(original, BaseException) else None)
+        )
+
+
+def _network_kind(exc: BaseException) -> str | None:
+    """connect / reset / timeout / bad_response, judged from the exception's cause chain."""
+    import httpx  # httpx comes with litellm; only this LiteLLM path needs it.
+
+    for link in _exception_chain(exc):
+        if isinstance(link, (httpx.TimeoutException, asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+            return KIND_TIMEOUT
+        if isinstance(link, (httpx.ConnectError, aiohttp.ClientConnectorError, ConnectionRefusedError)):
+            return KIND_CONNECT
+        if isinstance(
+            link,
+            (
+                httpx.ReadError,
+                httpx.RemoteProtocolError,
+                httpx.WriteError,
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientPayloadError,
+                ConnectionResetError,
+                BrokenPipeError,
+            ),
+        ):
+            return KIND_RESET
+        if isinstance(link, (json.JSONDecodeError, KeyError, IndexError)):
+            return KIND_BAD_RESPONSE
+    return None
+
+
+def _retry_headers(exc: BaseException) -> Mapping[str, str] | None:
+    """The upstream response headers carried somewhere along the exception chain.
+
+    LiteLLM rebuilds the response it attaches to its own exceptions without headers and keeps
+    the real ones in ``litellm_response_headers``; the wrapped SDK errors carry them too.
+    """
+    for link in _exception_chain(exc):
+        for candidate in (
+            getattr(link, "litellm_response_headers", None),
+            getattr(getattr(link, "response", None), "headers", None),
+            getattr(link, "headers", None),
+        ):
+            if candidate is None or not hasattr(candidate, "items"):
+                continue
+            headers = {str(k): str(v) for k, v in candidate.items()}
+            if any(k.lower() in ("retry-after", "retry-after-ms") for k in headers):
+                return headers
+    return None
+
+
+def classify_litellm_error(exc: BaseException, now: Callable[[], float] = time.time) -> ProviderError:
+    """Classify any exception raised by ``litellm.acompletion`` / ``aembedding`` / their streams."""
+    if isinstance(exc, ProviderError):
+        return exc
+    import litellm.exceptions as lx  # imported lazily: litellm is heavy and only this path needs it
+
+    cause_type = type(exc).__name__
+    # Subclasses before their bases: both of these subclass BadRequestError.
+    if isinstance(exc, lx.ContextWindowExceededError):
+        return ProviderRejection(KIND_CONTEXT_LENGTH, 400, cause_type)
+    if isinstance(exc, lx.ContentPolicyViolationError):
+        return ProviderRejection(KIND_CONTENT_POLICY, 400, cause_type)
+    if isinstance(exc, (lx.AuthenticationError, lx.PermissionDeniedError)):
+        return ProviderAuthError(getattr(exc, "status_code", None), cause_type)
+    if isinstance(exc, lx.RateLimitError):
+        return ProviderFailure(
+            KIND_RATE_LIMITED, parse_retry_after(_retry_headers(exc), now), 429, cause_type
+        )
+    if isinstance(exc, lx.Timeout):
+        return ProviderFailure(KIND_TIMEOUT, None, None, cause_type)
+    if isinstance(exc, lx.NotFoundError):
+        return ProviderFailure(KIND_MODEL_NOT_FOUND, None, 404, cause_type)
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return ProviderFailure(KIND_TIMEOUT, None, None, cause_type)
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and 400 <= status <= 499:
+        # BadRequestError, UnprocessableEntityError and friends; the message is read for
+        # context-length / content-policy markers only, never kept.
+        text = str(getattr(exc, "message", "") or "").lower()
+        return classify_status(status, _retry_headers(exc), text, cause_type, now)
+    # LiteLLM reports network errors and its own parse failures as InternalServerError /
+    # APIConnectionError / MidStreamFallbackError with status 500: the cause chain tells
+    # what really happened.
+    kind = _network_kind(exc)
+    if kind is not None:
+        return ProviderFailure(kind, None, None, cause_type)
+    if isinstance(exc, lx.APIConnectionError):
+        return ProviderFailure(KIND_CONNECT, None, None, cause_type)
+    if isinstance(exc, lx.APIResponseValidationError):
+        return ProviderFailure(KIND_BAD_RESPONSE, None, None, cause_type)
+    if isinstance(status, int) and status >= 500:
+        return classify_status(status, _retry_headers(exc), "", cause_type, now)
+    return ProviderFailure(KIND_BAD_RESPONSE, None, None, cause_type)

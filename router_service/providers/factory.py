@@ -1,0 +1,51 @@
+"""Choosing the client for a provider: the lean OpenAI path, LiteLLM, or the local model.
+
+* ``native`` - the lean OpenAI-compatible client, whatever the type (it needs a base URL
+  unless the type has a known default).
+* ``auto`` - the lean client for OpenAI-compatible types (openai, openrouter, deepseek,
+  moonshot, openai_compatible, and ollama via its ``/v1`` API), LiteLLM for the rest
+  (anthropic, gemini, bedrock, ... any LiteLLM provider name); type ``local`` is the
+  in-process embedding model.
+* ``litellm`` - always LiteLLM (for ollama: its native ``/api/chat`` and ``/api/embed``).
+* ``local`` - the in-process embedding model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import aiohttp
+
+from router_service.providers.base import ProviderClient, ProviderSpec
+from router_service.providers.local import LocalEmbedder, LocalEmbeddingProvider
+from router_service.providers.openai_compat import OPENAI_COMPATIBLE_TYPES, OpenAICompatProvider
+
+TRANSPORTS = frozenset({"auto", "native", "litellm", "local"})
+
+
+def uses_lean_path(spec: ProviderSpec) -> bool:
+    """Whether ``make_provider`` picks the lean OpenAI-compatible client for ``spec``."""
+    return spec.transport == "native" or (spec.transport == "auto" and spec.type in OPENAI_COMPATIBLE_TYPES)
+
+
+def make_provider(
+    spec: ProviderSpec,
+    local_embedder_factory: Callable[[], LocalEmbedder] | None = None,
+    session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+) -> ProviderClient:
+    """The client for ``spec``; raises ValueError for an unknown transport or missing base URL.
+
+    ``local_embedder_factory`` builds the embedder of a local provider (default: the bundled
+    model, loaded lazily); ``session_factory`` overrides the lean path's aiohttp session.
+    """
+    if spec.transport not in TRANSPORTS:
+        raise ValueError(f"provider {spec.id!r}: unknown transport {spec.transport!r}")
+    if spec.transport == "local" or (spec.transport == "auto" and spec.type == "local"):
+        embedder = local_embedder_factory() if local_embedder_factory is not None else LocalEmbedder()
+        return LocalEmbeddingProvider(spec, embedder)
+    if uses_lean_path(spec):
+        return OpenAICompatProvider(spec, session_factory=session_factory)
+    # Imported here: LiteLLM takes seconds to import and a router on the lean path needs none of it.
+    from router_service.providers.litellm_provider import LiteLLMProvider
+
+    return LiteLLMProvider(spec)
