@@ -182,3 +182,12 @@ class DeadlineExceededError(GatewayError):
 
 class UnimplementedError(GatewayError):
     """The RPC exists in the contract but its capability is not built yet: UNIMPLEMENTED."""
+
+
+class FailedPreconditionError(GatewayError):
+    """The system is not in a state where the request can run (a collection in use): FAILED_PRECONDITION."""
+
+    def __init__(self, message: str, subject: str = "", violation_type: str = "STATE") -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.violation_type = violation_type

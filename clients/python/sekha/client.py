@@ -1,0 +1,360 @@
+"""Typed async clients for the Router and Embedding services.
+
+Thin wrappers over the generated stubs: they own the channel (target, TLS,
+API key, message size, default deadline) and turn every failed call into a
+`SekhaError` subclass that carries the status code and the parsed google.rpc
+details, so callers branch on types and fields instead of parsing strings.
+
+    async with RouterClient(ConnectionConfig("127.0.0.1:50051")) as router:
+        reply = await router.chat(ChatRequest(messages=[user("hi")]))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sekha.embedding.v1 import embedding_service_pb2 as emb
+from sekha.embedding.v1 import embedding_service_pb2_grpc as emb_grpc
+from sekha.router.v1 import router_service_pb2 as rt
+from sekha.router.v1 import router_service_pb2_grpc as rt_grpc
+
+Response = TypeVar("Response")
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """Where and how to connect. TLS is on when any certificate path is set or `tls` is true."""
+
+    target: str
+    tls: bool = False
+    root_certificates: Path | None = None
+    client_certificate: Path | None = None
+    client_key: Path | None = None
+    api_key: str | None = None
+    default_timeout_s: float | None = 30.0
+    max_message_bytes: int = 16 * 1024 * 1024
+    # Extra channel options (e.g. ("grpc.lb_policy_name", "round_robin") with a dns:/// target).
+    channel_options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
+
+    def with_target(self, target: str) -> ConnectionConfig:
+        return dataclasses.replace(self, target=target)
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """The google.rpc details a Sekha server attaches to an error, parsed."""
+
+    field_violations: tuple[tuple[str, str], ...] = ()
+    precondition_violations: tuple[tuple[str, str, str], ...] = ()
+    quota_violations: tuple[tuple[str, str], ...] = ()
+    reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    retry_after_s: float | None = None
+    resource: tuple[str, str] | None = None
+
+
+class SekhaError(Exception):
+    """A failed call: the status code, the server's message and the parsed details."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, details: ErrorDetails) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class InvalidArgumentError(SekhaError):
+    """The request is malformed or over a limit; `details.field_violations` names the fields."""
+
+
+class FailedPreconditionError(SekhaError):
+    """No model fits (task, capability, cost limit) or a collection's dimension differs."""
+
+
+class ResourceExhaustedError(SekhaError):
+    """Budget used up, rate limited, or the server is at its concurrency limit."""
+
+
+class UnavailableError(SekhaError):
+    """Every candidate failed or the service is down; retry after `details.retry_after_s`."""
+
+
+class NotFoundError(SekhaError):
+    """The named model, collection or migration does not exist."""
+
+
+class AlreadyExistsError(SekhaError):
+    """The resource exists already."""
+
+
+class UnauthenticatedError(SekhaError):
+    """Missing or wrong API key."""
+
+
+class PermissionDeniedError(SekhaError):
+    """The key may not do this."""
+
+
+class DeadlineExceededError(SekhaError):
+    """The deadline passed before the call finished."""
+
+
+class CancelledError(SekhaError):
+    """The call was cancelled."""
+
+
+class UnimplementedError(SekhaError):
+    """The RPC is not built yet on this server."""
+
+
+class InternalError(SekhaError):
+    """The server failed; its message carries an error id to quote to operators."""
+
+
+_ERROR_TYPES: dict[grpc.StatusCode, type[SekhaError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.CANCELLED: CancelledError,
+    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
+    grpc.StatusCode.INTERNAL: InternalError,
+}
+
+
+def parse_details(trailing_metadata: Any) -> ErrorDetails:
+    """Parse `grpc-status-details-bin` into ErrorDetails (empty when absent)."""
+    raw = None
+    for key, value in trailing_metadata or ():
+        if key == "grpc-status-details-bin":
+            raw = value
+    if raw is None:
+        return ErrorDetails()
+    status = status_pb2.Status.FromString(raw)
+    fields: list[tuple[str, str]] = []
+    preconditions: list[tuple[str, str, str]] = []
+    quotas: list[tuple[str, str]] = []
+    reason, metadata, retry_after, resource = "", {}, None, None
+    for holder in status.details:
+        if holder.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            holder.Unpack(bad)
+            fields.extend((v.field, v.description) for v in bad.field_violations)
+        elif holder.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            pre = error_details_pb2.PreconditionFailure()
+            holder.Unpack(pre)
+            preconditions.extend((v.type, v.subject, v.description) for v in pre.violations)
+        elif holder.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            quota = error_details_pb2.QuotaFailure()
+            holder.Unpack(quota)
+            quotas.extend((v.subject, v.description) for v in quota.violations)
+        elif holder.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            holder.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif holder.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            holder.Unpack(retry)
+            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+        elif holder.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
+            res = error_details_pb2.ResourceInfo()
+            holder.Unpack(res)
+            resource = (res.resource_type, res.resource_name)
+    return ErrorDetails(
+        field_violations=tuple(fields),
+        precondition_violations=tuple(preconditions),
+        quota_violations=tuple(quotas),
+        reason=reason,
+        metadata=metadata,
+        retry_after_s=retry_after,
+        resource=resource,
+    )
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError) -> SekhaError:
+    """The typed error for a failed call."""
+    code = exc.code()
+    error_type = _ERROR_TYPES.get(code, SekhaError)
+    return error_type(code, exc.details() or "", parse_details(exc.trailing_metadata()))
+
+
+def _read_optional(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
+
+
+def open_channel(config: ConnectionConfig, interceptors: Sequence[Any] = ()) -> grpc.aio.Channel:
+    """A channel for `config`, secure when TLS is asked for."""
+    options = [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        *config.channel_options,
+    ]
+    secure = config.tls or any(
+        p is not None for p in (config.root_certificates, config.client_certificate, config.client_key)
+    )
+    if secure:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read_optional(config.root_certificates),
+            private_key=_read_optional(config.client_key),
+            certificate_chain=_read_optional(config.client_certificate),
+        )
+        return grpc.aio.secure_channel(config.target, credentials, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(config.target, options=options, interceptors=interceptors)
+
+
+class _BaseClient:
+    def __init__(self, config: ConnectionConfig, channel: grpc.aio.Channel | None = None) -> None:
+        self.config = config
+        self._owns_channel = channel is None
+        self.channel = channel if channel is not None else open_channel(config)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {config.api_key}"),) if config.api_key else ()
+        )
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_channel:
+            await self.channel.close()
+
+    def _timeout(self, timeout_s: float | None) -> float | None:
+        return self.config.default_timeout_s if timeout_s is None else timeout_s
+
+    async def _unary(self, method: Any, request: Any, timeout_s: float | None) -> Any:
+        try:
+            return await method(request, timeout=self._timeout(timeout_s), metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
+
+    async def health(self, service: str = "", timeout_s: float | None = 5.0) -> str:
+        """The health status name (`SERVING`, `NOT_SERVING`, ...) of `service` ('' = the server)."""
+        reply = await self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout_s)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+class RouterClient(_BaseClient):
+    """Client of `sekha.router.v1.RouterService`."""
+
+    def __init__(self, config: ConnectionConfig, channel: grpc.aio.Channel | None = None) -> None:
+        super().__init__(config, channel)
+        self.stub = rt_grpc.RouterServiceStub(self.channel)
+
+    async def route(self, request: rt.RouteRequest, timeout_s: float | None = None) -> rt.RouteResponse:
+        return await self._unary(self.stub.Route, request, timeout_s)
+
+    async def chat(self, request: rt.ChatRequest, timeout_s: float | None = None) -> rt.ChatResponse:
+        return await self._unary(self.stub.Chat, request, timeout_s)
+
+    async def stream_chat(
+        self, request: rt.StreamChatRequest, timeout_s: float | None = None
+    ) -> AsyncIterator[rt.StreamChatResponse]:
+        """Yield deltas then the summary; a broken stream raises a SekhaError, never ends silently."""
+        call = self.stub.StreamChat(request, timeout=self._timeout(timeout_s), metadata=self._metadata)
+        try:
+            async for message in call:
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from None
+        finally:
+            call.cancel()  # no-op when finished; closes the stream when the caller stops early
+
+    async def embed(self, request: rt.EmbedRequest, timeout_s: float | None = None) -> rt.EmbedResponse:
+        return await self._unary(self.stub.Embed, request, timeout_s)
+
+    async def list_models(
+        self, request: rt.ListModelsRequest | None = None, timeout_s: float | None = None
+    ) -> rt.ListModelsResponse:
+        return await self._unary(self.stub.ListModels, request or rt.ListModelsRequest(), timeout_s)
+
+    async def get_provider_status(
+        self, request: rt.GetProviderStatusRequest | None = None, timeout_s: float | None = None
+    ) -> rt.GetProviderStatusResponse:
+        return await self._unary(
+            self.stub.GetProviderStatus, request or rt.GetProviderStatusRequest(), timeout_s
+        )
+
+    async def get_spend(
+        self, request: rt.GetSpendRequest | None = None, timeout_s: float | None = None
+    ) -> rt.GetSpendResponse:
+        return await self._unary(self.stub.GetSpend, request or rt.GetSpendRequest(), timeout_s)
+
+
+class EmbeddingClient(_BaseClient):
+    """Client of `sekha.embedding.v1.EmbeddingService`."""
+
+    def __init__(self, config: ConnectionConfig, channel: grpc.aio.Channel | None = None) -> None:
+        super().__init__(config, channel)
+        self.stub = emb_grpc.EmbeddingServiceStub(self.channel)
+
+    async def upsert_documents(
+        self, request: emb.UpsertDocumentsRequest, timeout_s: float | None = None
+    ) -> emb.UpsertDocumentsResponse:
+        return await self._unary(self.stub.UpsertDocuments, request, timeout_s)
+
+    async def get_documents(
+        self, request: emb.GetDocumentsRequest, timeout_s: float | None = None
+    ) -> emb.GetDocumentsResponse:
+        return await self._unary(self.stub.GetDocuments, request, timeout_s)
+
+    async def delete_documents(
+        self, request: emb.DeleteDocumentsRequest, timeout_s: float | None = None
+    ) -> emb.DeleteDocumentsResponse:
+        return await self._unary(self.stub.DeleteDocuments, request, timeout_s)
+
+    async def search_documents(
+        self, request: emb.SearchDocumentsRequest, timeout_s: float | None = None
+    ) -> emb.SearchDocumentsResponse:
+        return await self._unary(self.stub.SearchDocuments, request, timeout_s)
+
+    async def list_collections(
+        self, request: emb.ListCollectionsRequest | None = None, timeout_s: float | None = None
+    ) -> emb.ListCollectionsResponse:
+        return await self._unary(self.stub.ListCollections, request or emb.ListCollectionsRequest(), timeout_s)
+
+    async def delete_collection(
+        self, request: emb.DeleteCollectionRequest, timeout_s: float | None = None
+    ) -> emb.DeleteCollectionResponse:
+        return await self._unary(self.stub.DeleteCollection, request, timeout_s)
+
+    async def adopt_collection(
+        self, request: emb.AdoptCollectionRequest, timeout_s: float | None = None
+    ) -> emb.AdoptCollectionResponse:
+        return await self._unary(self.stub.AdoptCollection, request, timeout_s)
+
+    async def start_migration(
+        self, request: emb.StartMigrationRequest, timeout_s: float | None = None
+    ) -> emb.StartMigrationResponse:
+        return await self._unary(self.stub.StartMigration, request, timeout_s)
+
+    async def get_migration(
+        self, request: emb.GetMigrationRequest, timeout_s: float | None = None
+    ) -> emb.GetMigrationResponse:
+        return await self._unary(self.stub.GetMigration, request, timeout_s)
+
+
+def user(text: str) -> rt.ChatMessage:
+    """A user message with one text part."""
+    return rt.ChatMessage(role=rt.ROLE_USER, parts=[rt.ContentPart(text=text)])
+
+
+def system(text: str) -> rt.ChatMessage:
+    """A system message with one text part."""
+    return rt.ChatMessage(role=rt.ROLE_SYSTEM, parts=[rt.ContentPart(text=text)])

@@ -1,0 +1,1 @@
+"""Shared server runtime of both services: error mapping, health, lifecycle."""

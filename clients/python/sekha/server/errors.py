@@ -1,0 +1,259 @@
+"""Maps domain errors to gRPC statuses with google.rpc details.
+
+One interceptor per server wraps every RPC handler (unary and server
+streaming). It is the only place where an exception becomes a status, so the
+rules of DESIGN.md's error table live here and nowhere else:
+
+* a `sekha.errors.GatewayError` becomes its code plus rich details
+  (BadRequest, PreconditionFailure, QuotaFailure, RetryInfo, ErrorInfo,
+  ResourceInfo);
+* anything else becomes INTERNAL with a fixed message and an error id; the
+  exception's type and stack are logged under that id, never its text, which
+  may hold a provider's response, a prompt or a key;
+* no handler can let UNKNOWN reach a client.
+
+The same wrapper enforces the server's concurrency limit, because an RPC
+refused for load must be answered fast with RetryInfo, before any work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from sekha import errors as e
+
+log = logging.getLogger(__name__)
+
+INTERNAL_MESSAGE = "internal error"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+REFLECTION_PREFIX = "/grpc.reflection."
+
+
+def _pack(*details: Any) -> list[any_pb2.Any]:
+    packed = []
+    for detail in details:
+        holder = any_pb2.Any()
+        holder.Pack(detail)
+        packed.append(holder)
+    return packed
+
+
+def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(max(seconds, 0.0) * 1e9))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
+
+
+def _error_info(reason: str, domain: str, metadata: dict[str, str] | None = None) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=metadata or {})
+
+
+def status_for(exc: BaseException, domain: str) -> tuple[status_pb2.Status, str | None]:
+    """Return the status for an exception and, for INTERNAL, the error id that was logged."""
+    code, details = _classify(exc, domain)
+    if code is None:
+        error_id = uuid.uuid4().hex[:16]
+        status = status_pb2.Status(
+            code=code_pb2.INTERNAL,
+            message=f"{INTERNAL_MESSAGE} (error id {error_id})",
+            details=_pack(_error_info("INTERNAL", domain, {"error_id": error_id})),
+        )
+        return status, error_id
+    assert isinstance(exc, e.GatewayError)
+    return status_pb2.Status(code=code, message=exc.message, details=_pack(*details)), None
+
+
+def _classify(exc: BaseException, domain: str) -> tuple[int | None, list[Any]]:  # noqa: PLR0911
+    """The code and details for a domain error; (None, []) for anything unexpected."""
+    if isinstance(exc, e.InvalidArgumentError):
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in exc.violations
+        ]
+        return code_pb2.INVALID_ARGUMENT, [error_details_pb2.BadRequest(field_violations=violations)]
+    if isinstance(exc, e.ProviderRejectedError):
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=exc.field_path, description=exc.message)
+            ]
+        )
+        return code_pb2.INVALID_ARGUMENT, [bad, _error_info(exc.kind.upper(), domain)]
+    if isinstance(exc, e.NoRouteError):  # includes CostLimitExceededError
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=exc.violation_type, subject=exc.subject, description=exc.message
+                )
+            ]
+        )
+        metadata = {}
+        if isinstance(exc, e.CostLimitExceededError) and exc.cheapest_usd is not None:
+            metadata["cheapest_estimate_usd"] = f"{exc.cheapest_usd:.8f}"
+        return code_pb2.FAILED_PRECONDITION, [failure, _error_info(exc.reason, domain, metadata)]
+    if isinstance(exc, e.DimensionMismatchError):
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type="DIMENSION_MISMATCH", subject=exc.collection, description=exc.message
+                )
+            ]
+        )
+        return code_pb2.FAILED_PRECONDITION, [failure]
+    if isinstance(exc, e.FailedPreconditionError):
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=exc.violation_type, subject=exc.subject, description=exc.message
+                )
+            ]
+        )
+        return code_pb2.FAILED_PRECONDITION, [failure]
+    if isinstance(exc, e.BudgetExhaustedError):
+        quota = error_details_pb2.QuotaFailure(
+            violations=[error_details_pb2.QuotaFailure.Violation(subject=exc.scope, description=exc.message)]
+        )
+        info = _error_info(exc.reason, domain, {"scope": exc.scope, "period": exc.period})
+        return code_pb2.RESOURCE_EXHAUSTED, [quota, info]
+    if isinstance(exc, e.RateLimitedError):
+        quota = error_details_pb2.QuotaFailure(
+            violations=[error_details_pb2.QuotaFailure.Violation(subject=exc.scope, description=exc.message)]
+        )
+        return code_pb2.RESOURCE_EXHAUSTED, [
+            quota,
+            _retry_info(exc.retry_after_s),
+            _error_info(exc.reason, domain, {"scope": exc.scope}),
+        ]
+    if isinstance(exc, e.OverloadedError):
+        return code_pb2.RESOURCE_EXHAUSTED, [_retry_info(exc.retry_after_s), _error_info("OVERLOADED", domain)]
+    if isinstance(exc, e.UnavailableError):  # includes StreamInterruptedError
+        details: list[Any] = []
+        if exc.retry_after_s is not None:
+            details.append(_retry_info(exc.retry_after_s))
+        attempts = ",".join(f"{a.provider_id}/{a.model}:{a.error_kind}" for a in exc.attempts)
+        details.append(_error_info(exc.reason, domain, {"attempts": attempts} if attempts else {}))
+        return code_pb2.UNAVAILABLE, details
+    if isinstance(exc, e.NotFoundError):
+        info = error_details_pb2.ResourceInfo(
+            resource_type=exc.resource_type, resource_name=exc.resource_name, description=exc.message
+        )
+        return code_pb2.NOT_FOUND, [info]
+    if isinstance(exc, e.AlreadyExistsError):
+        info = error_details_pb2.ResourceInfo(
+            resource_type=exc.resource_type, resource_name=exc.resource_name, description=exc.message
+        )
+        return code_pb2.ALREADY_EXISTS, [info]
+    if isinstance(exc, e.UnauthenticatedError):
+        return code_pb2.UNAUTHENTICATED, []
+    if isinstance(exc, e.PermissionDeniedError):
+        return code_pb2.PERMISSION_DENIED, []
+    if isinstance(exc, e.DeadlineExceededError):
+        return code_pb2.DEADLINE_EXCEEDED, []
+    if isinstance(exc, e.UnimplementedError):
+        return code_pb2.UNIMPLEMENTED, []
+    return None, []
+
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every RPC: concurrency limit first, then domain error -> status mapping."""
+
+    def __init__(self, domain: str, max_concurrent_rpcs: int = 0, retry_after_s: float = 1.0) -> None:
+        self._domain = domain
+        self._max_in_flight = max_concurrent_rpcs
+        self._retry_after_s = retry_after_s
+        self.in_flight = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        limited = not (method.startswith(HEALTH_PREFIX) or method.startswith(REFLECTION_PREFIX))
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method, limited),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method, limited),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client streaming RPCs are not part of our contracts
+
+    def _admit(self) -> None:
+        if self._max_in_flight and self.in_flight >= self._max_in_flight:
+            raise e.OverloadedError(retry_after_s=self._retry_after_s)
+        self.in_flight += 1
+
+    def _wrap_unary(self, behavior: Behavior, method: str, limited: bool) -> Behavior:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            admitted = False
+            try:
+                if limited:
+                    self._admit()
+                    admitted = True
+                return await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - every other ending becomes a status
+                await self._abort(exc, method, context)
+            finally:
+                if admitted:
+                    self.in_flight -= 1
+
+        return wrapped
+
+    def _wrap_stream(self, behavior: Behavior, method: str, limited: bool) -> Behavior:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            admitted = False
+            try:
+                if limited:
+                    self._admit()
+                    admitted = True
+                async for response in behavior(request, context):
+                    yield response
+            except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - every other ending becomes a status
+                await self._abort(exc, method, context)
+            finally:
+                if admitted:
+                    self.in_flight -= 1
+
+        return wrapped
+
+    async def _abort(self, exc: BaseException, method: str, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(exc, TimeoutError) and _deadline_passed(context):
+            exc = e.DeadlineExceededError("deadline exceeded")
+        status, error_id = status_for(exc, self._domain)
+        if error_id is not None:
+            # The type and stack are enough to debug; the text may carry secrets or prompts.
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            log.error(
+                "unexpected %s in %s (error id %s)\n%s", type(exc).__name__, method, error_id, frames
+            )
+        await context.abort_with_status(rpc_status.to_status(status))
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0

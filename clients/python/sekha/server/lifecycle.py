@@ -1,0 +1,130 @@
+"""Server plumbing shared by both services: construction, health, reflection, shutdown.
+
+Each service's `build_server` registers its servicer on a server made here, so
+both services answer `grpc.health.v1`, size their messages explicitly, map
+errors the same way and shut down the same way: health flips to NOT_SERVING
+first (load balancers stop sending), then in-flight RPCs get the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from sekha.server.errors import ErrorInterceptor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How a service's gRPC server listens and behaves."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_concurrent_rpcs: int = 256
+    reflection: bool = False
+    grace_period_s: float = 10.0
+    extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = field(default_factory=tuple)
+    server_credentials: grpc.ServerCredentials | None = None
+
+
+@dataclass
+class ServingServer:
+    """A started server with its health servicer and the port it bound."""
+
+    server: grpc.aio.Server
+    health: HealthServicer
+    port: int
+    service_names: tuple[str, ...]
+    errors: ErrorInterceptor
+    grace_period_s: float
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def stop(self, grace_period_s: float | None = None) -> None:
+        """NOT_SERVING first, then let in-flight RPCs finish within the grace period, then close deps."""
+        await self.set_serving(False)
+        grace = self.grace_period_s if grace_period_s is None else grace_period_s
+        await self.server.stop(grace)
+        for close in reversed(self.on_stop):
+            try:
+                await close()
+            except Exception as exc:  # noqa: BLE001 - shutdown must go on
+                log.warning("error while closing a dependency: %s", type(exc).__name__)
+
+
+async def start_server(
+    options: ServerOptions,
+    domain: str,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+) -> ServingServer:
+    """Create, register, bind and start a server; health says SERVING once it listens."""
+    errors = ErrorInterceptor(domain, max_concurrent_rpcs=options.max_concurrent_rpcs)
+    server = grpc.aio.server(
+        interceptors=[*options.extra_interceptors, errors],
+        options=[
+            ("grpc.max_send_message_length", options.max_message_bytes),
+            ("grpc.max_receive_message_length", options.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ],
+    )
+    register(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if options.reflection:
+        names = (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+    address = f"{options.host}:{options.port}"
+    if options.server_credentials is not None:
+        port = server.add_secure_port(address, options.server_credentials)
+    else:
+        port = server.add_insecure_port(address)
+    await server.start()
+    serving = ServingServer(
+        server=server,
+        health=health,
+        port=port,
+        service_names=tuple(service_names),
+        errors=errors,
+        grace_period_s=options.grace_period_s,
+    )
+    await serving.set_serving(True)
+    return serving
+
+
+async def serve_until_signalled(serving: ServingServer, name: str) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully (the process exits within grace + ~1 s)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # not on every platform
+            loop.add_signal_handler(sig, stop.set)
+    log.info("%s serving on port %d", name, serving.port)
+    waiter = asyncio.ensure_future(serving.server.wait_for_termination())
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        log.info("%s stopping: NOT_SERVING, grace %.1fs", name, serving.grace_period_s)
+        await serving.stop()
+    waiter.cancel()
+    stopper.cancel()

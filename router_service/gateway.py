@@ -1,0 +1,477 @@
+"""The Router's data plane: route, call, fall back, stream, count and price.
+
+`Gateway` ties the decision plane (registry, prices, token estimates, routing,
+breakers) to the provider clients. The rules it enforces, from DESIGN.md:
+
+* candidates are tried in the route's order; a failure that counts (connect,
+  reset, timeout, 5xx, 429) feeds the breaker and moves on, with jittered
+  backoff, until the candidates, the attempt budget or the deadline run out;
+* the caller's own mistakes (400/422, context length, content policy) return
+  at once and never feed a breaker; 401/403 disables the provider;
+* a stream falls back only before its first chunk; once output went out, a
+  broken stream ends with UNAVAILABLE (StreamInterruptedError);
+* every upstream timeout is min(provider timeout, caller's remaining deadline);
+  a timeout caused by the caller's deadline is not the provider's fault;
+* usage comes from the provider; when it reports none, tokens are counted
+  locally and the usage says so; unknown prices are reported, never $0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from router_service import domain as d
+from router_service.limits import Limits, check_chat, check_embed
+from router_service.providers.base import ProviderClient, StreamEnd, TextDelta
+from router_service.providers.errors import ProviderAuthError, ProviderFailure, ProviderRejection
+from sekha.errors import (
+    AttemptSummary,
+    DeadlineExceededError,
+    ProviderRejectedError,
+    StreamInterruptedError,
+    UnavailableError,
+)
+
+_REJECTION_MESSAGES = {
+    "context_length": "the request is longer than the model's context window",
+    "content_policy": "the provider's content policy refused the request",
+    "unsupported": "the model does not support this request",
+}
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The caller's deadline as an absolute monotonic time (None = no deadline)."""
+
+    at: float | None
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def after(cls, remaining_s: float | None, clock: Callable[[], float] = time.monotonic) -> Deadline:
+        return cls(None if remaining_s is None else clock() + remaining_s, clock)
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else self.at - self.clock()
+
+
+NO_DEADLINE = Deadline(None)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 1.0
+
+
+class Observer(Protocol):
+    """What the gateway reports about each provider attempt (metrics and tracing hook in here)."""
+
+    def attempt_finished(
+        self, operation: str, entry: Any, attempt: d.Attempt, usage: d.Usage | None, cost: d.Cost | None
+    ) -> None: ...
+
+    def fallback(self, task: d.Task, from_provider: str, to_provider: str) -> None: ...
+
+    def first_token(self, entry: Any, seconds: float) -> None: ...
+
+    def upstream_time(self, seconds: float) -> None: ...
+
+
+class NullObserver:
+    def attempt_finished(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def fallback(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def first_token(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def upstream_time(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@dataclass
+class _Call:
+    """Book-keeping for one request's attempts."""
+
+    decision: d.RoutingDecision
+    attempts: list[d.Attempt] = field(default_factory=list)
+    calls: int = 0
+    retry_after_s: float | None = None
+    previous_provider: str | None = None
+
+
+class Gateway:
+    """Serves Route, Chat, StreamChat and Embed over the decision plane and the providers."""
+
+    def __init__(
+        self,
+        *,
+        registry: Any,
+        prices: Any,
+        estimator: Any,
+        router: Any,
+        breakers: Any,
+        providers: Mapping[str, ProviderClient],
+        provider_timeouts: Mapping[str, float],
+        limits: Limits,
+        retry: RetryPolicy,
+        default_max_tokens: int = 512,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.registry = registry
+        self.prices = prices
+        self.estimator = estimator
+        self.router = router
+        self.breakers = breakers
+        self.providers = providers
+        self.provider_timeouts = provider_timeouts
+        self.limits = limits
+        self.retry = retry
+        self.default_max_tokens = default_max_tokens
+        self.observer: Observer = observer or NullObserver()
+        self.clock = clock
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+
+    # ----------------------------------------------------------------- routing
+
+    def _chat_task(self, prefs: d.RoutingPreferences, has_images: bool) -> d.Task:
+        if prefs.task is not None:
+            return prefs.task
+        return d.Task.VISION if has_images else d.Task.CHAT_SMART
+
+    def decide_chat(self, request: d.ChatRequest) -> d.RoutingDecision:
+        check_chat(request, self.limits)
+        has_images = request.has_images
+        task = self._chat_task(request.routing, has_images)
+        output_tokens = request.generation.max_tokens or self.default_max_tokens
+        input_tokens = self.estimator.count_messages(request.messages)
+        return self.router.decide(task, request.routing, input_tokens, output_tokens, has_images)
+
+    def decide_embed(self, request: d.EmbedRequest) -> d.RoutingDecision:
+        check_embed(request, self.limits)
+        task = request.routing.task or d.Task.EMBEDDING
+        input_tokens = self.estimator.count_texts(request.inputs)
+        return self.router.decide(task, request.routing, input_tokens, 0, False)
+
+    def route(
+        self,
+        prefs: d.RoutingPreferences,
+        messages: tuple[d.ChatMessage, ...],
+        inputs: tuple[str, ...],
+        max_tokens: int | None,
+    ) -> d.RoutingDecision:
+        if inputs and not messages:
+            return self.decide_embed(d.EmbedRequest(inputs=inputs, routing=prefs))
+        request = d.ChatRequest(
+            messages=messages, routing=prefs, generation=d.GenerationConfig(max_tokens=max_tokens)
+        )
+        if not messages:
+            # Route may be asked with no prompt at all: estimate from the output alone.
+            task = self._chat_task(prefs, False)
+            return self.router.decide(task, prefs, 0, max_tokens or self.default_max_tokens, False)
+        return self.decide_chat(request)
+
+    # --------------------------------------------------------------- attempts
+
+    def _plan(self, decision: d.RoutingDecision, prefs: d.RoutingPreferences) -> list[d.Candidate]:
+        """The calls to make, in order: each candidate once, then again while attempts remain."""
+        candidates = list(decision.candidates[:1] if prefs.disable_fallback else decision.candidates)
+        plan: list[d.Candidate] = []
+        while len(plan) < self.retry.max_attempts and candidates:
+            plan.extend(candidates[: self.retry.max_attempts - len(plan)])
+            if prefs.disable_fallback:
+                break
+        return plan
+
+    async def _before_call(self, call: _Call, candidate: d.Candidate, deadline: Deadline) -> float | None:
+        """Admit a call: returns its timeout, or None when the candidate is skipped."""
+        if self.registry.disabled_reason(candidate.provider_id) is not None:
+            call.attempts.append(_skip(candidate, "provider_disabled"))
+            return None
+        if call.calls > 0:
+            delay = min(self.retry.backoff_max_s, self.retry.backoff_base_s * 2 ** (call.calls - 1))
+            delay *= 0.5 + self.rng.random()  # full jitter spreads retries of many callers apart
+            remaining = deadline.remaining()
+            if remaining is not None:
+                delay = min(delay, max(remaining - 0.001, 0.0))
+            if delay > 0:
+                await self.sleep(delay)
+        remaining = deadline.remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceededError("deadline exceeded before a provider answered")
+        breaker = self.breakers.get(candidate.provider_id)
+        if not breaker.try_acquire():
+            call.attempts.append(_skip(candidate, "breaker_open"))
+            return None
+        provider_timeout = self.provider_timeouts[candidate.provider_id]
+        if call.previous_provider is not None and call.previous_provider != candidate.provider_id:
+            self.observer.fallback(call.decision.task, call.previous_provider, candidate.provider_id)
+        call.previous_provider = candidate.provider_id
+        call.calls += 1
+        return provider_timeout if remaining is None else min(provider_timeout, remaining)
+
+    def _on_failure(
+        self,
+        call: _Call,
+        candidate: d.Candidate,
+        exc: ProviderFailure | ProviderAuthError,
+        started: float,
+        timeout_s: float,
+        deadline: Deadline,
+        operation: str,
+    ) -> None:
+        """Record a failed attempt; raise when the failure ends the request."""
+        latency = self.clock() - started
+        breaker = self.breakers.get(candidate.provider_id)
+        if isinstance(exc, ProviderAuthError):
+            breaker.release()
+            self.registry.disable_provider(
+                candidate.provider_id, f"provider answered HTTP {exc.status}: check its api_key"
+            )
+            kind = "auth"
+        else:
+            kind = exc.kind
+            caller_deadline_hit = (
+                kind == "timeout"
+                and deadline.at is not None
+                and timeout_s < self.provider_timeouts[candidate.provider_id]
+            )
+            if caller_deadline_hit:
+                # We cut the call short for the caller; the provider was not necessarily slow.
+                breaker.release()
+            else:
+                breaker.record_failure(kind, exc.retry_after_s)
+            if exc.retry_after_s is not None:
+                call.retry_after_s = max(call.retry_after_s or 0.0, exc.retry_after_s)
+        attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.FAILED, kind, latency)
+        call.attempts.append(attempt)
+        self.observer.attempt_finished(operation, self.registry.by_key(candidate.key), attempt, None, None)
+        remaining = deadline.remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceededError("deadline exceeded before a provider answered")
+
+    def _on_rejection(
+        self, call: _Call, candidate: d.Candidate, exc: ProviderRejection, started: float, operation: str
+    ) -> ProviderRejectedError:
+        self.breakers.get(candidate.provider_id).release()
+        attempt = d.Attempt(
+            candidate.provider_id, candidate.model, d.AttemptOutcome.REJECTED, exc.kind, self.clock() - started
+        )
+        call.attempts.append(attempt)
+        self.observer.attempt_finished(operation, self.registry.by_key(candidate.key), attempt, None, None)
+        message = _REJECTION_MESSAGES.get(exc.kind, "the provider rejected the request as invalid")
+        return ProviderRejectedError(message, kind=exc.kind, field_path="messages")
+
+    def _exhausted(self, call: _Call) -> UnavailableError:
+        summaries = [AttemptSummary(a.provider_id, a.model, a.error_kind) for a in call.attempts]
+        retry_after = call.retry_after_s
+        open_ids = [a.provider_id for a in call.attempts if a.error_kind == "breaker_open"]
+        if open_ids:
+            wait = self.breakers.seconds_until_available(open_ids)
+            retry_after = wait if retry_after is None else min(retry_after, wait)
+        tried = sum(1 for a in call.attempts if a.outcome is d.AttemptOutcome.FAILED)
+        return UnavailableError(
+            f"no provider could serve the request ({tried} failed attempts, "
+            f"{len(call.attempts) - tried} candidates skipped)",
+            retry_after_s=retry_after if retry_after is not None else 1.0,
+            attempts=summaries,
+        )
+
+    def _usage(self, entry: Any, reported: d.Usage | None, decision: d.RoutingDecision, output_text: str) -> d.Usage:
+        if reported is not None and (reported.input_tokens or reported.output_tokens):
+            return reported
+        output_tokens = self.estimator.count_text(output_text) if output_text else 0
+        return d.Usage(decision.estimated_input_tokens, output_tokens, counted_locally=True)
+
+    # ------------------------------------------------------------------- chat
+
+    async def chat(self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE) -> d.ChatResult:
+        decision = self.decide_chat(request)
+        call = _Call(decision)
+        request_id = request.request_id or uuid.uuid4().hex
+        max_tokens = request.generation.max_tokens or self.default_max_tokens
+        for candidate in self._plan(decision, request.routing):
+            timeout_s = await self._before_call(call, candidate, deadline)
+            if timeout_s is None:
+                continue
+            entry = self.registry.by_key(candidate.key)
+            provider = self.providers[candidate.provider_id]
+            started = self.clock()
+            try:
+                reply = await provider.chat(entry.model, entry.litellm_model, request, max_tokens, timeout_s)
+            except (ProviderFailure, ProviderAuthError) as exc:
+                self._on_failure(call, candidate, exc, started, timeout_s, deadline, "chat")
+                continue
+            except ProviderRejection as exc:
+                raise self._on_rejection(call, candidate, exc, started, "chat") from None
+            except BaseException:
+                self.breakers.get(candidate.provider_id).release()
+                raise
+            latency = self.clock() - started
+            self.breakers.get(candidate.provider_id).record_success(latency)
+            self.observer.upstream_time(latency)
+            usage = self._usage(entry, reply.usage, decision, reply.text)
+            cost = self.prices.real_cost(entry, usage)
+            attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
+            call.attempts.append(attempt)
+            self.observer.attempt_finished("chat", entry, attempt, usage, cost)
+            return d.ChatResult(
+                request_id=request_id,
+                text=reply.text,
+                finish_reason=reply.finish_reason,
+                usage=usage,
+                cost=cost,
+                decision=decision,
+                attempts=call.attempts,
+                response_model=reply.response_model,
+            )
+        raise self._exhausted(call)
+
+    async def stream_chat(
+        self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE
+    ) -> AsyncIterator[str | d.ChatResult]:
+        """Yield text deltas, then one ChatResult. Fallback only while nothing was yielded."""
+        decision = self.decide_chat(request)
+        call = _Call(decision)
+        request_id = request.request_id or uuid.uuid4().hex
+        max_tokens = request.generation.max_tokens or self.default_max_tokens
+        for candidate in self._plan(decision, request.routing):
+            timeout_s = await self._before_call(call, candidate, deadline)
+            if timeout_s is None:
+                continue
+            entry = self.registry.by_key(candidate.key)
+            provider = self.providers[candidate.provider_id]
+            started = self.clock()
+            sent: list[str] = []
+            end: StreamEnd | None = None
+            stream = provider.stream_chat(entry.model, entry.litellm_model, request, max_tokens, timeout_s)
+            try:
+                async for event in stream:
+                    if isinstance(event, TextDelta):
+                        if not event.text:
+                            continue
+                        if not sent:
+                            self.observer.first_token(entry, self.clock() - started)
+                        sent.append(event.text)
+                        yield event.text
+                    else:
+                        end = event
+            except (ProviderFailure, ProviderAuthError) as exc:
+                if sent:
+                    self.breakers.get(candidate.provider_id).record_failure(
+                        getattr(exc, "kind", "auth"), getattr(exc, "retry_after_s", None)
+                    )
+                    raise StreamInterruptedError(
+                        f"the stream from {candidate.provider_id} broke after output was sent; "
+                        "the answer is incomplete",
+                        attempts=[AttemptSummary(candidate.provider_id, candidate.model, getattr(exc, "kind", "auth"))],
+                    ) from None
+                self._on_failure(call, candidate, exc, started, timeout_s, deadline, "chat")
+                continue
+            except ProviderRejection as exc:
+                raise self._on_rejection(call, candidate, exc, started, "chat") from None
+            except BaseException:
+                # Cancelled by the caller (or the server shutting down): not the provider's fault.
+                self.breakers.get(candidate.provider_id).release()
+                raise
+            finally:
+                await _aclose(stream)
+            latency = self.clock() - started
+            self.breakers.get(candidate.provider_id).record_success(latency)
+            self.observer.upstream_time(latency)
+            text = "".join(sent)
+            usage = self._usage(entry, end.usage if end else None, decision, text)
+            cost = self.prices.real_cost(entry, usage)
+            attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
+            call.attempts.append(attempt)
+            self.observer.attempt_finished("chat", entry, attempt, usage, cost)
+            yield d.ChatResult(
+                request_id=request_id,
+                text=text,
+                finish_reason=end.finish_reason if end else d.FinishReason.UNSPECIFIED,
+                usage=usage,
+                cost=cost,
+                decision=decision,
+                attempts=call.attempts,
+                response_model=end.response_model if end else "",
+            )
+            return
+        raise self._exhausted(call)
+
+    # ------------------------------------------------------------------ embed
+
+    async def embed(self, request: d.EmbedRequest, deadline: Deadline = NO_DEADLINE) -> d.EmbedResult:
+        decision = self.decide_embed(request)
+        call = _Call(decision)
+        request_id = request.request_id or uuid.uuid4().hex
+        for candidate in self._plan(decision, request.routing):
+            timeout_s = await self._before_call(call, candidate, deadline)
+            if timeout_s is None:
+                continue
+            entry = self.registry.by_key(candidate.key)
+            provider = self.providers[candidate.provider_id]
+            started = self.clock()
+            try:
+                reply = await provider.embed(entry.model, entry.litellm_model, request.inputs, timeout_s)
+                dimension = _check_vectors(reply.vectors, len(request.inputs))
+            except (ProviderFailure, ProviderAuthError) as exc:
+                self._on_failure(call, candidate, exc, started, timeout_s, deadline, "embeddings")
+                continue
+            except ProviderRejection as exc:
+                raise self._on_rejection(call, candidate, exc, started, "embeddings") from None
+            except BaseException:
+                self.breakers.get(candidate.provider_id).release()
+                raise
+            latency = self.clock() - started
+            self.breakers.get(candidate.provider_id).record_success(latency)
+            self.observer.upstream_time(latency)
+            usage = reply.usage
+            if usage is None or not usage.input_tokens:
+                usage = d.Usage(decision.estimated_input_tokens, 0, counted_locally=True)
+            cost = self.prices.real_cost(entry, usage)
+            attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
+            call.attempts.append(attempt)
+            self.observer.attempt_finished("embeddings", entry, attempt, usage, cost)
+            return d.EmbedResult(
+                request_id=request_id,
+                vectors=reply.vectors,
+                dimension=dimension,
+                usage=usage,
+                cost=cost,
+                decision=decision,
+                attempts=call.attempts,
+            )
+        raise self._exhausted(call)
+
+
+def _skip(candidate: d.Candidate, kind: str) -> d.Attempt:
+    return d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SKIPPED, kind, 0.0)
+
+
+def _check_vectors(vectors: list[list[float]], expected: int) -> int:
+    """The vectors' common dimension; a provider answer of the wrong shape counts as its failure."""
+    if len(vectors) != expected or not vectors:
+        raise ProviderFailure("bad_response")
+    dimension = len(vectors[0])
+    if dimension == 0 or any(len(v) != dimension for v in vectors):
+        raise ProviderFailure("bad_response")
+    return dimension
+
+
+async def _aclose(stream: Any) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()

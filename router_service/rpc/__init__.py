@@ -1,0 +1,1 @@
+"""gRPC adapter of the Router service: servicer and protobuf conversion."""

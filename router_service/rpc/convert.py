@@ -1,0 +1,350 @@
+"""Protobuf <-> domain conversion for the Router service.
+
+Structural problems a protobuf cannot express (a content part with neither
+text nor image, an image without a source) are reported here, as field
+violations named by their proto path; limits live in `router_service.limits`.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from router_service import domain as d
+from router_service.catalog import ModelView, ProviderView
+from sekha.errors import FieldViolation, InvalidArgumentError
+from sekha.router.v1 import router_service_pb2 as pb
+
+TASK_FROM_PB = {
+    pb.TASK_EMBEDDING: d.Task.EMBEDDING,
+    pb.TASK_CHAT_SMALL: d.Task.CHAT_SMALL,
+    pb.TASK_CHAT_SMART: d.Task.CHAT_SMART,
+    pb.TASK_CHAT_LARGE: d.Task.CHAT_LARGE,
+    pb.TASK_VISION: d.Task.VISION,
+    pb.TASK_AUDIO: d.Task.AUDIO,
+}
+TASK_TO_PB = {v: k for k, v in TASK_FROM_PB.items()}
+CAPABILITY_FROM_PB = {
+    pb.CAPABILITY_VISION: d.Capability.VISION,
+    pb.CAPABILITY_AUDIO: d.Capability.AUDIO,
+    pb.CAPABILITY_TOOLS: d.Capability.TOOLS,
+}
+CAPABILITY_TO_PB = {v: k for k, v in CAPABILITY_FROM_PB.items()}
+ROLE_FROM_PB = {
+    pb.ROLE_UNSPECIFIED: d.Role.USER,
+    pb.ROLE_SYSTEM: d.Role.SYSTEM,
+    pb.ROLE_USER: d.Role.USER,
+    pb.ROLE_ASSISTANT: d.Role.ASSISTANT,
+}
+DETAIL_FROM_PB = {
+    pb.IMAGE_DETAIL_UNSPECIFIED: "auto",
+    pb.IMAGE_DETAIL_AUTO: "auto",
+    pb.IMAGE_DETAIL_LOW: "low",
+    pb.IMAGE_DETAIL_HIGH: "high",
+}
+FINISH_TO_PB = {
+    d.FinishReason.UNSPECIFIED: pb.FINISH_REASON_UNSPECIFIED,
+    d.FinishReason.STOP: pb.FINISH_REASON_STOP,
+    d.FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    d.FinishReason.CONTENT_FILTER: pb.FINISH_REASON_CONTENT_FILTER,
+    d.FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
+}
+OUTCOME_TO_PB = {
+    d.AttemptOutcome.SUCCEEDED: pb.ATTEMPT_OUTCOME_SUCCEEDED,
+    d.AttemptOutcome.FAILED: pb.ATTEMPT_OUTCOME_FAILED,
+    d.AttemptOutcome.REJECTED: pb.ATTEMPT_OUTCOME_REJECTED,
+    d.AttemptOutcome.SKIPPED: pb.ATTEMPT_OUTCOME_SKIPPED,
+}
+
+
+def routing_from_pb(msg: pb.RoutingPreferences, violations: list[FieldViolation]) -> d.RoutingPreferences:
+    task = None
+    if msg.task != pb.TASK_UNSPECIFIED:
+        task = TASK_FROM_PB.get(msg.task)
+        if task is None:
+            violations.append(FieldViolation("routing.task", f"unknown task value {msg.task}"))
+    capabilities = set()
+    for i, cap in enumerate(msg.required_capabilities):
+        known = CAPABILITY_FROM_PB.get(cap)
+        if known is None:
+            violations.append(
+                FieldViolation(f"routing.required_capabilities[{i}]", f"unknown capability value {cap}")
+            )
+        else:
+            capabilities.add(known)
+    max_cost = msg.max_cost_usd if msg.HasField("max_cost_usd") else None
+    if max_cost is not None and not max_cost >= 0:  # also rejects NaN
+        violations.append(FieldViolation("routing.max_cost_usd", "must be >= 0"))
+    return d.RoutingPreferences(
+        task=task,
+        preferred_model=msg.preferred_model.strip(),
+        required_capabilities=frozenset(capabilities),
+        max_cost_usd=max_cost,
+        disable_fallback=msg.disable_fallback,
+    )
+
+
+def messages_from_pb(
+    messages: list[pb.ChatMessage] | object, violations: list[FieldViolation]
+) -> tuple[d.ChatMessage, ...]:
+    converted = []
+    for i, message in enumerate(messages):  # type: ignore[arg-type]
+        role = ROLE_FROM_PB.get(message.role)
+        if role is None:
+            violations.append(FieldViolation(f"messages[{i}].role", f"unknown role value {message.role}"))
+            role = d.Role.USER
+        parts = []
+        if not message.parts:
+            violations.append(FieldViolation(f"messages[{i}].parts", "a message needs at least one part"))
+        for j, part in enumerate(message.parts):
+            kind = part.WhichOneof("kind")
+            path = f"messages[{i}].parts[{j}]"
+            if kind == "text":
+                parts.append(d.ContentPart(text=part.text))
+            elif kind == "image":
+                image = part.image
+                source = image.WhichOneof("source")
+                if source is None:
+                    violations.append(FieldViolation(f"{path}.image", "set either url or data"))
+                    continue
+                detail = DETAIL_FROM_PB.get(image.detail, "auto")
+                parts.append(
+                    d.ContentPart(
+                        image=d.ImagePart(
+                            url=image.url if source == "url" else None,
+                            data=image.data if source == "data" else None,
+                            mime_type=image.mime_type,
+                            detail=detail,
+                        )
+                    )
+                )
+            else:
+                violations.append(FieldViolation(path, "set either text or image"))
+        converted.append(d.ChatMessage(role=role, parts=tuple(parts)))
+    return tuple(converted)
+
+
+def generation_from_pb(msg: pb.GenerationConfig, violations: list[FieldViolation]) -> d.GenerationConfig:
+    max_tokens = msg.max_tokens if msg.HasField("max_tokens") else None
+    if max_tokens is not None and max_tokens <= 0:
+        violations.append(FieldViolation("generation.max_tokens", "must be > 0"))
+    temperature = msg.temperature if msg.HasField("temperature") else None
+    if temperature is not None and not 0.0 <= temperature <= 2.0:
+        violations.append(FieldViolation("generation.temperature", "must be between 0 and 2"))
+    top_p = msg.top_p if msg.HasField("top_p") else None
+    if top_p is not None and not 0.0 <= top_p <= 1.0:
+        violations.append(FieldViolation("generation.top_p", "must be between 0 and 1"))
+    return d.GenerationConfig(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop_sequences=tuple(msg.stop_sequences),
+    )
+
+
+def chat_request_from_pb(msg: pb.ChatRequest | pb.StreamChatRequest) -> d.ChatRequest:
+    violations: list[FieldViolation] = []
+    routing = routing_from_pb(msg.routing, violations)
+    messages = messages_from_pb(msg.messages, violations)
+    if not messages:
+        violations.append(FieldViolation("messages", "at least one message is required"))
+    generation = generation_from_pb(msg.generation, violations)
+    if violations:
+        raise InvalidArgumentError(violations)
+    return d.ChatRequest(
+        messages=messages,
+        routing=routing,
+        generation=generation,
+        request_id=msg.request_id,
+        metadata=dict(msg.metadata),
+    )
+
+
+def embed_request_from_pb(msg: pb.EmbedRequest) -> d.EmbedRequest:
+    violations: list[FieldViolation] = []
+    routing = routing_from_pb(msg.routing, violations)
+    if not msg.inputs:
+        violations.append(FieldViolation("inputs", "at least one input text is required"))
+    if violations:
+        raise InvalidArgumentError(violations)
+    return d.EmbedRequest(
+        inputs=tuple(msg.inputs), routing=routing, request_id=msg.request_id, metadata=dict(msg.metadata)
+    )
+
+
+def route_request_from_pb(msg: pb.RouteRequest) -> tuple[d.RoutingPreferences, tuple[d.ChatMessage, ...], tuple[str, ...], int | None]:
+    violations: list[FieldViolation] = []
+    routing = routing_from_pb(msg.routing, violations)
+    messages = messages_from_pb(msg.messages, violations)
+    max_tokens = msg.max_tokens if msg.HasField("max_tokens") else None
+    if max_tokens is not None and max_tokens <= 0:
+        violations.append(FieldViolation("max_tokens", "must be > 0"))
+    if violations:
+        raise InvalidArgumentError(violations)
+    return routing, messages, tuple(msg.inputs), max_tokens
+
+
+def candidate_to_pb(candidate: d.Candidate) -> pb.Candidate:
+    out = pb.Candidate(
+        provider_id=candidate.provider_id,
+        model=candidate.model,
+        price_unknown=candidate.price_unknown,
+        priority=candidate.priority,
+    )
+    if candidate.estimated_cost_usd is not None:
+        out.estimated_cost_usd = candidate.estimated_cost_usd
+    return out
+
+
+def decision_to_pb(decision: d.RoutingDecision) -> pb.RoutingDecision:
+    return pb.RoutingDecision(
+        chosen=candidate_to_pb(decision.chosen),
+        fallbacks=[candidate_to_pb(c) for c in decision.fallbacks],
+        reason=decision.reason,
+        estimated_input_tokens=decision.estimated_input_tokens,
+        estimated_output_tokens=decision.estimated_output_tokens,
+        task=TASK_TO_PB[decision.task],
+        rejected=[
+            pb.RejectedCandidate(provider_id=r.provider_id, model=r.model, reason=r.reason)
+            for r in decision.rejected
+        ],
+    )
+
+
+def usage_to_pb(usage: d.Usage) -> pb.Usage:
+    return pb.Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        counted_locally=usage.counted_locally,
+    )
+
+
+def cost_to_pb(cost: d.Cost) -> pb.Cost:
+    out = pb.Cost(price_unknown=cost.price_unknown)
+    if cost.cost_usd is not None:
+        out.cost_usd = cost.cost_usd
+    return out
+
+
+def duration_to_pb(seconds: float) -> duration_pb2.Duration:
+    out = duration_pb2.Duration()
+    out.FromNanoseconds(int(seconds * 1e9))
+    return out
+
+
+def timestamp_to_pb(epoch_s: float) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromNanoseconds(int(epoch_s * 1e9))
+    return out
+
+
+def attempts_to_pb(attempts: list[d.Attempt]) -> list[pb.Attempt]:
+    return [
+        pb.Attempt(
+            provider_id=a.provider_id,
+            model=a.model,
+            outcome=OUTCOME_TO_PB[a.outcome],
+            error_kind=a.error_kind,
+            latency=duration_to_pb(a.latency_s),
+        )
+        for a in attempts
+    ]
+
+
+def chat_response_to_pb(result: d.ChatResult) -> pb.ChatResponse:
+    return pb.ChatResponse(
+        request_id=result.request_id,
+        text=result.text,
+        finish_reason=FINISH_TO_PB[result.finish_reason],
+        usage=usage_to_pb(result.usage),
+        cost=cost_to_pb(result.cost),
+        routing=decision_to_pb(result.decision),
+        attempts=attempts_to_pb(result.attempts),
+        response_model=result.response_model,
+    )
+
+
+def chat_summary_to_pb(result: d.ChatResult) -> pb.StreamChatResponse:
+    return pb.StreamChatResponse(
+        summary=pb.ChatSummary(
+            request_id=result.request_id,
+            finish_reason=FINISH_TO_PB[result.finish_reason],
+            usage=usage_to_pb(result.usage),
+            cost=cost_to_pb(result.cost),
+            routing=decision_to_pb(result.decision),
+            attempts=attempts_to_pb(result.attempts),
+            response_model=result.response_model,
+        )
+    )
+
+
+def embed_response_to_pb(result: d.EmbedResult) -> pb.EmbedResponse:
+    return pb.EmbedResponse(
+        request_id=result.request_id,
+        embeddings=[pb.Embedding(values=v) for v in result.vectors],
+        dimension=result.dimension,
+        usage=usage_to_pb(result.usage),
+        cost=cost_to_pb(result.cost),
+        routing=decision_to_pb(result.decision),
+        attempts=attempts_to_pb(result.attempts),
+    )
+
+
+BREAKER_TO_PB = {
+    "closed": pb.BREAKER_STATE_CLOSED,
+    "open": pb.BREAKER_STATE_OPEN,
+    "half_open": pb.BREAKER_STATE_HALF_OPEN,
+}
+
+
+def model_to_pb(view: ModelView) -> pb.Model:
+    entry = view.entry
+    out = pb.Model(
+        provider_id=entry.provider_id,
+        model=entry.model,
+        tasks=sorted(TASK_TO_PB[t] for t in entry.tasks),
+        capabilities=sorted(CAPABILITY_TO_PB[c] for c in entry.capabilities),
+        context_window=entry.context_window or 0,
+        embedding_dimension=entry.embedding_dimension or 0,
+        price_unknown=view.price is None,
+        breaker_state=BREAKER_TO_PB.get(view.breaker_state, pb.BREAKER_STATE_UNSPECIFIED),
+        available=view.available,
+        priority=entry.priority,
+    )
+    if view.price is not None:
+        out.price.input_usd_per_million_tokens = view.price.input_per_million
+        out.price.output_usd_per_million_tokens = view.price.output_per_million
+    return out
+
+
+def provider_status_to_pb(view: ProviderView) -> pb.ProviderStatus:
+    snap = view.breaker
+    breaker = pb.BreakerStatus(
+        state=BREAKER_TO_PB.get(snap.state.value, pb.BREAKER_STATE_UNSPECIFIED),
+        consecutive_failures=snap.consecutive_failures,
+        window_calls=snap.window_calls,
+        window_failure_rate=snap.window_failure_rate,
+    )
+    if snap.opened_at is not None:
+        breaker.open_time.CopyFrom(timestamp_to_pb(snap.opened_at))
+    if snap.half_open_at is not None:
+        breaker.half_open_time.CopyFrom(timestamp_to_pb(snap.half_open_at))
+    out = pb.ProviderStatus(
+        provider_id=view.provider_id,
+        type=view.type,
+        enabled=view.enabled,
+        disabled_reason=view.disabled_reason,
+        breaker=breaker,
+        priority=view.priority,
+        model_count=view.model_count,
+    )
+    if view.last_probe is not None:
+        probe = view.last_probe
+        out.last_probe.CopyFrom(
+            pb.ProbeResult(
+                probe_time=timestamp_to_pb(probe.wall_time),
+                healthy=probe.healthy,
+                error_kind=probe.error_kind,
+                latency=duration_to_pb(probe.latency_s),
+            )
+        )
+    return out

@@ -1,0 +1,77 @@
+"""The RouterService servicer: converts protobuf to domain, delegates, converts back.
+
+No decisions are made here. Errors are domain exceptions raised by the
+gateway; the error interceptor turns them into statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from router_service.catalog import Catalog
+from router_service.gateway import Deadline, Gateway
+from router_service.rpc import convert
+from sekha.errors import UnimplementedError
+from sekha.router.v1 import router_service_pb2 as pb
+from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
+
+
+class RouterServicer(pb_grpc.RouterServiceServicer):
+    def __init__(self, gateway: Gateway, catalog: Catalog) -> None:
+        self.gateway = gateway
+        self.catalog = catalog
+
+    async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteResponse:
+        prefs, messages, inputs, max_tokens = convert.route_request_from_pb(request)
+        decision = self.gateway.route(prefs, messages, inputs, max_tokens)
+        return pb.RouteResponse(decision=convert.decision_to_pb(decision))
+
+    async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:
+        result = await self.gateway.chat(
+            convert.chat_request_from_pb(request), Deadline.after(context.time_remaining())
+        )
+        return convert.chat_response_to_pb(result)
+
+    async def StreamChat(
+        self, request: pb.StreamChatRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamChatResponse]:
+        events = self.gateway.stream_chat(
+            convert.chat_request_from_pb(request), Deadline.after(context.time_remaining())
+        )
+        try:
+            async for event in events:
+                if isinstance(event, str):
+                    yield pb.StreamChatResponse(delta=pb.ChatDelta(text=event))
+                else:
+                    yield convert.chat_summary_to_pb(event)
+        finally:
+            await events.aclose()  # closes the upstream request when the caller goes away
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        result = await self.gateway.embed(
+            convert.embed_request_from_pb(request), Deadline.after(context.time_remaining())
+        )
+        return convert.embed_response_to_pb(result)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        task = convert.TASK_FROM_PB.get(request.task) if request.task else None
+        models, next_token = self.catalog.list_models(
+            task=task,
+            provider_id=request.provider_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListModelsResponse(models=[convert.model_to_pb(m) for m in models], next_page_token=next_token)
+
+    async def GetProviderStatus(
+        self, request: pb.GetProviderStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetProviderStatusResponse:
+        providers = self.catalog.provider_status(request.provider_id)
+        return pb.GetProviderStatusResponse(providers=[convert.provider_status_to_pb(p) for p in providers])
+
+    async def GetSpend(self, request: pb.GetSpendRequest, context: grpc.aio.ServicerContext) -> pb.GetSpendResponse:
+        raise UnimplementedError("GetSpend: the spend ledger is not built yet")
