@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sekha.errors import GatewayError
+from sekha.errors import FailedPreconditionError
 
 MetadataValue = str | int | float | bool
 Metadata = Mapping[str, MetadataValue]
@@ -47,18 +47,13 @@ class MigrationState(enum.StrEnum):
         return self in (MigrationState.PENDING, MigrationState.BACKFILLING, MigrationState.VERIFYING)
 
 
-class CollectionInUseError(GatewayError):
+class CollectionInUseError(FailedPreconditionError):
     """The collection serves reads or takes part in a migration: FAILED_PRECONDITION.
 
     `subject` names the collection, `violation_type` says why (for PreconditionFailure).
     """
 
     reason = "COLLECTION_IN_USE"
-
-    def __init__(self, message: str, subject: str, violation_type: str) -> None:
-        super().__init__(message)
-        self.subject = subject
-        self.violation_type = violation_type
 
 
 @dataclass(frozen=True)

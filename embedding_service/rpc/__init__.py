@@ -1,0 +1,1 @@
+"""gRPC adapter of the Embedding service: servicer and protobuf conversion."""

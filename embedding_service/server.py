@@ -1,0 +1,89 @@
+"""Builds the Embedding server from a config: the one place where its parts are wired.
+
+`build_server(config, deps)` is used by `__main__` and by the tests; tests
+inject a vector source (or a router channel) through `EmbeddingDeps`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from embedding_service.config import EmbeddingConfig
+from embedding_service.router_vectors import RouterVectorSource
+from embedding_service.rpc.servicer import EmbeddingServicer
+from embedding_service.service import EmbeddingStoreService
+from embedding_service.vectors import VectorSource
+from sekha.client import ConnectionConfig, RouterClient
+from sekha.embedding.v1 import embedding_service_pb2 as pb
+from sekha.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
+from sekha.server.lifecycle import ServerOptions, ServingServer, start_server
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+
+
+@dataclass
+class EmbeddingDeps:
+    """What tests (and embedders of the service) may replace."""
+
+    vectors: VectorSource | None = None  # None: the Router service at config.router.target
+    router_connection: ConnectionConfig | None = None  # overrides target/TLS/key of config.router
+    extra_interceptors: list[Any] = field(default_factory=list)
+    server_credentials: Any = None
+
+
+@dataclass
+class EmbeddingApp:
+    serving: ServingServer
+    service: EmbeddingStoreService
+
+    @property
+    def port(self) -> int:
+        return self.serving.port
+
+    async def stop(self, grace_period_s: float | None = None) -> None:
+        await self.serving.stop(grace_period_s)
+
+
+def router_connection(config: EmbeddingConfig) -> ConnectionConfig:
+    key = config.router.api_key
+    return ConnectionConfig(
+        target=config.router.target,
+        api_key=key.get_secret_value() if key is not None else None,
+        default_timeout_s=config.router.timeout_s,
+        max_message_bytes=config.server.max_message_bytes,
+    )
+
+
+async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = None) -> EmbeddingApp:
+    deps = deps or EmbeddingDeps()
+    closers = []
+    vectors = deps.vectors
+    if vectors is None:
+        router = RouterClient(deps.router_connection or router_connection(config))
+        closers.append(router.close)
+        vectors = RouterVectorSource(router, timeout_s=config.router.timeout_s)
+    service = EmbeddingStoreService.open(config, vectors)
+    await service.check_health()
+    servicer = EmbeddingServicer(service)
+    options = ServerOptions(
+        host=config.server.host,
+        port=config.server.port,
+        max_message_bytes=config.server.max_message_bytes,
+        max_concurrent_rpcs=config.server.max_concurrent_rpcs,
+        reflection=config.server.reflection,
+        grace_period_s=config.server.grace_period_s,
+        extra_interceptors=tuple(deps.extra_interceptors),
+        server_credentials=deps.server_credentials,
+    )
+    serving = await start_server(
+        options,
+        domain="embedding.sekha.dev",
+        register=lambda server: pb_grpc.add_EmbeddingServiceServicer_to_server(servicer, server),
+        service_names=[SERVICE_NAME],
+    )
+    # on_stop runs in reverse: the service (and its migrations) closes before the router channel.
+    serving.on_stop.extend(closers)
+    serving.on_stop.append(service.aclose)
+    await service.resume_migrations()
+    return EmbeddingApp(serving=serving, service=service)

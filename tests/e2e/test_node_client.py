@@ -1,0 +1,35 @@
+"""The Node.js client, generated from the same protos, against both services started here."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from tests.fakes.fake_provider import FakeProvider
+from tests.harness import chat_model, embedding_model, embedding_config, openai_provider, router_config, running_embedding, running_router
+from tests.node_tools import NODE_DIR, ensure_node_modules
+
+
+async def test_node_client_suite_passes_against_both_services(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ensure_node_modules()
+    async with FakeProvider() as fake:
+        config = router_config(
+            [openai_provider("fake", fake.base_url, [chat_model("chatty"), embedding_model("embed-384", 384)])]
+        )
+        async with running_router(config) as (router_app, _):
+            emb_config = embedding_config(tmp_path, f"127.0.0.1:{router_app.port}")
+            async with running_embedding(emb_config) as (emb_app, _):
+                env = {
+                    **os.environ,
+                    "SEKHA_ROUTER_TARGET": f"127.0.0.1:{router_app.port}",
+                    "SEKHA_EMBEDDING_TARGET": f"127.0.0.1:{emb_app.port}",
+                }
+                # asyncio subprocess: the servers keep serving on this loop while node runs.
+                process = await asyncio.create_subprocess_exec(
+                    "npm", "test", "--silent", cwd=NODE_DIR, env=env,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                )
+                output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+    text = output.decode(errors="replace")
+    assert process.returncode == 0, text
+    assert "# fail 0" in text and "# pass 0" not in text, text
