@@ -30,8 +30,11 @@ from pydantic import (
     model_validator,
 )
 from sekha.configloader import ConfigPathError, load_config
+from sekha.server.security import AuthConfig, ServerTlsConfig
 
 from router_service.domain import Capability, Price, Task
+from router_service.spend import BudgetsConfig, RateLimitsConfig
+from router_service.state.base import StateConfig
 
 __all__ = [
     "BUILTIN_PROVIDER_TYPES",
@@ -46,6 +49,7 @@ __all__ = [
     "RouterConfig",
     "RoutingConfig",
     "ServerConfig",
+    "StateConfig",
 ]
 
 ENV_PREFIX = "SEKHA_ROUTER__"
@@ -101,6 +105,7 @@ class ServerConfig(_Section):
     grace_period_s: float = Field(default=10.0, ge=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    tls: ServerTlsConfig | None = Field(default=None, description="TLS, and mutual TLS with client_ca_file")
 
 
 class CircuitBreakerConfig(_Section):
@@ -154,6 +159,12 @@ class LimitsConfig(_Section):
     default_max_tokens: int = Field(default=512, ge=1, description="max_tokens when the request gives none")
     max_embed_inputs: int = Field(default=2048, ge=1)
     max_input_chars: int = Field(default=100_000, ge=1)
+    inline_image_urls: bool = Field(
+        default=False,
+        description="fetch https image URLs in the router and send the bytes inline; off: URLs go to the "
+        "provider as given and the router never fetches anything",
+    )
+    image_fetch_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     @model_validator(mode="after")
     def _default_within_cap(self) -> LimitsConfig:
@@ -289,6 +300,10 @@ class RouterConfig(_Section):
     retry: RetryConfig = RetryConfig()
     limits: LimitsConfig = LimitsConfig()
     routing: RoutingConfig = RoutingConfig()
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys; off unless enabled")
+    state: StateConfig = StateConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
+    rate_limits: RateLimitsConfig = RateLimitsConfig()
     providers: list[ProviderConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

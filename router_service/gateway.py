@@ -13,7 +13,12 @@ breakers) to the provider clients. The rules it enforces, from DESIGN.md:
 * every upstream timeout is min(provider timeout, caller's remaining deadline);
   a timeout caused by the caller's deadline is not the provider's fault;
 * usage comes from the provider; when it reports none, tokens are counted
-  locally and the usage says so; unknown prices are reported, never $0.
+  locally and the usage says so; unknown prices are reported, never $0;
+* with a SpendGuard: rate limits are checked once per request, each attempt
+  reserves its estimated cost against the caller's budgets before the call
+  (a candidate the budget cannot cover is skipped like an open breaker), the
+  real cost is settled after it, and whatever is left is given back on the
+  way out (`SpendTicket.close` in a `finally`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,9 +35,13 @@ from router_service import domain as d
 from router_service.limits import Limits, check_chat, check_embed
 from router_service.providers.base import ProviderClient, StreamEnd, TextDelta
 from router_service.providers.errors import ProviderAuthError, ProviderFailure, ProviderRejection
+from router_service.spend import SpendGuard, SpendTicket, resolve_identity
 from sekha.errors import (
     AttemptSummary,
+    BudgetExhaustedError,
     DeadlineExceededError,
+    GatewayError,
+    NoRouteError,
     ProviderRejectedError,
     StreamInterruptedError,
     UnavailableError,
@@ -107,6 +116,17 @@ class _Call:
     calls: int = 0
     retry_after_s: float | None = None
     previous_provider: str | None = None
+    request_id: str = ""
+    ticket: SpendTicket | None = None  # None when the gateway has no SpendGuard
+    refusal: GatewayError | None = None  # why a budget refused a candidate (first one)
+
+    async def settle(self, candidate: d.Candidate, usage: d.Usage, cost: d.Cost) -> None:
+        if self.ticket is not None:
+            await self.ticket.settle(candidate.provider_id, candidate.model, usage, cost)
+
+    async def close(self) -> None:
+        if self.ticket is not None:
+            await self.ticket.close()
 
 
 class Gateway:
@@ -126,6 +146,7 @@ class Gateway:
         retry: RetryPolicy,
         default_max_tokens: int = 512,
         observer: Observer | None = None,
+        spend: SpendGuard | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
@@ -141,6 +162,7 @@ class Gateway:
         self.retry = retry
         self.default_max_tokens = default_max_tokens
         self.observer: Observer = observer or NullObserver()
+        self.spend = spend
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
@@ -216,6 +238,17 @@ class Gateway:
         if not breaker.try_acquire():
             call.attempts.append(_skip(candidate, "breaker_open"))
             return None
+        if call.ticket is not None:
+            try:
+                await call.ticket.reserve(candidate)
+            except (BudgetExhaustedError, NoRouteError) as refusal:
+                breaker.release()
+                call.attempts.append(_skip(candidate, "budget"))
+                call.refusal = call.refusal or refusal
+                return None
+            except BaseException:
+                breaker.release()  # a half-open probe permit must not leak with the error
+                raise
         provider_timeout = self.provider_timeouts[candidate.provider_id]
         if call.previous_provider is not None and call.previous_provider != candidate.provider_id:
             self.observer.fallback(call.decision.task, call.previous_provider, candidate.provider_id)
@@ -275,7 +308,10 @@ class Gateway:
         message = _REJECTION_MESSAGES.get(exc.kind, "the provider rejected the request as invalid")
         return ProviderRejectedError(message, kind=exc.kind, field_path="messages")
 
-    def _exhausted(self, call: _Call) -> UnavailableError:
+    def _exhausted(self, call: _Call) -> GatewayError:
+        if call.refusal is not None and call.calls == 0:
+            # No provider was called: the budget, not the providers, is why the request failed.
+            return call.refusal
         summaries = [AttemptSummary(a.provider_id, a.model, a.error_kind) for a in call.attempts]
         retry_after = call.retry_after_s
         open_ids = [a.provider_id for a in call.attempts if a.error_kind == "breaker_open"]
@@ -290,6 +326,23 @@ class Gateway:
             attempts=summaries,
         )
 
+    async def _open_call(
+        self,
+        decision: d.RoutingDecision,
+        request_id: str,
+        operation: str,
+        caller: str | None,
+        metadata: Mapping[str, str],
+    ) -> _Call:
+        """Start a request's book-keeping; raises RateLimitedError before any provider call."""
+        call = _Call(decision, request_id=request_id or uuid.uuid4().hex)
+        if self.spend is not None:
+            tokens = decision.estimated_input_tokens + decision.estimated_output_tokens
+            call.ticket = await self.spend.open(
+                resolve_identity(caller, metadata), operation, call.request_id, tokens
+            )
+        return call
+
     def _usage(self, entry: Any, reported: d.Usage | None, decision: d.RoutingDecision, output_text: str) -> d.Usage:
         if reported is not None and (reported.input_tokens or reported.output_tokens):
             return reported
@@ -298,10 +351,20 @@ class Gateway:
 
     # ------------------------------------------------------------------- chat
 
-    async def chat(self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE) -> d.ChatResult:
+    async def chat(
+        self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
+    ) -> d.ChatResult:
+        """`caller` is the API key id when auth is on (None: `metadata["tenant"]` or anonymous)."""
         decision = self.decide_chat(request)
-        call = _Call(decision)
-        request_id = request.request_id or uuid.uuid4().hex
+        call = await self._open_call(decision, request.request_id, "chat", caller, request.metadata)
+        try:
+            return await self._chat(request, deadline, call)
+        finally:
+            await call.close()
+
+    async def _chat(self, request: d.ChatRequest, deadline: Deadline, call: _Call) -> d.ChatResult:
+        decision = call.decision
+        request_id = call.request_id
         max_tokens = request.generation.max_tokens or self.default_max_tokens
         for candidate in self._plan(decision, request.routing):
             timeout_s = await self._before_call(call, candidate, deadline)
@@ -325,6 +388,7 @@ class Gateway:
             self.observer.upstream_time(latency)
             usage = self._usage(entry, reply.usage, decision, reply.text)
             cost = self.prices.real_cost(entry, usage)
+            await call.settle(candidate, usage, cost)
             attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
             call.attempts.append(attempt)
             self.observer.attempt_finished("chat", entry, attempt, usage, cost)
@@ -341,12 +405,24 @@ class Gateway:
         raise self._exhausted(call)
 
     async def stream_chat(
-        self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE
-    ) -> AsyncIterator[str | d.ChatResult]:
+        self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
+    ) -> AsyncGenerator[str | d.ChatResult, None]:
         """Yield text deltas, then one ChatResult. Fallback only while nothing was yielded."""
         decision = self.decide_chat(request)
-        call = _Call(decision)
-        request_id = request.request_id or uuid.uuid4().hex
+        call = await self._open_call(decision, request.request_id, "chat", caller, request.metadata)
+        events = self._stream_chat(request, deadline, call)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()  # closes the upstream stream now, not when collected
+            await call.close()
+
+    async def _stream_chat(
+        self, request: d.ChatRequest, deadline: Deadline, call: _Call
+    ) -> AsyncGenerator[str | d.ChatResult, None]:
+        decision = call.decision
+        request_id = call.request_id
         max_tokens = request.generation.max_tokens or self.default_max_tokens
         for candidate in self._plan(decision, request.routing):
             timeout_s = await self._before_call(call, candidate, deadline)
@@ -374,6 +450,9 @@ class Gateway:
                     self.breakers.get(candidate.provider_id).record_failure(
                         getattr(exc, "kind", "auth"), getattr(exc, "retry_after_s", None)
                     )
+                    # The tokens that reached the caller were generated and billed: count them.
+                    usage = self._usage(entry, None, decision, "".join(sent))
+                    await call.settle(candidate, usage, self.prices.real_cost(entry, usage))
                     raise StreamInterruptedError(
                         f"the stream from {candidate.provider_id} broke after output was sent; "
                         "the answer is incomplete",
@@ -386,6 +465,12 @@ class Gateway:
             except BaseException:
                 # Cancelled by the caller (or the server shutting down): not the provider's fault.
                 self.breakers.get(candidate.provider_id).release()
+                if sent and call.ticket is not None:
+                    # Output was generated and billed; record it without awaiting in a cancellation.
+                    usage = self._usage(entry, None, decision, "".join(sent))
+                    call.ticket.settle_soon(
+                        candidate.provider_id, candidate.model, usage, self.prices.real_cost(entry, usage)
+                    )
                 raise
             finally:
                 await _aclose(stream)
@@ -395,6 +480,7 @@ class Gateway:
             text = "".join(sent)
             usage = self._usage(entry, end.usage if end else None, decision, text)
             cost = self.prices.real_cost(entry, usage)
+            await call.settle(candidate, usage, cost)
             attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
             call.attempts.append(attempt)
             self.observer.attempt_finished("chat", entry, attempt, usage, cost)
@@ -413,10 +499,19 @@ class Gateway:
 
     # ------------------------------------------------------------------ embed
 
-    async def embed(self, request: d.EmbedRequest, deadline: Deadline = NO_DEADLINE) -> d.EmbedResult:
+    async def embed(
+        self, request: d.EmbedRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
+    ) -> d.EmbedResult:
         decision = self.decide_embed(request)
-        call = _Call(decision)
-        request_id = request.request_id or uuid.uuid4().hex
+        call = await self._open_call(decision, request.request_id, "embeddings", caller, request.metadata)
+        try:
+            return await self._embed(request, deadline, call)
+        finally:
+            await call.close()
+
+    async def _embed(self, request: d.EmbedRequest, deadline: Deadline, call: _Call) -> d.EmbedResult:
+        decision = call.decision
+        request_id = call.request_id
         for candidate in self._plan(decision, request.routing):
             timeout_s = await self._before_call(call, candidate, deadline)
             if timeout_s is None:
@@ -442,6 +537,7 @@ class Gateway:
             if usage is None or not usage.input_tokens:
                 usage = d.Usage(decision.estimated_input_tokens, 0, counted_locally=True)
             cost = self.prices.real_cost(entry, usage)
+            await call.settle(candidate, usage, cost)
             attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
             call.attempts.append(attempt)
             self.observer.attempt_finished("embeddings", entry, attempt, usage, cost)

@@ -23,9 +23,14 @@ from router_service.providers.factory import make_provider
 from router_service.registry import Registry
 from router_service.routing import Router
 from router_service.rpc.servicer import RouterServicer
+from router_service.shared_breaker import SharedBreakerRegistry
+from router_service.spend import SpendGuard
+from router_service.state import StateStore, open_store
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
 from sekha.server.lifecycle import ServerOptions, ServingServer, start_server
+from sekha.server.auth import auth_interceptors, warn_if_open
+from sekha.server.tls import server_credentials
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
 
@@ -41,6 +46,8 @@ class RouterDeps:
     observer: Observer | None = None
     extra_interceptors: list[Any] = field(default_factory=list)
     server_credentials: Any = None
+    wall_clock: Callable[[], float] = time.time  # budgets' periods, rate limits, shared breakers
+    state_store: StateStore | None = None  # used instead of opening config.state (not closed by us)
 
 
 @dataclass
@@ -50,8 +57,10 @@ class RouterApp:
     serving: ServingServer
     gateway: Gateway
     registry: Registry
-    breakers: BreakerRegistry
+    breakers: BreakerRegistry | SharedBreakerRegistry
     probes: ProbeScheduler
+    spend: SpendGuard
+    store: StateStore
 
     @property
     def port(self) -> int:
@@ -90,10 +99,23 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
     registry = Registry.from_config(config, deps.model_info)
     prices = PriceTable(registry)
     estimator = TokenEstimator()
-    breakers = BreakerRegistry(
-        {p.id: p.circuit_breaker or config.circuit_breaker for p in config.providers}, clock=deps.clock
+    store = deps.state_store or await open_store(config.state, deps.wall_clock)
+    breakers: BreakerRegistry | SharedBreakerRegistry
+    if store.shared and config.state.shared_breakers:
+        breakers = SharedBreakerRegistry.from_config(config, store, wall_clock=deps.wall_clock)
+        await breakers.start()
+    else:
+        breakers = BreakerRegistry(
+            {p.id: p.circuit_breaker or config.circuit_breaker for p in config.providers}, clock=deps.clock
+        )
+    spend = SpendGuard(
+        store,
+        config.budgets,
+        config.rate_limits,
+        reservation_ttl_s=config.state.reservation_ttl_s,
+        wall_clock=deps.wall_clock,
     )
-    router = Router(registry, prices, breakers)
+    router = Router(registry, prices, breakers)  # type: ignore[arg-type]  # same API, duck-typed
     providers = dict(deps.providers) if deps.providers is not None else build_providers(config, deps.local_embedder)
     timeouts = {p.id: p.timeout_s for p in config.providers}
     limits = Limits(
@@ -122,6 +144,7 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         default_max_tokens=config.limits.default_max_tokens,
         observer=deps.observer,
         clock=deps.clock,
+        spend=spend,
     )
     probes = ProbeScheduler(
         providers,
@@ -138,18 +161,33 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         max_concurrent_rpcs=config.server.max_concurrent_rpcs,
         reflection=config.server.reflection,
         grace_period_s=config.server.grace_period_s,
-        extra_interceptors=tuple(deps.extra_interceptors),
-        server_credentials=deps.server_credentials,
+        extra_interceptors=(*deps.extra_interceptors, *auth_interceptors(config.auth)),
+        server_credentials=deps.server_credentials or server_credentials(config.server.tls),
     )
+    warn_if_open(config.auth, config.server.host, "router")
     serving = await start_server(
         options,
         domain="router.sekha.dev",
         register=lambda server: pb_grpc.add_RouterServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
     )
-    # on_stop runs in reverse: probes stop before the provider clients they use are closed.
+    # on_stop runs in reverse: probes stop before the provider clients they use are closed, and
+    # the state store closes last, after the breakers' and the ledger's final writes.
+    if deps.state_store is None:
+        serving.on_stop.append(store.close)
+    if isinstance(breakers, SharedBreakerRegistry):
+        serving.on_stop.append(breakers.stop)
+    serving.on_stop.append(spend.drain)
     for provider in providers.values():
         serving.on_stop.append(provider.aclose)
     probes.start()
     serving.on_stop.append(probes.stop)
-    return RouterApp(serving=serving, gateway=gateway, registry=registry, breakers=breakers, probes=probes)
+    return RouterApp(
+        serving=serving,
+        gateway=gateway,
+        registry=registry,
+        breakers=breakers,
+        probes=probes,
+        spend=spend,
+        store=store,
+    )

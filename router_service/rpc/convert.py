@@ -7,10 +7,15 @@ violations named by their proto path; limits live in `router_service.limits`.
 
 from __future__ import annotations
 
+import calendar
+import time
+
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from router_service import domain as d
 from router_service.catalog import ModelView, ProviderView
+from router_service.spend import SpendReport
+from router_service.state.base import SpendGrouping
 from sekha.errors import FieldViolation, InvalidArgumentError
 from sekha.router.v1 import router_service_pb2 as pb
 
@@ -229,6 +234,59 @@ def duration_to_pb(seconds: float) -> duration_pb2.Duration:
     out = duration_pb2.Duration()
     out.FromNanoseconds(int(seconds * 1e9))
     return out
+
+
+SPEND_GROUPING_FROM_PB = {
+    pb.SPEND_GROUPING_UNSPECIFIED: SpendGrouping.CALLER,
+    pb.SPEND_GROUPING_CALLER: SpendGrouping.CALLER,
+    pb.SPEND_GROUPING_PROVIDER: SpendGrouping.PROVIDER,
+    pb.SPEND_GROUPING_MODEL: SpendGrouping.MODEL,
+}
+
+
+def spend_request_from_pb(
+    msg: pb.GetSpendRequest, now: float | None = None
+) -> tuple[float, float, SpendGrouping, str | None]:
+    """(start, end, grouping, caller): start defaults to today 00:00 UTC, end to now."""
+    now = time.time() if now is None else now
+    if msg.HasField("start_time"):
+        start = msg.start_time.ToNanoseconds() / 1e9
+    else:
+        today = time.gmtime(now)
+        start = float(calendar.timegm((today.tm_year, today.tm_mon, today.tm_mday, 0, 0, 0)))
+    end = msg.end_time.ToNanoseconds() / 1e9 if msg.HasField("end_time") else now
+    if end <= start:
+        raise InvalidArgumentError(FieldViolation("end_time", "must be after start_time"))
+    grouping = SPEND_GROUPING_FROM_PB.get(msg.grouping)
+    if grouping is None:
+        raise InvalidArgumentError(FieldViolation("grouping", "unknown grouping"))
+    return start, end, grouping, msg.caller or None
+
+
+def spend_report_to_pb(report: SpendReport) -> pb.GetSpendResponse:
+    return pb.GetSpendResponse(
+        rows=[
+            pb.SpendRow(
+                key=r.key,
+                cost_usd=r.cost_usd,
+                request_count=r.request_count,
+                input_tokens=r.input_tokens,
+                output_tokens=r.output_tokens,
+            )
+            for r in report.rows
+        ],
+        total_cost_usd=report.total_cost_usd,
+        budgets=[
+            pb.BudgetStatus(
+                scope=b.scope,
+                period=b.period,
+                limit_usd=b.limit_usd,
+                spent_usd=b.spent_usd,
+                reserved_usd=b.reserved_usd,
+            )
+            for b in report.budgets
+        ],
+    )
 
 
 def timestamp_to_pb(epoch_s: float) -> timestamp_pb2.Timestamp:

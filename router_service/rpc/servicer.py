@@ -74,4 +74,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         return pb.GetProviderStatusResponse(providers=[convert.provider_status_to_pb(p) for p in providers])
 
     async def GetSpend(self, request: pb.GetSpendRequest, context: grpc.aio.ServicerContext) -> pb.GetSpendResponse:
-        raise UnimplementedError("GetSpend: the spend ledger is not built yet")
+        spend = self.gateway.spend
+        if spend is None:
+            raise UnimplementedError("GetSpend: this router keeps no spend ledger")
+        start, end, grouping, caller = convert.spend_request_from_pb(request, spend.wall_clock())
+        return convert.spend_report_to_pb(await spend.report(start, end, grouping, caller))

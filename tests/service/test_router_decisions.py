@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from sekha import client as c
 from sekha.router.v1 import router_service_pb2 as rt
@@ -183,12 +184,13 @@ async def test_bad_requests_name_the_field() -> None:
         assert empty.value.details.field_violations[0][0] == "messages"
 
 
-async def test_unbuilt_rpc_says_unimplemented() -> None:
+async def test_get_spend_on_an_empty_ledger() -> None:
     async with running_router(_config()) as (_, router):
-        with pytest.raises(c.UnimplementedError) as exc:
-            await router.get_spend()
-        assert exc.value.code == grpc.StatusCode.UNIMPLEMENTED
-        assert "spend" in exc.value.message.lower()
+        report = await router.get_spend()
+        assert list(report.rows) == [] and report.total_cost_usd == 0
+        with pytest.raises(c.InvalidArgumentError) as bad:
+            await router.get_spend(rt.GetSpendRequest(start_time=Timestamp(seconds=200), end_time=Timestamp(seconds=100)))
+        assert bad.value.details.field_violations[0][0] == "end_time"
 
 
 async def test_unknown_provider_status_is_not_found() -> None:
