@@ -272,6 +272,7 @@ def spend_report_to_pb(report: SpendReport) -> pb.GetSpendResponse:
                 request_count=r.request_count,
                 input_tokens=r.input_tokens,
                 output_tokens=r.output_tokens,
+                price_unknown_count=r.price_unknown_count,
             )
             for r in report.rows
         ],

@@ -114,7 +114,9 @@ async def test_a_model_of_unknown_price_is_not_served_under_a_budget(fake: FakeP
         reply = await router.chat(ask())  # no budget: served, and its price stays unknown
         assert reply.cost.price_unknown
         report = await router.get_spend()
-        assert [(r.key, r.request_count, r.cost_usd) for r in report.rows] == [("acme", 1, 0.0)]
+        assert [(r.key, r.request_count, r.cost_usd, r.price_unknown_count) for r in report.rows] == [
+            ("acme", 1, 0.0, 1)
+        ]
 
 
 async def test_two_routers_on_one_redis_share_budgets_and_breakers(

@@ -530,18 +530,20 @@ class GetSpendRequest(_message.Message):
     def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., grouping: _Optional[_Union[SpendGrouping, str]] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class SpendRow(_message.Message):
-    __slots__ = ("key", "cost_usd", "request_count", "input_tokens", "output_tokens")
+    __slots__ = ("key", "cost_usd", "request_count", "input_tokens", "output_tokens", "price_unknown_count")
     KEY_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_COUNT_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PRICE_UNKNOWN_COUNT_FIELD_NUMBER: _ClassVar[int]
     key: str
     cost_usd: float
     request_count: int
     input_tokens: int
     output_tokens: int
-    def __init__(self, key: _Optional[str] = ..., cost_usd: _Optional[float] = ..., request_count: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+    price_unknown_count: int
+    def __init__(self, key: _Optional[str] = ..., cost_usd: _Optional[float] = ..., request_count: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., price_unknown_count: _Optional[int] = ...) -> None: ...
 
 class BudgetStatus(_message.Message):
     __slots__ = ("scope", "period", "limit_usd", "spent_usd", "reserved_usd")
