@@ -216,10 +216,17 @@ def open_channel(config: ConnectionConfig, interceptors: Sequence[Any] = ()) -> 
 
 
 class _BaseClient:
-    def __init__(self, config: ConnectionConfig, channel: grpc.aio.Channel | None = None) -> None:
+    def __init__(
+        self,
+        config: ConnectionConfig,
+        channel: grpc.aio.Channel | None = None,
+        interceptors: Sequence[Any] = (),
+    ) -> None:
+        """`interceptors` apply to the channel this client opens (e.g. `sekha.tracing.client_interceptors()`
+        to propagate trace context); a channel passed in keeps its own."""
         self.config = config
         self._owns_channel = channel is None
-        self.channel = channel if channel is not None else open_channel(config)
+        self.channel = channel if channel is not None else open_channel(config, interceptors)
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {config.api_key}"),) if config.api_key else ()
         )
@@ -246,15 +253,22 @@ class _BaseClient:
 
     async def health(self, service: str = "", timeout_s: float | None = 5.0) -> str:
         """The health status name (`SERVING`, `NOT_SERVING`, ...) of `service` ('' = the server)."""
-        reply = await self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout_s)
+        reply = await self._unary(
+            self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout_s
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
 class RouterClient(_BaseClient):
     """Client of `sekha.router.v1.RouterService`."""
 
-    def __init__(self, config: ConnectionConfig, channel: grpc.aio.Channel | None = None) -> None:
-        super().__init__(config, channel)
+    def __init__(
+        self,
+        config: ConnectionConfig,
+        channel: grpc.aio.Channel | None = None,
+        interceptors: Sequence[Any] = (),
+    ) -> None:
+        super().__init__(config, channel, interceptors)
         self.stub = rt_grpc.RouterServiceStub(self.channel)
 
     async def route(self, request: rt.RouteRequest, timeout_s: float | None = None) -> rt.RouteResponse:
@@ -300,8 +314,13 @@ class RouterClient(_BaseClient):
 class EmbeddingClient(_BaseClient):
     """Client of `sekha.embedding.v1.EmbeddingService`."""
 
-    def __init__(self, config: ConnectionConfig, channel: grpc.aio.Channel | None = None) -> None:
-        super().__init__(config, channel)
+    def __init__(
+        self,
+        config: ConnectionConfig,
+        channel: grpc.aio.Channel | None = None,
+        interceptors: Sequence[Any] = (),
+    ) -> None:
+        super().__init__(config, channel, interceptors)
         self.stub = emb_grpc.EmbeddingServiceStub(self.channel)
 
     async def upsert_documents(
@@ -327,7 +346,9 @@ class EmbeddingClient(_BaseClient):
     async def list_collections(
         self, request: emb.ListCollectionsRequest | None = None, timeout_s: float | None = None
     ) -> emb.ListCollectionsResponse:
-        return await self._unary(self.stub.ListCollections, request or emb.ListCollectionsRequest(), timeout_s)
+        return await self._unary(
+            self.stub.ListCollections, request or emb.ListCollectionsRequest(), timeout_s
+        )
 
     async def delete_collection(
         self, request: emb.DeleteCollectionRequest, timeout_s: float | None = None

@@ -1,0 +1,135 @@
+"""The `sekha` commands that work on local files and keys: `keys hash`, `config check|migrate`, `mcp`.
+
+`config check` and `config migrate` load the services' own config models (and, for router
+files, LiteLLM's bundled model map), so they are imported here, only when those commands run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+from typing import Any
+
+from sekha.cli import EXIT_OK, EXIT_USAGE, CliError, connection_settings
+from sekha.cli_output import print_json
+
+__all__ = ["config_check", "config_migrate", "detect_config_kind", "keys_hash", "mcp"]
+
+# Top-level sections only the embedding service's config has.
+_EMBEDDING_ONLY_KEYS = frozenset({"chroma", "state_path", "defaults", "migration", "router"})
+
+
+def keys_hash(args: argparse.Namespace) -> int:
+    from sekha.keys import generate_api_key, hash_api_key
+
+    if args.generate:
+        if args.key:
+            raise CliError("give a KEY or --generate, not both")
+        key = generate_api_key()
+        if args.json:
+            print_json({"api_key": key, "hash": hash_api_key(key)})
+        else:
+            print(f"api_key: {key}")
+            print(f"hash:    {hash_api_key(key)}")
+            print(
+                "Give the key to the client (SEKHA_API_KEY); put only the hash in the server config.",
+                file=sys.stderr,
+            )
+        return EXIT_OK
+    key = args.key
+    if key is None:
+        key = getpass.getpass("API key: ") if sys.stdin.isatty() else sys.stdin.readline()
+        key = key.rstrip("\r\n")
+    if not key.strip():
+        raise CliError("empty API key")
+    if args.json:
+        print_json({"hash": hash_api_key(key)})
+    else:
+        print(hash_api_key(key))
+    return EXIT_OK
+
+
+def detect_config_kind(path: Path) -> str | None:
+    """'router' or 'embedding' from a config file's top-level keys; None when it cannot tell."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    keys = set(data)
+    if "providers" in keys:
+        return "router"
+    if keys & _EMBEDDING_ONLY_KEYS:
+        return "embedding"
+    return None
+
+
+def config_check(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"{path}: file not found")
+    kind = args.kind if args.kind != "auto" else detect_config_kind(path)
+    if kind is None:
+        # A broken or ambiguous file: the router's loader prints YAML syntax errors with positions,
+        # and a file with neither `providers` nor an embedding section is most likely a router file
+        # missing its providers.
+        kind = "router"
+    if kind == "router":
+        from router_service.check_config import check_config_main
+
+        return check_config_main(path)
+    from embedding_service.config import EmbeddingConfig
+    from sekha.configloader import ConfigError
+
+    try:
+        config = EmbeddingConfig.load(path)
+    except ConfigError as exc:
+        count = len(exc.errors)
+        print(f"{exc.source or path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    chroma = config.chroma
+    store = f"http {chroma.host}:{chroma.port}" if chroma.mode == "http" else f"persistent {chroma.path}"
+    print(f"{path}: OK, embedding service")
+    print(f"  listen   {config.server.host}:{config.server.port}")
+    print(f"  router   {config.router.target}")
+    print(f"  chroma   {store} (space {chroma.hnsw.space})")
+    print(f"  model    {config.defaults.model or 'the router chooses for a new base'}")
+    return EXIT_OK
+
+
+def config_migrate(args: argparse.Namespace) -> int:
+    from sekha.config_migrate import MigrationError, migrate_file
+
+    try:
+        report = migrate_file(
+            Path(args.old),
+            Path(args.new),
+            embedding_out=Path(args.embedding_out) if args.embedding_out else None,
+            force=args.force,
+            fmt=args.format,
+        )
+    except MigrationError as exc:
+        raise CliError(str(exc)) from None
+    print(report.render())
+    return EXIT_OK
+
+
+def mcp(args: argparse.Namespace) -> Any:
+    from sekha.mcp_server import run_mcp
+
+    if not 0 <= args.port <= 65535:
+        raise CliError("--port must be 0..65535")
+    return run_mcp(
+        transport=args.transport,
+        host=args.host,
+        port=args.port,
+        router=connection_settings(args, "router"),
+        embedding=connection_settings(args, "embedding"),
+    )
