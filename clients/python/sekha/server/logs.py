@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+LOG_LEVEL_ENV = "SEKHA_LOG_LEVEL"
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,6 +40,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def resolve_log_level(configured: str = "INFO", environ: Mapping[str, str] | None = None) -> str:
+    """$SEKHA_LOG_LEVEL when set, else the configured level (`telemetry.log_level`)."""
+    env = os.environ if environ is None else environ
+    return (env.get(LOG_LEVEL_ENV) or configured or "INFO").upper()
+
+
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     """Replace the root handlers with one JSON handler at `level`."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -44,6 +53,16 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # LiteLLM and httpx log request details at INFO/DEBUG; they may hold prompts.
-    for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "chromadb", "aiohttp.access"):
+    # LiteLLM (its token counter too) and httpx log request details at INFO/DEBUG; they may hold
+    # prompts. LiteLLM's loggers have spaces in their names, so they are not children of "LiteLLM".
+    for noisy in (
+        "LiteLLM",
+        "LiteLLM Router",
+        "LiteLLM Proxy",
+        "litellm",
+        "httpx",
+        "httpcore",
+        "chromadb",
+        "aiohttp.access",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)

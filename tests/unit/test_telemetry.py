@@ -1,0 +1,161 @@
+"""`setup_telemetry`: what gets exported under which settings, and the standard OTEL_* variables."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import ValidationError
+
+from router_service.config import RouterConfig
+from sekha.server.logs import resolve_log_level
+from sekha.telemetry import TelemetryConfig, setup_telemetry
+from sekha.tracing import extract_from_metadata, inject_headers
+
+MINIMAL_ROUTER = """
+providers:
+  - id: p
+    type: openai_compatible
+    base_url: http://127.0.0.1:1/v1
+    models: [{id: m, tasks: [chat_smart]}]
+"""
+
+
+def test_nothing_configured_exports_nothing_and_builds_no_spans() -> None:
+    telemetry = setup_telemetry("svc", environ={})
+    assert not telemetry.enabled
+    span = telemetry.tracer.start_span("x")
+    assert not span.is_recording() and not span.get_span_context().is_valid
+    telemetry.shutdown()
+
+
+def test_in_memory_exporter_and_reader_get_spans_and_metrics_with_the_service_name() -> None:
+    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    telemetry = setup_telemetry("svc", span_exporter=spans, metric_readers=(reader,), environ={})
+    assert telemetry.tracing_enabled and telemetry.metrics_enabled
+    with telemetry.tracer.start_as_current_span("work"):
+        telemetry.instruments.cost.add(0.5, {"provider": "p", "model": "m"})
+    telemetry.force_flush()
+    (finished,) = spans.get_finished_spans()
+    assert finished.resource.attributes["service.name"] == "svc"
+    names = [
+        m.name
+        for rm in reader.get_metrics_data().resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    ]
+    assert names == ["sekha.router.cost"]
+    telemetry.shutdown()
+    telemetry.shutdown()  # idempotent
+
+
+def test_standard_variables_name_the_service_and_pick_the_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    telemetry = setup_telemetry("svc", span_exporter=InMemorySpanExporter(), environ={})
+    provider = telemetry.tracer_provider
+    assert provider.resource.attributes["service.name"] == "from-env"  # type: ignore[attr-defined]
+    assert provider.resource.attributes["deployment.environment"] == "test"  # type: ignore[attr-defined]
+    assert "0.25" in provider.sampler.get_description()  # type: ignore[attr-defined]
+    telemetry.shutdown()
+
+
+def test_otlp_endpoint_from_config_or_environment_turns_tracing_on() -> None:
+    configured = setup_telemetry("svc", TelemetryConfig(otlp_endpoint="http://127.0.0.1:4317"), environ={})
+    from_env = setup_telemetry("svc", environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"})
+    try:
+        assert configured.tracing_enabled and configured.metrics_enabled  # OTLP traces and metrics
+        assert from_env.tracing_enabled and from_env.metrics_enabled
+    finally:
+        configured.shutdown()
+        from_env.shutdown()
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"},
+        {
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+        },
+    ],
+    ids=["sdk-disabled", "exporters-none"],
+)
+def test_standard_switches_turn_exporting_off(environ: dict[str, str]) -> None:
+    telemetry = setup_telemetry("svc", environ=environ)
+    assert not telemetry.enabled
+    telemetry.shutdown()
+
+
+def test_content_capture_is_off_unless_asked_for() -> None:
+    assert not setup_telemetry("svc", environ={}).capture_message_content
+    assert setup_telemetry(
+        "svc", TelemetryConfig(capture_message_content=True), environ={}
+    ).capture_message_content
+    on = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "True"}
+    assert setup_telemetry("svc", environ=on).capture_message_content
+
+
+def test_telemetry_section_validates_and_takes_environment_overrides() -> None:
+    assert TelemetryConfig(log_level="debug", otlp_endpoint="").model_dump() == {
+        "otlp_endpoint": None,
+        "capture_message_content": False,
+        "log_level": "DEBUG",
+    }
+    with pytest.raises(ValidationError):
+        TelemetryConfig(log_level="chatty")
+    with pytest.raises(ValidationError):
+        TelemetryConfig(sample_ratio=0.1)  # type: ignore[call-arg]  # sampling is OTEL_TRACES_SAMPLER's job
+    assert (
+        RouterConfig.model_validate(
+            {
+                "providers": [
+                    {
+                        "id": "p",
+                        "type": "ollama",
+                        "base_url": "http://x",
+                        "models": [{"id": "m", "tasks": ["chat_smart"]}],
+                    }
+                ]
+            }
+        ).telemetry
+        == TelemetryConfig()
+    )
+
+
+def test_router_config_file_and_env_set_the_telemetry_section(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "router.yaml"
+    path.write_text(MINIMAL_ROUTER + "telemetry: {otlp_endpoint: 'http://collector:4317'}\n")
+    config = RouterConfig.load(path, environ={"SEKHA_ROUTER__TELEMETRY__CAPTURE_MESSAGE_CONTENT": "true"})
+    assert config.telemetry == TelemetryConfig(
+        otlp_endpoint="http://collector:4317", capture_message_content=True
+    )
+
+
+def test_log_level_environment_wins_over_the_config() -> None:
+    assert resolve_log_level("warning", {}) == "WARNING"
+    assert resolve_log_level("WARNING", {"SEKHA_LOG_LEVEL": "debug"}) == "DEBUG"
+
+
+def test_trace_context_round_trips_through_headers_and_metadata() -> None:
+    assert extract_from_metadata(()) is None
+    assert extract_from_metadata((("authorization", "Bearer x"),)) is None
+    spans = InMemorySpanExporter()
+    telemetry = setup_telemetry("svc", span_exporter=spans, environ={})
+    with telemetry.tracer.start_as_current_span("parent") as parent:
+        headers: dict[str, str] = {}
+        inject_headers(headers)
+    context = extract_from_metadata(tuple(headers.items()))
+    assert context is not None
+    remote = trace.get_current_span(context).get_span_context()
+    assert (remote.trace_id, remote.span_id) == (
+        parent.get_span_context().trace_id,
+        parent.get_span_context().span_id,
+    )
+    assert remote.is_remote
+    telemetry.shutdown()
