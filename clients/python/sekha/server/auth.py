@@ -1,0 +1,212 @@
+"""API key authentication for both services: a server interceptor and the caller's identity.
+
+A caller presents its key as `authorization: Bearer <key>` or `x-api-key: <key>`. The
+interceptor hashes it and compares the hash with every configured hash in constant time
+(`hmac.compare_digest`, no early exit), so neither timing nor the number of keys tells an
+attacker anything. A missing or wrong key is answered UNAUTHENTICATED before the request is
+even deserialized: no handler, no concurrency slot, no parsing of an unknown caller's bytes.
+
+Health checks need no key (load balancers and kubelets probe without one). Everything else,
+server reflection included, does.
+
+Handlers learn who called from `current_caller()` (a contextvar set for the RPC), so spend
+accounting can charge the right key without any handler touching metadata.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from sekha.keys import hash_api_key
+from sekha.server.security import AuthConfig
+
+__all__ = [
+    "ANONYMOUS",
+    "ApiKeyAuthInterceptor",
+    "Caller",
+    "auth_interceptors",
+    "current_caller",
+    "hash_api_key",
+]
+
+log = logging.getLogger(__name__)
+
+UNAUTHENTICATED_MESSAGE = "missing or invalid API key"
+_OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who made the current RPC: the configured id of their key, or anonymous when auth is off."""
+
+    key_id: str
+    authenticated: bool
+
+
+ANONYMOUS = Caller(key_id="anonymous", authenticated=False)
+
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("sekha_caller", default=ANONYMOUS)
+
+
+def current_caller() -> Caller:
+    """The caller of the RPC being handled (ANONYMOUS outside an RPC or when auth is off)."""
+    return _caller.get()
+
+
+def presented_key(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    """The key in `authorization: Bearer ...` or `x-api-key`, if any."""
+    for name, value in metadata or ():
+        if isinstance(value, bytes):
+            continue
+        lowered = name.lower()
+        if lowered == "authorization":
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif lowered == "x-api-key" and value.strip():
+            return value.strip()
+    return None
+
+
+class KeyRing:
+    """The configured key hashes; `identify` compares against all of them in constant time."""
+
+    def __init__(self, keys: Sequence[tuple[str, str]]) -> None:
+        self._keys = [(key_id, key_hash.encode("ascii")) for key_id, key_hash in keys]
+
+    def identify(self, key: str | None) -> str | None:
+        """The id of the key, or None when it matches no configured hash."""
+        # A missing key is hashed too, so "no key" and "wrong key" take the same path.
+        presented = hash_api_key(key or "").encode("ascii")
+        found: str | None = None
+        for key_id, expected in self._keys:
+            if hmac.compare_digest(presented, expected) and key is not None:
+                found = key_id
+        return found
+
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+class ApiKeyAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses RPCs without a configured key; records the caller for the handler."""
+
+    def __init__(self, keys: KeyRing, open_prefixes: Sequence[str] = _OPEN_PREFIXES) -> None:
+        self.keys = keys  # replaced as a whole on a config reload (key rotation)
+        self._open_prefixes = tuple(open_prefixes)
+        self.rejected = 0
+        # (method, key id or None for refusals) -> (registered handler, wrapped handler): built once,
+        # not per call; bounded by methods x configured keys.
+        self._wrapped: dict[tuple[str, str | None], tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        if method.startswith(self._open_prefixes):
+            return await continuation(handler_call_details)
+        key_id = self.keys.identify(presented_key(handler_call_details.invocation_metadata))
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler  # unknown method: gRPC answers UNIMPLEMENTED itself
+        if key_id is None:
+            self.rejected += 1
+        cached = self._wrapped.get((method, key_id))
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        if key_id is None:
+            wrapped = _refusal(handler)
+        else:
+            wrapped = _with_caller(handler, Caller(key_id=key_id, authenticated=True))
+        self._wrapped[(method, key_id)] = (handler, wrapped)
+        return wrapped
+
+
+def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same shape that answers UNAUTHENTICATED without reading the request."""
+
+    async def refuse_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+        yield  # pragma: no cover - abort raises; this makes the function a generator
+
+    # No deserializer: the unknown caller's bytes are never parsed.
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse_unary)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    return grpc.unary_unary_rpc_method_handler(refuse_unary)
+
+
+def _with_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMethodHandler:
+    """The same handler, run with `current_caller()` set to `caller`."""
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def call_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            _caller.set(caller)  # each RPC runs in its own task, so the value dies with it
+            return await unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            call_unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+        writer = handler.unary_stream  # a coroutine that sends with context.write()
+
+        async def call_writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            _caller.set(caller)
+            return await writer(request, context)
+
+        return grpc.unary_stream_rpc_method_handler(
+            call_writer,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        stream = handler.unary_stream
+
+        async def call_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            _caller.set(caller)
+            async for response in stream(request, context):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(
+            call_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler  # client streaming RPCs are not part of our contracts
+
+
+def auth_interceptors(config: AuthConfig) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors `config` asks for: one ApiKeyAuthInterceptor, or none when auth is off."""
+    if not config.enabled:
+        return []
+    return [ApiKeyAuthInterceptor(KeyRing([(key.id, key.hash) for key in config.keys]))]
+
+
+def warn_if_open(config: AuthConfig, host: str, service: str) -> None:
+    """Log a warning when a server listens beyond loopback without authentication."""
+    if not config.enabled and host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "%s listens on %s with auth disabled: any client that reaches it may call it "
+            "(set auth.enabled: true with keys in the config)",
+            service,
+            host,
+        )

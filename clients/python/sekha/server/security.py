@@ -1,0 +1,98 @@
+"""Security settings shared by both services' configs: API keys and TLS (pydantic only, no grpc).
+
+API keys are never stored: a config lists `sha256:<hex>` hashes made by `sekha.keys.hash_api_key`
+(`sekha keys hash` on the command line), each with an id that names the caller in logs and
+spend accounting. Keys are long random strings, so a plain SHA-256 is enough; a slow password
+hash would only slow every request down.
+
+TLS paths are checked when the server or channel is built, not when the config is validated,
+so `check-config` works on a machine that does not hold the certificates.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sekha.configloader import ConfigPathError
+from sekha.keys import HASH_PREFIX, hash_api_key
+
+__all__ = ["HASH_PREFIX", "ApiKeyConfig", "AuthConfig", "ClientTlsConfig", "ServerTlsConfig", "hash_api_key"]
+
+_HASH_SHAPE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_KEY_ID_SHAPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiKeyConfig(_Section):
+    """One accepted key: who it belongs to and the hash of its value."""
+
+    id: str = Field(description="names the caller in logs and spend accounting")
+    hash: str = Field(description="hash_api_key(key), i.e. sha256:<hex>")
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not _KEY_ID_SHAPE.match(value):
+            raise ValueError("must be 1-64 characters of letters, digits, '_', '.', ':' or '-'")
+        return value
+
+    @field_validator("hash")
+    @classmethod
+    def _hash_shape(cls, value: str) -> str:
+        # The value is a hash, not a secret, but a pasted raw key would land here: never echo it.
+        if not _HASH_SHAPE.match(value):
+            raise ValueError("must be sha256:<64 lower-case hex digits> (make one with `sekha keys hash`)")
+        return value
+
+
+class AuthConfig(_Section):
+    """API key authentication of every RPC except health checks."""
+
+    enabled: bool = False
+    keys: list[ApiKeyConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _keys_when_enabled(self) -> AuthConfig:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.enabled and not self.keys:
+            problems.append((("keys",), "auth is enabled but no keys are configured: nobody could call"))
+        seen: dict[str, int] = {}
+        for index, key in enumerate(self.keys):
+            if key.id in seen:
+                where = ("keys", index, "id")
+                problems.append((where, f"duplicate key id {key.id!r} (first at keys[{seen[key.id]}])"))
+            else:
+                seen[key.id] = index
+        if problems:
+            raise ConfigPathError(problems)
+        return self
+
+
+class ServerTlsConfig(_Section):
+    """TLS for a gRPC server; mutual TLS when `client_ca_file` is set."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = Field(
+        default=None, description="when set, clients must present a certificate signed by this CA"
+    )
+
+
+class ClientTlsConfig(_Section):
+    """TLS for an outgoing channel; `cert_file` and `key_file` give a client certificate for mTLS."""
+
+    ca_file: Path | None = Field(default=None, description="trusted roots; None = the system's")
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigPathError([(("cert_file",), "cert_file and key_file must be set together")])
+        return self

@@ -1,0 +1,261 @@
+"""Config reload without dropping a request: SIGHUP (`kill -HUP <pid>`) or `ConfigReloader.reload()`.
+
+A reload reads and validates the file, builds a complete new core (registry, breakers,
+provider clients, gateway, probes; `server.build_core`) and swaps it in with plain attribute
+assignments and no await in between, so every new request sees one whole configuration and
+never a mix. Requests already running keep the gateway they started on; once the last of them
+has finished, the old core is closed (probes stopped, provider connections closed).
+
+A reload is refused, and the running configuration keeps serving, when the new file does not
+validate, when building from it fails, or when it changes what only a restart can apply: the
+`server` section (address, TLS, limits of the listener), the `state` backend, or whether auth
+is enabled. API keys themselves are swapped, so keys rotate with a SIGHUP. Breakers start
+afresh in the new core (their state is not carried over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from router_service.config import RouterConfig
+from sekha.configloader import ConfigError
+from sekha.server.auth import ApiKeyAuthInterceptor, KeyRing
+
+if TYPE_CHECKING:
+    from router_service.gateway import Gateway
+    from router_service.server import RouterApp, RouterCore, RouterDeps
+
+__all__ = ["ConfigReloader", "TrackedGateway", "install_sighup", "restart_needed"]
+
+log = logging.getLogger(__name__)
+
+
+class TrackedGateway:
+    """A gateway that counts the requests running on it, so it can be retired once they end.
+
+    Everything but the request methods passes straight through to the wrapped gateway.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.gateway, name)
+
+    def _enter(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def _exit(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Return once no request is running on this gateway."""
+        await self._idle.wait()
+
+    async def chat(self, *args: Any, **kwargs: Any) -> Any:
+        self._enter()
+        try:
+            return await self.gateway.chat(*args, **kwargs)
+        finally:
+            self._exit()
+
+    async def embed(self, *args: Any, **kwargs: Any) -> Any:
+        self._enter()
+        try:
+            return await self.gateway.embed(*args, **kwargs)
+        finally:
+            self._exit()
+
+    async def stream_chat(self, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        self._enter()
+        try:
+            events = self.gateway.stream_chat(*args, **kwargs)
+            try:
+                async for event in events:
+                    yield event
+            finally:
+                await events.aclose()
+        finally:
+            self._exit()
+
+
+def restart_needed(running: RouterConfig, new: RouterConfig) -> str | None:
+    """What in `new` only a restart can apply, or None."""
+    changed = [
+        name
+        for name, differs in (
+            ("server", running.server != new.server),
+            ("state", running.state != new.state),
+            ("auth.enabled", running.auth.enabled != new.auth.enabled),
+            # Exporters are set up once per process.
+            ("telemetry", getattr(running, "telemetry", None) != getattr(new, "telemetry", None)),
+        )
+        if differs
+    ]
+    return ", ".join(changed) if changed else None
+
+
+class ConfigReloader:
+    """Swaps the router's core for one built from a new config; see the module docstring."""
+
+    def __init__(
+        self,
+        app: RouterApp,
+        servicer: Any,
+        core: RouterCore,
+        deps: RouterDeps,
+        *,
+        auth_interceptor: ApiKeyAuthInterceptor | None = None,
+        path: str | Path | None = None,
+    ) -> None:
+        self._app = app
+        self._servicer = servicer
+        self._core = core
+        self._deps = deps
+        self._auth = auth_interceptor
+        self.path = path  # the file to re-read; None: $SEKHA_CONFIG, else the embedded default
+        self._lock = asyncio.Lock()
+        # Replaced cores still draining, with how to close them.
+        self._retiring: dict[asyncio.Task[None], tuple[RouterCore, bool]] = {}
+        self._pending: set[asyncio.Task[bool]] = set()
+        self.generation = 0
+        self.last_error: str | None = None
+
+    @property
+    def core(self) -> RouterCore:
+        return self._core
+
+    @property
+    def config(self) -> RouterConfig:
+        return self._core.config
+
+    @property
+    def draining(self) -> int:
+        """Replaced cores still waiting for their in-flight requests."""
+        return len(self._retiring)
+
+    def reload_soon(self) -> None:
+        """Schedule a reload (what the SIGHUP handler calls)."""
+        task = asyncio.get_running_loop().create_task(self.reload(), name="config-reload")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def reload(self, path: str | Path | None = None) -> bool:
+        """Re-read the config file and apply it; False (logged) when it was refused."""
+        source = path if path is not None else self.path
+        async with self._lock:
+            log.info("config reload requested")
+            try:
+                # Validation may consult LiteLLM's model map: keep it off the event loop.
+                config = await asyncio.to_thread(RouterConfig.load, source, None, self._deps.model_info)
+            except ConfigError as exc:
+                return self._refuse(f"the new config is invalid ({len(exc.errors)} problems)", exc.errors)
+            except OSError as exc:
+                return self._refuse(f"the config file could not be read ({type(exc).__name__})")
+            return await self._apply_locked(config)
+
+    async def apply(self, config: RouterConfig) -> bool:
+        """Apply an already validated config (tests and embedders); False when refused."""
+        async with self._lock:
+            return await self._apply_locked(config)
+
+    def _refuse(self, why: str, details: list[str] | None = None) -> bool:
+        self.last_error = why
+        log.error("config reload refused, the running config keeps serving: %s", why)
+        for line in details or ():
+            log.error("config problem: %s", line)
+        return False
+
+    async def _apply_locked(self, config: RouterConfig) -> bool:
+        from router_service.server import build_core  # server imports this module
+
+        old = self._core
+        needs_restart = restart_needed(old.config, config)
+        if needs_restart is not None:
+            return self._refuse(f"{needs_restart} changed; restart the router to apply that")
+        shared_embedder = old.local_embedder
+        deps = dataclasses.replace(self._deps, local_embedder=shared_embedder or self._deps.local_embedder)
+        try:
+            core = await build_core(config, deps, self._app.store)
+        except Exception as exc:
+            rebind = getattr(self._deps.observer, "bind", None)
+            if rebind is not None:  # the metrics observer may already point at the discarded core
+                rebind(old.config, old.breakers)
+            return self._refuse(f"building the new configuration failed ({type(exc).__name__})")
+        old_gateway = self._servicer.gateway
+        # The swap: no await from here to the end of the block, so a new request sees either the
+        # old core or the new one, whole.
+        self._servicer.gateway = TrackedGateway(core.gateway)
+        self._servicer.catalog = core.catalog
+        self._core = core
+        self._app.gateway = core.gateway
+        self._app.registry = core.registry
+        self._app.breakers = core.breakers
+        self._app.probes = core.probes
+        self._app.spend = core.spend
+        if self._auth is not None:
+            self._auth.keys = KeyRing([(key.id, key.hash) for key in config.auth.keys])
+        core.probes.start()
+        self.generation += 1
+        self.last_error = None
+        keep_embedder = shared_embedder is not None and core.local_embedder is shared_embedder
+        task = asyncio.get_running_loop().create_task(
+            self._retire(old, old_gateway, keep_embedder), name="retire-config"
+        )
+        self._retiring[task] = (old, keep_embedder)
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
+        log.info(
+            "config reloaded (generation %d): %d providers, %d models",
+            self.generation,
+            len(config.providers),
+            len(core.registry.entries),
+        )
+        return True
+
+    async def _retire(self, old: RouterCore, gateway: TrackedGateway, keep_embedder: bool) -> None:
+        """Close the old core once the requests that started on it have ended."""
+        await gateway.drained()
+        await self._close_old(old, keep_embedder)
+        log.info("previous config retired after its in-flight requests finished")
+
+    async def _close_old(self, old: RouterCore, keep_embedder: bool) -> None:
+        # Injected providers (tests) are shared by every core; they close with the server.
+        await old.close(keep_local_embedder=keep_embedder, keep_providers=self._deps.providers is not None)
+
+    async def retired(self) -> None:
+        """Wait until every replaced core has been closed."""
+        while self._retiring:
+            await asyncio.gather(*list(self._retiring), return_exceptions=True)
+
+    async def close(self) -> None:
+        """At server stop (after the grace period): close the current and any draining core."""
+        for task in list(self._pending):
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        # The server has stopped, so nothing runs on a draining core any more: close them now.
+        draining = dict(self._retiring)
+        for retiring in draining:
+            retiring.cancel()
+        await asyncio.gather(*draining, return_exceptions=True)
+        for old, keep_embedder in draining.values():
+            await self._close_old(old, keep_embedder)
+        await self._core.close()
+
+
+def install_sighup(reloader: ConfigReloader) -> None:
+    """Reload the config on SIGHUP (where the platform has signals)."""
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload_soon)
