@@ -43,13 +43,24 @@ def _config(port: int) -> dict:
         models = []
         for m in range(MODELS):
             task = TASKS[m % len(TASKS)]
-            model = {"id": f"model-{p}-{m}", "tasks": [task], "context_window": 128000,
-                     "price": {"input_per_million": 0.1 * (m + 1), "output_per_million": 0.3 * (m + 1)}}
+            model = {
+                "id": f"model-{p}-{m}",
+                "tasks": [task],
+                "context_window": 128000,
+                "price": {"input_per_million": 0.1 * (m + 1), "output_per_million": 0.3 * (m + 1)},
+            }
             if task == "embedding":
                 model["embedding_dimension"] = 768
             models.append(model)
-        providers.append({"id": f"provider-{p}", "type": "openai_compatible", "base_url": "http://127.0.0.1:9/v1",
-                          "priority": 10 + p, "models": models})
+        providers.append(
+            {
+                "id": f"provider-{p}",
+                "type": "openai_compatible",
+                "base_url": "http://127.0.0.1:9/v1",
+                "priority": 10 + p,
+                "models": models,
+            }
+        )
     return {"server": {"host": "127.0.0.1", "port": port}, "providers": providers}
 
 
@@ -62,7 +73,12 @@ def _free_port() -> int:
 async def _drive(target: str, requests: int, warmup: int) -> list[float]:
     request = rt.RouteRequest(
         routing=rt.RoutingPreferences(task=rt.TASK_CHAT_SMART),
-        messages=[rt.ChatMessage(role=rt.ROLE_USER, parts=[rt.ContentPart(text="How do I sort a list of tuples by the second item in Python?")])],
+        messages=[
+            rt.ChatMessage(
+                role=rt.ROLE_USER,
+                parts=[rt.ContentPart(text="How do I sort a list of tuples by the second item in Python?")],
+            )
+        ],
         max_tokens=256,
     )
     async with grpc.aio.insecure_channel(target) as channel:
@@ -96,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         config_path.write_text(yaml.safe_dump(_config(port)))
         server = subprocess.Popen(
             [sys.executable, "-m", "router_service", "serve", "--config", str(config_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "SEKHA_LOG_LEVEL": "WARNING"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "SEKHA_LOG_LEVEL": "WARNING"},
         )
         try:
             samples = asyncio.run(_drive(f"127.0.0.1:{port}", requests, warmup=min(500, requests)))

@@ -1,0 +1,321 @@
+"""Side by side: our router, the LiteLLM proxy, the fake provider called directly, and a bare gRPC echo.
+
+All targets are started one after the other (each timed to SERVING while nothing else runs),
+then driven by the same load generator process, cell by cell: for every workload (unary
+chat, streaming chat, embeddings) and concurrency, each target in turn gets a warm-up job and
+then the measured job. Interleaving the targets within a cell means a burst of noise from
+other work on the machine hits every target's cell at about the same time, and the ratios
+(ours vs the proxy, ours vs the echo ceiling) compare numbers measured minutes apart, not an
+hour apart.
+
+Per cell the target's CPU (utime + stime of its process tree, from ``/proc``) is read around
+the measured job only, and its RSS right after. "Added latency" is the target's percentile
+minus the direct call's percentile for the same workload and concurrency.
+
+    python -m bench.compare [--quick] [--skip-proxy] [--output bench/results/gateway.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bench import litellm_venv, profiling, targets
+from bench.machine import machine_info
+from bench.procs import LoadGenProcess, ManagedProcess, cpu_seconds, free_port, memory_kib
+from bench.stats import method_text
+
+RESULTS = Path(__file__).parent / "results"
+TARGET_ORDER = ("direct", "echo", "router", "litellm_proxy")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    concurrencies: tuple[int, ...] = (1, 8, 32, 128)
+    workloads: tuple[str, ...] = ("chat", "stream", "embed")
+    requests: int = 4000
+    max_duration_s: float = 10.0
+    warmup_requests: int = 100
+    warmup_per_worker: int = 4
+    warmup_max_s: float = 3.0
+    upstream_latency_ms: float = 0.0
+    include_proxy: bool = True
+    install_proxy: bool = True
+    profile_seconds: float = 0.0
+    profile_concurrency: int = 32
+    targets: tuple[str, ...] = TARGET_ORDER
+    router_source: str | None = None  # another checkout to take the router from (A/B of a patch)
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> GatewaySettings:
+        values: dict[str, Any] = {
+            "concurrencies": (1, 8),
+            "requests": 40,
+            "max_duration_s": 3.0,
+            "warmup_requests": 8,
+            "warmup_per_worker": 1,
+            "warmup_max_s": 2.0,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class Running:
+    target: targets.Target
+    cells: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _job(target: targets.Target, workload: str, concurrency: int) -> dict[str, Any]:
+    http = target.kind == "http"
+    return {
+        "kind": target.kind,
+        "address": target.address,
+        "workload": workload,
+        "concurrency": concurrency,
+        "chat_model": targets.CHAT_MODEL if http else "",
+        "embed_model": targets.EMBED_MODEL if http else "",
+        "api_key": target.api_key,
+    }
+
+
+def measure_cell(
+    loadgen: LoadGenProcess,
+    target: targets.Target,
+    workload: str,
+    concurrency: int,
+    settings: GatewaySettings,
+    upstream: ManagedProcess,
+) -> dict[str, Any]:
+    """Warm up, then one measured closed-loop job; CPU read around the measured job only."""
+    job = _job(target, workload, concurrency)
+    warmup = loadgen.run(
+        **job,
+        requests=max(settings.warmup_requests, settings.warmup_per_worker * concurrency),
+        max_duration_s=settings.warmup_max_s,
+    )
+    pid = target.process.pid
+    cpu_before, upstream_before = cpu_seconds(pid), cpu_seconds(upstream.pid)
+    result = loadgen.run(**job, requests=settings.requests, max_duration_s=settings.max_duration_s)
+    cpu_used = cpu_seconds(pid) - cpu_before
+    upstream_used = cpu_seconds(upstream.pid) - upstream_before
+    rss, peak = memory_kib(pid)
+    done = max(result["ok"] + result["errors"], 1)
+    result.update(
+        {
+            "warmup_errors": warmup["errors"],
+            "target_cpu_s": round(cpu_used, 3),
+            "target_cpu_ms_per_request": round(cpu_used / done * 1000, 4),
+            "target_cpu_cores": round(cpu_used / result["elapsed_s"], 3) if result["elapsed_s"] else None,
+            "upstream_cpu_ms_per_request": round(upstream_used / done * 1000, 4),
+            "client_cpu_ms_per_request": round(result["client_cpu_s"] / done * 1000, 4),
+            "target_rss_kib": rss,
+            "target_peak_rss_kib": peak,
+        }
+    )
+    return result
+
+
+def _start(
+    name: str,
+    work_dir: Path,
+    fake: ManagedProcess,
+    fake_url: str,
+    settings: GatewaySettings,
+    report: dict[str, Any],
+) -> targets.Target | None:
+    if name == "direct":
+        target = targets.direct_target(fake, fake_url)
+        targets.first_success_direct(target)
+        return target
+    if name == "echo":
+        return targets.start_echo(work_dir)
+    if name == "router":
+        config = targets.router_config(free_port(), [targets.fake_provider_entry(fake_url)])
+        source = Path(settings.router_source) if settings.router_source else None
+        return targets.start_router(work_dir, config, source=source)
+    if name == "litellm_proxy":
+        if not settings.include_proxy:
+            report["unavailable"][name] = "skipped (--skip-proxy)"
+            return None
+        install = litellm_venv.ensure_litellm(
+            work_dir / "litellm_install.log", allow_install=settings.install_proxy
+        )
+        report["litellm_install"] = {
+            "venv": str(install.venv),
+            "version": install.version,
+            "installed_now": install.installed_now,
+            "install_s": install.install_s,
+            "reason": install.reason,
+        }
+        if not install.available:
+            report["unavailable"][name] = install.reason
+            return None
+        return targets.start_proxy(work_dir, install, fake_url)
+    raise ValueError(name)
+
+
+def run_gateway(settings: GatewaySettings, work_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Start every target, run every cell, derive added latency and ratios; returns the report."""
+    report: dict[str, Any] = {
+        "section": "gateway",
+        "method": method_text(__doc__),
+        "settings": asdict(settings),
+        "targets": {},
+        "unavailable": {},
+    }
+    fake, fake_url = targets.start_fake(work_dir, settings.upstream_latency_ms)
+    report["upstream"] = {
+        "fake_provider_startup_s": round(fake.ready_s or 0.0, 3),
+        "latency_ms": settings.upstream_latency_ms,
+    }
+    loadgen = LoadGenProcess(work_dir)
+    running: dict[str, Running] = {}
+    try:
+        for name in settings.targets:
+            try:
+                target = _start(name, work_dir, fake, fake_url, settings, report)
+            except Exception as exc:
+                report["unavailable"][name] = f"failed to start: {exc}"
+                continue
+            if target is not None:
+                running[name] = Running(target)
+        for workload in settings.workloads:
+            for concurrency in settings.concurrencies:
+                for name, run in running.items():
+                    if not run.target.process.alive():
+                        continue
+                    cell = measure_cell(loadgen, run.target, workload, concurrency, settings, fake)
+                    run.cells[f"{workload}/c{concurrency}"] = cell
+                    print(
+                        f"  {name:<14} {workload:<6} c={concurrency:<4} "
+                        f"{cell['throughput_rps']:>9.1f} req/s  "
+                        f"p50 {cell['latency_ms'].get('p50', float('nan')):8.2f} ms  "
+                        f"p99 {cell['latency_ms'].get('p99', float('nan')):8.2f} ms  errors {cell['errors']}",
+                        flush=True,
+                    )
+        if "router" in running and settings.profile_seconds > 0:
+            report["profile"] = profile_router(loadgen, running["router"].target, settings, out_dir)
+        for name, run in running.items():
+            rss, peak = memory_kib(run.target.process.pid)
+            report["targets"][name] = {
+                "kind": run.target.kind,
+                "pid": run.target.process.pid,
+                "alive_at_end": run.target.process.alive(),
+                "startup_s": _round(run.target.startup_s),
+                "first_success_s": _round(run.target.first_success_s),
+                "rss_kib_after_run": rss,
+                "peak_rss_kib": peak,
+                "cells": run.cells,
+            }
+    finally:
+        loadgen.close()
+        for run in running.values():
+            if run.target.owns_process:
+                run.target.process.stop()
+        fake.stop()
+    report["derived"] = derive(report, settings)
+    report["machine"] = machine_info(
+        litellm_proxy_version=(report.get("litellm_install") or {}).get("version")
+    )
+    return report
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def profile_router(
+    loadgen: LoadGenProcess, router: targets.Target, settings: GatewaySettings, out_dir: Path
+) -> dict[str, Any]:
+    """py-spy on the router while the load generator keeps it busy with unary chat."""
+    seconds = settings.profile_seconds
+    job = _job(router, "chat", settings.profile_concurrency)
+    loadgen.submit({"op": "run", **job, "requests": 10**9, "max_duration_s": 2 * seconds + 4})
+    time.sleep(1.0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = profiling.record(
+        router.process.pid, seconds, out_dir / "profile.svg", out_dir / "profile.folded"
+    )
+    load = loadgen.result()
+    summary["load"] = {
+        "workload": "chat",
+        "concurrency": settings.profile_concurrency,
+        "throughput_rps_while_profiling": load["throughput_rps"],
+        "errors": load["errors"],
+    }
+    return summary
+
+
+def _p(cell: dict[str, Any] | None, metric: str, q: str) -> float | None:
+    if not cell:
+        return None
+    value = (cell.get(metric) or {}).get(q)
+    return float(value) if value is not None else None
+
+
+def derive(report: dict[str, Any], settings: GatewaySettings) -> dict[str, Any]:
+    """Added latency over the direct floor, and the ratios the goals are stated in."""
+    cells = {name: t["cells"] for name, t in report["targets"].items()}
+    direct = cells.get("direct", {})
+    added: dict[str, dict[str, Any]] = {}
+    for name, target_cells in cells.items():
+        if name == "direct":
+            continue
+        for key, cell in target_cells.items():
+            floor = direct.get(key)
+            entry: dict[str, Any] = {}
+            for q in ("p50", "p90", "p99"):
+                value, base = _p(cell, "latency_ms", q), _p(floor, "latency_ms", q)
+                entry[q] = round(value - base, 3) if value is not None and base is not None else None
+                if key.startswith("stream/"):
+                    t, b = _p(cell, "ttft_ms", q), _p(floor, "ttft_ms", q)
+                    entry[f"ttft_{q}"] = round(t - b, 3) if t is not None and b is not None else None
+            added.setdefault(name, {})[key] = entry
+    ratios: dict[str, dict[str, Any]] = {}
+    router, proxy, echo = cells.get("router", {}), cells.get("litellm_proxy", {}), cells.get("echo", {})
+    for key, cell in router.items():
+        entry = {}
+        if key in proxy and proxy[key]["throughput_rps"]:
+            entry["throughput_vs_proxy"] = round(cell["throughput_rps"] / proxy[key]["throughput_rps"], 2)
+            ours, theirs = added["router"][key]["p50"], added.get("litellm_proxy", {}).get(key, {}).get("p50")
+            if ours is not None and theirs is not None and ours > 0:
+                entry["proxy_added_p50_over_ours"] = round(theirs / ours, 2)
+            if cell["target_cpu_ms_per_request"]:
+                entry["proxy_cpu_per_request_over_ours"] = round(
+                    proxy[key]["target_cpu_ms_per_request"] / cell["target_cpu_ms_per_request"], 2
+                )
+        if key in echo and echo[key]["throughput_rps"]:
+            entry["throughput_vs_echo"] = round(cell["throughput_rps"] / echo[key]["throughput_rps"], 3)
+        ratios[key] = entry
+    memory = {name: t["rss_kib_after_run"] for name, t in report["targets"].items()}
+    errors = {name: sum(c["errors"] for c in t["cells"].values()) for name, t in report["targets"].items()}
+    return {"added_latency_ms": added, "router_ratios": ratios, "rss_kib_after_run": memory, "errors": errors}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-proxy", action="store_true")
+    parser.add_argument("--output", type=Path, default=RESULTS / "gateway.json")
+    parser.add_argument("--work-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    import tempfile
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="sekha-bench-"))
+    settings = GatewaySettings.quick() if args.quick else GatewaySettings()
+    if args.skip_proxy:
+        settings = replace(settings, include_proxy=False)
+    report = run_gateway(settings, work, args.output.parent)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

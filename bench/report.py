@@ -1,0 +1,275 @@
+"""The goals, checked against a run's results, and the run as Markdown tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+GOAL_ADDED_P50_MS = 1.5
+GOAL_PROXY_ADDED_OVER_OURS = 5.0
+GOAL_THROUGHPUT_VS_PROXY = 5.0
+GOAL_THROUGHPUT_VS_ECHO = 0.40
+GOAL_TTFT_OVERHEAD_MS = 2.0
+GOAL_RSS_FRACTION_OF_PROXY = 0.5
+GOAL_BATCHING = 0.8
+THROUGHPUT_CONCURRENCY = 32
+
+
+def _goal(name: str, target: str, measured: Any, passed: bool | None, note: str = "") -> dict[str, Any]:
+    return {"goal": name, "target": target, "measured": measured, "pass": passed, "note": note}
+
+
+def _cell(gateway: dict[str, Any], target: str, key: str) -> dict[str, Any] | None:
+    cells: dict[str, Any] | None = gateway.get("targets", {}).get(target, {}).get("cells")
+    return cells.get(key) if cells else None
+
+
+def evaluate_goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    goals: list[dict[str, Any]] = []
+    gateway = results.get("gateway")
+    if gateway:
+        derived = gateway["derived"]
+        added = derived["added_latency_ms"]
+        ours = (added.get("router", {}).get("chat/c1") or {}).get("p50")
+        theirs = (added.get("litellm_proxy", {}).get("chat/c1") or {}).get("p50")
+        goals.append(
+            _goal(
+                "router added latency p50, unary chat, concurrency 1",
+                f"<= {GOAL_ADDED_P50_MS} ms",
+                None if ours is None else f"{ours:.3f} ms",
+                None if ours is None else ours <= GOAL_ADDED_P50_MS,
+            )
+        )
+        ratio = theirs / ours if ours and theirs is not None and ours > 0 else None
+        goals.append(
+            _goal(
+                "router added latency p50 vs LiteLLM proxy's (chat, c=1)",
+                f"<= 1/{GOAL_PROXY_ADDED_OVER_OURS:g} of the proxy's",
+                None if ratio is None else f"proxy adds {theirs:.3f} ms = {ratio:.1f}x ours",
+                None if ratio is None else ratio >= GOAL_PROXY_ADDED_OVER_OURS,
+                "" if theirs is not None else "proxy not measured",
+            )
+        )
+        key = f"chat/c{THROUGHPUT_CONCURRENCY}"
+        ratios = derived["router_ratios"].get(key, {})
+        vs_proxy = ratios.get("throughput_vs_proxy")
+        goals.append(
+            _goal(
+                f"throughput at concurrency {THROUGHPUT_CONCURRENCY} (unary chat) vs LiteLLM proxy",
+                f">= {GOAL_THROUGHPUT_VS_PROXY:g}x",
+                None if vs_proxy is None else f"{vs_proxy:.2f}x",
+                None if vs_proxy is None else vs_proxy >= GOAL_THROUGHPUT_VS_PROXY,
+                "" if vs_proxy is not None else f"{key} or the proxy not measured",
+            )
+        )
+        vs_echo = ratios.get("throughput_vs_echo")
+        goals.append(
+            _goal(
+                f"throughput at concurrency {THROUGHPUT_CONCURRENCY} (unary chat) vs bare grpc.aio echo",
+                f"aim >= {GOAL_THROUGHPUT_VS_ECHO:.0%}",
+                None if vs_echo is None else f"{vs_echo:.0%}",
+                None if vs_echo is None else vs_echo >= GOAL_THROUGHPUT_VS_ECHO,
+            )
+        )
+        ttft = (added.get("router", {}).get("stream/c1") or {}).get("ttft_p50")
+        goals.append(
+            _goal(
+                "streaming time-to-first-token overhead p50 (c=1)",
+                f"<= {GOAL_TTFT_OVERHEAD_MS} ms",
+                None if ttft is None else f"{ttft:.3f} ms",
+                None if ttft is None else ttft <= GOAL_TTFT_OVERHEAD_MS,
+            )
+        )
+        memory = derived["rss_kib_after_run"]
+        router_rss, proxy_rss = memory.get("router"), memory.get("litellm_proxy")
+        goals.append(
+            _goal(
+                "router RSS after the run vs LiteLLM proxy's",
+                f"<= {GOAL_RSS_FRACTION_OF_PROXY:.0%}",
+                None
+                if not router_rss or not proxy_rss
+                else f"{router_rss / 1024:.0f} MiB vs {proxy_rss / 1024:.0f} MiB"
+                f" = {router_rss / proxy_rss:.0%}",
+                None
+                if not router_rss or not proxy_rss
+                else router_rss <= GOAL_RSS_FRACTION_OF_PROXY * proxy_rss,
+            )
+        )
+        errors = derived["errors"]
+        goals.append(
+            _goal(
+                "no errors (router, every cell)",
+                "0",
+                ", ".join(f"{name}: {count}" for name, count in errors.items()),
+                errors.get("router") == 0 if "router" in errors else None,
+            )
+        )
+    batching = results.get("batching")
+    if batching:
+        ratio = batching.get("router_over_raw_batched")
+        goals.append(
+            _goal(
+                "local model: 64 concurrent single-text Embed calls vs raw batched throughput",
+                f">= {GOAL_BATCHING:.0%}",
+                None
+                if ratio is None
+                else f"median per-round ratio {ratio:.0%} "
+                f"(router {batching['through_router']['texts_per_s']}, "
+                f"raw {batching['raw']['batched_64_texts_per_s']} texts/s, medians of "
+                f"{batching.get('rounds', 1)} rounds)",
+                None if ratio is None else ratio >= GOAL_BATCHING,
+            )
+        )
+    return goals
+
+
+def build_summary(results: dict[str, dict[str, Any]], quick: bool) -> dict[str, Any]:
+    summary: dict[str, Any] = {"quick": quick, "goals": evaluate_goals(results)}
+    gateway = results.get("gateway")
+    if gateway:
+        summary["gateway"] = {
+            "derived": gateway["derived"],
+            "startup_s": {n: t["startup_s"] for n, t in gateway["targets"].items()},
+            "first_success_s": {n: t["first_success_s"] for n, t in gateway["targets"].items()},
+            "unavailable": gateway["unavailable"],
+            "profile": {
+                k: v
+                for k, v in (gateway.get("profile") or {}).items()
+                if k in ("available", "reason", "samples", "buckets_self", "load")
+            },
+        }
+    if "routing" in results:
+        summary["routing_median_us"] = results["routing"].get("median_us")
+    if "embedding" in results:
+        emb = results["embedding"]
+        summary["embedding"] = {
+            "checkpoints": [
+                {k: c.get(k) for k in ("documents", "reached", "segment_docs_per_s", "search_latency_ms")}
+                for c in emb["checkpoints"]
+            ],
+            "cross_dimension_p50_ratio": emb.get("cross_dimension", {}).get("p50_ratio_fused_over_single"),
+        }
+    if "batching" in results:
+        summary["batching_ratio"] = results["batching"].get("router_over_raw_batched")
+    return summary
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(summary: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
+    """Markdown tables of a run (pasted into docs/PERFORMANCE.md)."""
+    lines: list[str] = []
+    machine = summary.get("machine", {})
+    lines += [
+        f"Run: `{summary.get('command', '')}` at {machine.get('measured_at')}, commit "
+        f"{(machine.get('git_commit') or '')[:10]}{' (dirty tree)' if machine.get('git_dirty') else ''}; "
+        f"{machine.get('nproc')} cores ({machine.get('cpu_model')}), load average at the end "
+        f"{machine.get('load_average_1_5_15')}; Python {machine.get('python')}, "
+        f"grpcio {machine.get('grpcio')}, "
+        f"uvloop {machine.get('uvloop')}, aiohttp {machine.get('aiohttp')}, litellm {machine.get('litellm')} "
+        f"(proxy venv: {machine.get('litellm_proxy')}), chromadb {machine.get('chromadb')}, "
+        f"torch {machine.get('torch')}.",
+        "",
+        *(
+            [f"Sections from earlier runs: {summary['from_earlier_runs']}.", ""]
+            if summary.get("from_earlier_runs")
+            else []
+        ),
+        "| goal | target | measured | met |",
+        "|---|---|---|---|",
+    ]
+    for goal in summary.get("goals", []):
+        met = {True: "yes", False: "**no**", None: "n/a"}[goal["pass"]]
+        lines.append(f"| {goal['goal']} | {goal['target']} | {_fmt(goal['measured'])} | {met} |")
+    gateway = results.get("gateway")
+    if gateway:
+        added = gateway["derived"]["added_latency_ms"]
+        lines += [
+            "",
+            "| workload | c | target | req/s | p50 ms | p90 ms | p99 ms | added p50 ms | TTFT p50 ms "
+            "| added TTFT p50 ms | CPU ms/req | errors |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for workload in gateway["settings"]["workloads"]:
+            for concurrency in gateway["settings"]["concurrencies"]:
+                key = f"{workload}/c{concurrency}"
+                for name, target in gateway["targets"].items():
+                    cell = target["cells"].get(key)
+                    if not cell:
+                        continue
+                    extra = added.get(name, {}).get(key, {})
+                    lat, ttft = cell["latency_ms"], cell.get("ttft_ms") or {}
+                    lines.append(
+                        f"| {workload} | {concurrency} | {name} | {_fmt(cell['throughput_rps'], 0)} "
+                        f"| {_fmt(lat.get('p50'))} | {_fmt(lat.get('p90'))} | {_fmt(lat.get('p99'))} "
+                        f"| {_fmt(extra.get('p50'))} | {_fmt(ttft.get('p50'))} "
+                        f"| {_fmt(extra.get('ttft_p50'))} "
+                        f"| {_fmt(cell['target_cpu_ms_per_request'], 3)} | {cell['errors']} |"
+                    )
+        lines += [
+            "",
+            "| target | startup to SERVING s | first successful request s | RSS after run MiB "
+            "| peak RSS MiB |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, target in gateway["targets"].items():
+            lines.append(
+                f"| {name} | {_fmt(target['startup_s'], 3)} | {_fmt(target['first_success_s'], 3)} "
+                f"| {target['rss_kib_after_run'] / 1024:.0f} | {target['peak_rss_kib'] / 1024:.0f} |"
+            )
+        for name, reason in gateway.get("unavailable", {}).items():
+            lines.append(f"\n{name} unavailable: {reason}")
+    emb = results.get("embedding")
+    if emb:
+        lines += [
+            "",
+            "| documents (384-d) | reached | ingest docs/s (segment) | search p50 ms | p90 ms | p99 ms |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        for c in emb["checkpoints"]:
+            s = c.get("search_latency_ms") or {}
+            reached = "yes" if c["reached"] else f"no ({c['documents_in_collection']})"
+            lines.append(
+                f"| {c['documents']} | {reached} "
+                f"| {_fmt(c['segment_docs_per_s'], 0)} | {_fmt(s.get('p50'))} | {_fmt(s.get('p90'))} "
+                f"| {_fmt(s.get('p99'))} |"
+            )
+        x = emb.get("cross_dimension")
+        if x:
+            lines.append(
+                f"\nCross-dimension search ({x['documents_per_collection']} documents in a 384-d and a 768-d "
+                f"collection): single collection p50 {x['single_collection_384_ms']['p50']} ms, "
+                "both fused p50 "
+                f"{x['both_collections_fused_ms']['p50']} ms = {x['p50_ratio_fused_over_single']}x "
+                f"(p99 {x['p99_ratio_fused_over_single']}x). Ingest total {emb.get('ingest_total_s')} s."
+            )
+    batching = results.get("batching")
+    if batching:
+        raw, routed = batching["raw"], batching["through_router"]
+        lines.append(
+            f"\nLocal model batching: raw batched (64) {raw['batched_64_texts_per_s']} texts/s, one text per "
+            f"call {raw['one_text_per_call_texts_per_s']} texts/s, LocalEmbedder in process "
+            f"{raw['local_embedder_in_process']['texts_per_s']} texts/s; through the router (gRPC, "
+            f"64 concurrent single-text calls) {routed['texts_per_s']} texts/s, "
+            f"{batching['router_over_raw_batched']} of raw (median per-round ratio; rounds "
+            f"{batching.get('ratio_per_round')}), "
+            f"p50 {routed['latency_ms'].get('p50')} ms, errors {routed['errors']}."
+        )
+    routing = results.get("routing")
+    if routing:
+        lines.append(
+            f"\nRouting decision ({routing['providers']} providers x "
+            f"{routing['models_per_provider']} models): "
+            f"median {routing['median_us']} us, p99 {routing['p99_us']} us."
+        )
+    profile = (gateway or {}).get("profile")
+    if profile and profile.get("available"):
+        lines += ["", f"Profile of the router (py-spy, {profile['samples']} samples, unary chat c=32):", ""]
+        lines += ["| bucket (leaf frame) | % of samples |", "|---|---:|"]
+        lines += [f"| {b['frame']} | {b['percent']} |" for b in profile["buckets_self"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,137 @@
+"""The benchmark harness runs end to end: `python -m bench.run --quick --skip-proxy` in a subprocess.
+
+Only the shape of what it writes is checked (every section, every target and cell, no
+errors, machine info), never a timing: numbers on a shared 2-core machine prove nothing.
+The pure helpers the results depend on (percentiles, the py-spy summary) are checked exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.profiling import summarize_folded
+from bench.stats import percentile, summarize_ms
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_S = 110  # a hang guard; the quick run takes about 35 s on 2 cores
+MACHINE_KEYS = {"nproc", "cpu_model", "python", "grpcio", "litellm", "git_commit", "measured_at"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench-quick")
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--skip-proxy", "--output-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return out
+
+
+def _load(out: Path, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / name).read_text(encoding="utf-8"))
+    assert MACHINE_KEYS <= set(data["machine"]), name
+    return data
+
+
+def test_gateway_section_has_every_target_cell_and_no_errors(quick_run: Path) -> None:
+    gateway = _load(quick_run, "gateway.json")
+    settings = gateway["settings"]
+    assert settings["concurrencies"] == [1, 8]
+    assert set(gateway["targets"]) == {"direct", "echo", "router"}
+    assert "skipped" in gateway["unavailable"]["litellm_proxy"]
+    for name, target in gateway["targets"].items():
+        assert target["startup_s"] > 0 and target["first_success_s"] >= target["startup_s"], name
+        assert target["rss_kib_after_run"] > 0 and target["alive_at_end"], name
+        assert set(target["cells"]) == {
+            f"{w}/c{c}" for w in settings["workloads"] for c in settings["concurrencies"]
+        }
+        for key, cell in target["cells"].items():
+            assert cell["errors"] == 0 and cell["warmup_errors"] == 0, (name, key, cell["error_kinds"])
+            assert cell["ok"] == settings["requests"] or cell["elapsed_s"] >= settings["max_duration_s"]
+            assert cell["throughput_rps"] > 0 and cell["target_rss_kib"] > 0
+            assert cell["latency_ms"]["p50"] <= cell["latency_ms"]["p90"] <= cell["latency_ms"]["p99"]
+            assert cell["target_cpu_ms_per_request"] >= 0
+            if key.startswith("stream/"):
+                assert cell["ttft_ms"]["p50"] <= cell["latency_ms"]["max"]
+    added = gateway["derived"]["added_latency_ms"]
+    assert set(added) == {"echo", "router"}
+    assert set(added["router"]["stream/c1"]) >= {"p50", "p99", "ttft_p50"}
+    assert gateway["derived"]["errors"] == {"direct": 0, "echo": 0, "router": 0}
+    if importlib.util.find_spec("matplotlib") is not None:
+        for png in ("latency_vs_concurrency.png", "throughput_vs_concurrency.png"):
+            assert (quick_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_embedding_routing_and_batching_sections(quick_run: Path) -> None:
+    store = _load(quick_run, "embedding_store.json")
+    [checkpoint] = store["checkpoints"]
+    assert checkpoint["documents"] == 1000 and checkpoint["reached"]
+    assert checkpoint["documents_in_collection"] == 1000 and checkpoint["segment_docs_per_s"] > 0
+    assert checkpoint["search_latency_ms"]["count"] == store["queries_per_checkpoint"]
+    cross = store["cross_dimension"]
+    assert cross["collections"] == ["xdim_384", "xdim_768"] and cross["p50_ratio_fused_over_single"] > 0
+
+    routing = _load(quick_run, "routing_decision.json")
+    assert routing["scenarios"]["chat_smart"]["candidates_returned"] == 8
+
+    batching = _load(quick_run, "local_batching.json")
+    routed = batching["through_router"]
+    assert routed["errors"] == 0 and routed["warmup_errors"] == 0
+    assert routed["texts"] == batching["texts_per_measurement"] * batching["rounds"]
+    assert batching["raw"]["batched_64_texts_per_s"] > 0 and batching["router_over_raw_batched"] > 0
+
+
+def test_summary_lists_the_goals_and_no_failed_section(quick_run: Path) -> None:
+    summary = _load(quick_run, "summary.json")
+    assert summary["quick"] is True and summary["failed"] == {}
+    assert set(summary["sections"]) == {"gateway", "routing", "embedding", "batching"}
+    goals = {g["goal"]: g for g in summary["goals"]}
+    assert goals["no errors (router, every cell)"]["pass"] is True
+    # Without the proxy, the goals stated against it are not judged either way.
+    assert goals["router added latency p50 vs LiteLLM proxy's (chat, c=1)"]["pass"] is None
+    assert "| goal | target | measured | met |" in (quick_run / "summary.md").read_text(encoding="utf-8")
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile(values, 1.0) == 100.0
+    assert percentile([7.0], 0.9) == 7.0
+    summary = summarize_ms([0.001, 0.002, 0.003, 0.004])
+    assert summary == {"count": 4, "p50": 2.0, "p90": 4.0, "p99": 4.0, "mean": 2.5, "min": 1.0, "max": 4.0}
+
+
+def test_profile_summary_counts_self_inclusive_and_buckets() -> None:
+    folded = "\n".join(
+        [
+            "main (router_service/__main__.py:60);Chat (router_service/rpc/servicer.py:30);"
+            "chat_request_from_pb (router_service/rpc/convert.py:160) 6",
+            "main (router_service/__main__.py:60);Chat (router_service/rpc/servicer.py:30);"
+            "_request (aiohttp/client.py:500) 3",
+            "run (asyncio/runners.py:118) 1",
+        ]
+    )
+    summary = summarize_folded(folded)
+    assert summary["samples"] == 10
+    assert summary["top_self"][0] == {
+        "frame": "chat_request_from_pb (router_service/rpc/convert.py)",
+        "samples": 6,
+        "percent": 60.0,
+    }
+    inclusive = {e["frame"]: e["percent"] for e in summary["top_inclusive"]}
+    assert inclusive["Chat (router_service/rpc/servicer.py)"] == 90.0
+    buckets = {e["frame"]: e["percent"] for e in summary["buckets_self"]}
+    assert buckets == {"router: servicer + convert": 60.0, "aiohttp client": 30.0, "event loop": 10.0}
