@@ -15,7 +15,7 @@ import os
 import sys
 
 from sekha.configloader import ConfigError
-from sekha.server.logs import configure_logging
+from sekha.server.logs import configure_logging, resolve_log_level
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,8 +47,9 @@ def check_config_main(path: str) -> int:
 
 
 async def _serve(path: str | None) -> int:
-    from embedding_service.server import build_server
+    from embedding_service.server import EmbeddingDeps, build_server
     from sekha.server.lifecycle import serve_until_signalled
+    from sekha.telemetry import setup_telemetry
 
     try:
         config = _load(path)
@@ -56,8 +57,23 @@ async def _serve(path: str | None) -> int:
         for line in exc.errors:
             print(f"config error: {line}", file=sys.stderr)
         return 2
-    app = await build_server(config)
-    await serve_until_signalled(app.serving, "embedding")
+    configure_logging(resolve_log_level(config.telemetry.log_level))
+    # The process owns its telemetry: exporters from OTEL_* / telemetry.*, Prometheus when a
+    # metrics port is configured (build_server serves it), flushed on the way out.
+    telemetry = setup_telemetry(
+        "sekha-embedding", config.telemetry, prometheus=config.server.metrics_port is not None
+    )
+    telemetry.set_global()
+    try:
+        try:
+            app = await build_server(config, EmbeddingDeps(telemetry=telemetry))
+        except ConfigError as exc:  # found while wiring, e.g. an unreadable TLS certificate
+            for line in exc.errors:
+                print(f"config error: {line}", file=sys.stderr)
+            return 2
+        await serve_until_signalled(app.serving, "embedding")
+    finally:
+        telemetry.shutdown()
     return 0
 
 
@@ -65,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return check_config_main(args.file)
-    configure_logging(os.environ.get("SEKHA_LOG_LEVEL", "INFO"))
+    configure_logging(resolve_log_level())  # until the config is read; it may name another level
     path = getattr(args, "serve_config", None) or args.config
     try:
         import uvloop

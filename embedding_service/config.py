@@ -14,6 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from sekha.server.security import AuthConfig, ClientTlsConfig, ServerTlsConfig
+from sekha.telemetry import TelemetryConfig
+
 ENV_PREFIX = "SEKHA_EMBEDDING__"
 
 DistanceSpace = Literal["cosine", "l2", "ip"]
@@ -33,6 +36,7 @@ class ServerConfig(_Strict):
     grace_period_s: float = Field(default=10.0, ge=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    tls: ServerTlsConfig | None = Field(default=None, description="TLS, and mutual TLS with client_ca_file")
 
 
 class RouterClientConfig(_Strict):
@@ -41,6 +45,7 @@ class RouterClientConfig(_Strict):
     target: str = "127.0.0.1:50051"
     timeout_s: float = Field(default=30.0, gt=0)
     api_key: SecretStr | None = None
+    tls: ClientTlsConfig | None = Field(default=None, description="TLS to the router; None = plaintext")
 
 
 class HnswConfig(_Strict):
@@ -79,6 +84,7 @@ class DefaultsConfig(_Strict):
     max_top_k: int = Field(default=200, ge=1)
     max_id_chars: int = Field(default=512, ge=1)
     max_metadata_keys: int = Field(default=64, ge=1)
+    max_metadata_value_chars: int = Field(default=8192, ge=1)
     page_size: int = Field(default=100, ge=1)
     max_page_size: int = Field(default=1000, ge=1)
 
@@ -114,11 +120,13 @@ class EmbeddingConfig(_Strict):
 
     server: ServerConfig = ServerConfig()
     router: RouterClientConfig = RouterClientConfig()
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys; off unless enabled")
     chroma: ChromaConfig = ChromaConfig()
     # SQLite file holding the alias registry and the migrations.
     state_path: Path = Path("./data/embedding_state.sqlite3")
     defaults: DefaultsConfig = DefaultsConfig()
     migration: MigrationConfig = MigrationConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @classmethod
     def load(

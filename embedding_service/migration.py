@@ -25,14 +25,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from sekha.errors import DimensionMismatchError, GatewayError, UnavailableError
-
 from embedding_service.config import MigrationConfig
 from embedding_service.domain import MigrationState
 from embedding_service.locks import BaseLocks
 from embedding_service.registry import CollectionRecord, MigrationRecord, SqliteRegistry
 from embedding_service.store import ChromaStore, StoredDocument
 from embedding_service.vectors import EmbeddedBatch, VectorSource, embed_checked
+from sekha.errors import DimensionMismatchError, GatewayError, UnavailableError
 
 _log = logging.getLogger(__name__)
 

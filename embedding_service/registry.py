@@ -19,9 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from sekha.errors import AlreadyExistsError, NotFoundError
-
 from embedding_service.domain import DistanceMetric, MigrationState
+from sekha.errors import AlreadyExistsError, NotFoundError
 
 T = TypeVar("T")
 

@@ -44,7 +44,9 @@ class RouterVectorSource:
 def _domain_error(exc: c.SekhaError, model: str | None) -> e.GatewayError:
     """The router's answer as the domain error the embedding service reports to its caller."""
     if isinstance(exc, c.NotFoundError):
-        return e.NotFoundError("model", model or "", f"embedding model {model!r} is not configured on the router")
+        return e.NotFoundError(
+            "model", model or "", f"embedding model {model!r} is not configured on the router"
+        )
     if isinstance(exc, c.FailedPreconditionError):
         return e.FailedPreconditionError(
             f"the router cannot embed with {model or 'its default model'}: {exc.message}",

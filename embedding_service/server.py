@@ -6,10 +6,12 @@ inject a vector source (or a router channel) through `EmbeddingDeps`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from embedding_service.config import EmbeddingConfig
+from embedding_service.observability import ObservedEmbeddingService
 from embedding_service.router_vectors import RouterVectorSource
 from embedding_service.rpc.servicer import EmbeddingServicer
 from embedding_service.service import EmbeddingStoreService
@@ -17,9 +19,16 @@ from embedding_service.vectors import VectorSource
 from sekha.client import ConnectionConfig, RouterClient
 from sekha.embedding.v1 import embedding_service_pb2 as pb
 from sekha.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
+from sekha.server.auth import auth_interceptors, warn_if_open
 from sekha.server.lifecycle import ServerOptions, ServingServer, start_server
+from sekha.server.tls import client_connection, server_credentials
+from sekha.server.tracing import TelemetryInterceptor
+from sekha.telemetry import MetricsEndpoint, Telemetry
+from sekha.tracing import client_interceptors
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,12 +39,15 @@ class EmbeddingDeps:
     router_connection: ConnectionConfig | None = None  # overrides target/TLS/key of config.router
     extra_interceptors: list[Any] = field(default_factory=list)
     server_credentials: Any = None
+    # Traces and metrics (`sekha.telemetry.setup_telemetry`); None: none at all. The caller owns it.
+    telemetry: Telemetry | None = None
 
 
 @dataclass
 class EmbeddingApp:
     serving: ServingServer
     service: EmbeddingStoreService
+    metrics_port: int | None = None  # the bound /metrics port when one is served
 
     @property
     def port(self) -> int:
@@ -47,23 +59,31 @@ class EmbeddingApp:
 
 def router_connection(config: EmbeddingConfig) -> ConnectionConfig:
     key = config.router.api_key
-    return ConnectionConfig(
+    connection = ConnectionConfig(
         target=config.router.target,
         api_key=key.get_secret_value() if key is not None else None,
         default_timeout_s=config.router.timeout_s,
         max_message_bytes=config.server.max_message_bytes,
     )
+    return client_connection(connection, config.router.tls)
 
 
 async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = None) -> EmbeddingApp:
     deps = deps or EmbeddingDeps()
+    telemetry = deps.telemetry if deps.telemetry is not None and deps.telemetry.enabled else None
     closers = []
     vectors = deps.vectors
     if vectors is None:
-        router = RouterClient(deps.router_connection or router_connection(config))
+        # The channel to the router carries the trace on (client spans + traceparent metadata).
+        interceptors = client_interceptors(telemetry.tracer) if telemetry is not None else ()
+        router = RouterClient(deps.router_connection or router_connection(config), interceptors=interceptors)
         closers.append(router.close)
         vectors = RouterVectorSource(router, timeout_s=config.router.timeout_s)
-    service = EmbeddingStoreService.open(config, vectors)
+    service: EmbeddingStoreService
+    if telemetry is not None:
+        service = ObservedEmbeddingService.open_observed(config, vectors, telemetry)
+    else:
+        service = EmbeddingStoreService.open(config, vectors)
     await service.check_health()
     servicer = EmbeddingServicer(service)
     options = ServerOptions(
@@ -73,9 +93,15 @@ async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = Non
         max_concurrent_rpcs=config.server.max_concurrent_rpcs,
         reflection=config.server.reflection,
         grace_period_s=config.server.grace_period_s,
-        extra_interceptors=tuple(deps.extra_interceptors),
-        server_credentials=deps.server_credentials,
+        # Telemetry first: it sees every RPC, the refused ones included, with its final status.
+        extra_interceptors=(
+            *((TelemetryInterceptor(telemetry),) if telemetry is not None else ()),
+            *deps.extra_interceptors,
+            *auth_interceptors(config.auth),
+        ),
+        server_credentials=deps.server_credentials or server_credentials(config.server.tls),
     )
+    warn_if_open(config.auth, config.server.host, "embedding service")
     serving = await start_server(
         options,
         domain="embedding.sekha.dev",
@@ -86,4 +112,12 @@ async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = Non
     serving.on_stop.extend(closers)
     serving.on_stop.append(service.aclose)
     await service.resume_migrations()
-    return EmbeddingApp(serving=serving, service=service)
+    app = EmbeddingApp(serving=serving, service=service)
+    if telemetry is not None and config.server.metrics_port is not None:
+        if telemetry.prometheus_registry is None:
+            log.warning("server.metrics_port is set but the telemetry has no Prometheus registry")
+        else:
+            endpoint = MetricsEndpoint(telemetry.prometheus_registry)
+            app.metrics_port = await endpoint.start(config.server.host, config.server.metrics_port)
+            serving.on_stop.append(endpoint.stop)
+    return app

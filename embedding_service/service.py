@@ -21,8 +21,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
-from sekha.errors import AlreadyExistsError, DimensionMismatchError, NotFoundError
-
 from embedding_service.config import EmbeddingConfig
 from embedding_service.domain import (
     CollectionInfo,
@@ -39,7 +37,7 @@ from embedding_service.domain import (
     UpsertResult,
     WhereFilter,
 )
-from embedding_service.fusion import RankedList, min_max_fusion, reciprocal_rank_fusion
+from embedding_service.fusion import FusedHit, RankedList, min_max_fusion, reciprocal_rank_fusion
 from embedding_service.locks import BaseLocks
 from embedding_service.migration import MigrationRunner
 from embedding_service.registry import CollectionRecord, MigrationRecord, SqliteRegistry
@@ -57,6 +55,7 @@ from embedding_service.validation import (
     resolve_page_size,
 )
 from embedding_service.vectors import EmbeddedBatch, VectorSource, embed_checked
+from sekha.errors import AlreadyExistsError, DimensionMismatchError, NotFoundError
 
 _log = logging.getLogger(__name__)
 
@@ -470,10 +469,7 @@ class EmbeddingStoreService:
             )
             for record, hits in zip(selected, results, strict=True)
         ]
-        if fusion_method is FusionMethod.MIN_MAX:
-            fused = min_max_fusion(ranked)
-        else:
-            fused = reciprocal_rank_fusion(ranked, rrf_k or self._limits.rrf_k)
+        fused = self._fuse(ranked, fusion_method, rrf_k or self._limits.rrf_k)
         documents: dict[str, QueryHit] = {}
         for collection_hits in results:  # the primary is first, so its copy of a document wins
             for hit in collection_hits:
@@ -489,6 +485,12 @@ class EmbeddingStoreService:
             for f in fused[:k]
         ]
         return SearchResult(hits=hits, collections=[record.name for record in selected])
+
+    def _fuse(self, ranked: list[RankedList], method: FusionMethod, rrf_k: int) -> list[FusedHit]:
+        """One ranking from the per-collection lists (a method of its own so tracing can wrap it)."""
+        if method is FusionMethod.MIN_MAX:
+            return min_max_fusion(ranked)
+        return reciprocal_rank_fusion(ranked, rrf_k)
 
     def _searched(
         self, base: str, collections: Sequence[CollectionRecord], dimensions: Sequence[int]

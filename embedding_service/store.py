@@ -27,6 +27,9 @@ from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import validate_where
 from chromadb.config import Settings
+
+from embedding_service.config import ChromaConfig
+from embedding_service.domain import DistanceMetric, Metadata, WhereFilter
 from sekha.errors import (
     AlreadyExistsError,
     DimensionMismatchError,
@@ -35,9 +38,6 @@ from sekha.errors import (
     NotFoundError,
     UnavailableError,
 )
-
-from embedding_service.config import ChromaConfig
-from embedding_service.domain import DistanceMetric, Metadata, WhereFilter
 
 _log = logging.getLogger(__name__)
 

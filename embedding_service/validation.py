@@ -9,11 +9,10 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
-from sekha.errors import FieldViolation, InvalidArgumentError
-
 from embedding_service.config import DefaultsConfig
 from embedding_service.domain import DocumentIn, WhereFilter
 from embedding_service.store import is_valid_where
+from sekha.errors import FieldViolation, InvalidArgumentError
 
 BASE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{1,50}$")
 # Chroma reserves these key prefixes for its own document/embedding fields and filter operators.
@@ -111,6 +110,9 @@ def _metadata_problems(
             problems.append(FieldViolation(f"{field}[{key}]", "must be a string, integer, float or boolean"))
         elif isinstance(value, float) and not math.isfinite(value):
             problems.append(FieldViolation(f"{field}[{key}]", "must be a finite number"))
+        elif isinstance(value, str) and len(value) > limits.max_metadata_value_chars:
+            limit = limits.max_metadata_value_chars
+            problems.append(FieldViolation(f"{field}[{key}]", f"must be at most {limit} characters"))
     return problems
 
 

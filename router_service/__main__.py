@@ -6,6 +6,11 @@
 The command line owns process setup (logging, event loop); `build_server`
 owns wiring. The config comes from --config, else $SEKHA_CONFIG, else the
 embedded default (local embedding model + Ollama).
+
+`kill -HUP <pid>` re-reads the same config file and swaps it in without dropping
+a request; an invalid file is refused (logged) and the running config keeps serving.
+SIGTERM stops gracefully: health NOT_SERVING first, then in-flight calls get the
+grace period.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import os
 import sys
 
 from sekha.configloader import ConfigError
-from sekha.server.logs import configure_logging
+from sekha.server.logs import configure_logging, resolve_log_level
 
 log = logging.getLogger("router_service")
 
@@ -35,8 +40,10 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _serve(config_path: str | None) -> int:
     from router_service.config import RouterConfig
-    from router_service.server import build_server
+    from router_service.reload import install_sighup
+    from router_service.server import RouterDeps, build_server
     from sekha.server.lifecycle import serve_until_signalled
+    from sekha.telemetry import setup_telemetry
 
     try:
         config = RouterConfig.load(config_path)
@@ -44,8 +51,28 @@ async def _serve(config_path: str | None) -> int:
         for line in exc.errors:
             print(f"config error: {line}", file=sys.stderr)
         return 2
-    app = await build_server(config)
-    await serve_until_signalled(app.serving, "router")
+    configure_logging(resolve_log_level(config.telemetry.log_level))
+    # The process owns its telemetry: exporters from OTEL_* / telemetry.*, Prometheus when a
+    # metrics port is configured (build_server serves it), flushed on the way out.
+    telemetry = setup_telemetry(
+        "sekha-router", config.telemetry, prometheus=config.server.metrics_port is not None
+    )
+    telemetry.set_global()
+    try:
+        try:
+            app = await build_server(config, RouterDeps(telemetry=telemetry))
+        except ConfigError as exc:  # found while wiring, e.g. an unreadable TLS certificate
+            for line in exc.errors:
+                print(f"config error: {line}", file=sys.stderr)
+            return 2
+        if app.reloader is not None:
+            app.reloader.path = config_path
+            install_sighup(app.reloader)
+        if app.metrics_port is not None:
+            log.info("router metrics on port %d", app.metrics_port)
+        await serve_until_signalled(app.serving, "router")
+    finally:
+        telemetry.shutdown()
     return 0
 
 
@@ -55,14 +82,21 @@ def main(argv: list[str] | None = None) -> int:
         from router_service.check_config import check_config_main
 
         return check_config_main(args.file)
-    configure_logging(os.environ.get("SEKHA_LOG_LEVEL", "INFO"))
+    configure_logging(resolve_log_level())  # until the config is read; it may name another level
     path = getattr(args, "serve_config", None) or args.config
     try:
         import uvloop
 
-        return uvloop.run(_serve(path))
+        code = uvloop.run(_serve(path))
     except ImportError:
-        return asyncio.run(_serve(path))
+        code = asyncio.run(_serve(path))
+    # The server has stopped and telemetry is flushed. Finalizing LiteLLM's module graph at
+    # interpreter exit takes about a second and runs nothing we need, while the process must be
+    # gone within the grace period plus one second: flush the logs and leave now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

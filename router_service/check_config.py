@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from sekha.configloader import ConfigError
-
 from router_service.config import RouterConfig
+from sekha.configloader import ConfigError
 
 __all__ = ["check_config_main"]
 

@@ -29,12 +29,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sekha.configloader import ConfigPathError, load_config
-from sekha.server.security import AuthConfig, ServerTlsConfig
 
 from router_service.domain import Capability, Price, Task
 from router_service.spend import BudgetsConfig, RateLimitsConfig
 from router_service.state.base import StateConfig
+from sekha.configloader import ConfigPathError, load_config
+from sekha.server.security import AuthConfig, ServerTlsConfig
+from sekha.telemetry import TelemetryConfig
 
 __all__ = [
     "BUILTIN_PROVIDER_TYPES",
@@ -304,6 +305,7 @@ class RouterConfig(_Section):
     state: StateConfig = StateConfig()
     budgets: BudgetsConfig = BudgetsConfig()
     rate_limits: RateLimitsConfig = RateLimitsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     providers: list[ProviderConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

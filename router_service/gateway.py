@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from router_service import domain as d
+from router_service.image_fetch import ImageInliner
 from router_service.limits import Limits, check_chat, check_embed
 from router_service.providers.base import ProviderClient, StreamEnd, TextDelta
 from router_service.providers.errors import ProviderAuthError, ProviderFailure, ProviderRejection
@@ -40,7 +41,9 @@ from sekha.errors import (
     AttemptSummary,
     BudgetExhaustedError,
     DeadlineExceededError,
+    FieldViolation,
     GatewayError,
+    InvalidArgumentError,
     NoRouteError,
     ProviderRejectedError,
     StreamInterruptedError,
@@ -80,21 +83,58 @@ class RetryPolicy:
 
 
 class Observer(Protocol):
-    """What the gateway reports about each provider attempt (metrics and tracing hook in here)."""
+    """What the gateway reports about routing and each provider attempt (metrics and tracing).
+
+    `attempt_started` is called just before a provider call, on the task making it, and returns
+    an opaque token (a span scope, say) that comes back with every later call about the same
+    attempt; each started attempt ends in exactly one `attempt_finished` or `attempt_cancelled`.
+    `upstream_time` marks the moment the provider answered (what follows is the router's own
+    work). `seconds` arguments are on the gateway's clock, which tests may fake.
+    """
+
+    def route_started(self) -> Any: ...
+
+    def routed(self, decision: d.RoutingDecision, started: Any) -> None: ...
+
+    def attempt_started(self, operation: str, entry: Any, request: Any) -> Any: ...
 
     def attempt_finished(
-        self, operation: str, entry: Any, attempt: d.Attempt, usage: d.Usage | None, cost: d.Cost | None
+        self,
+        operation: str,
+        entry: Any,
+        attempt: d.Attempt,
+        usage: d.Usage | None,
+        cost: d.Cost | None,
+        scope: Any = None,
+        response_model: str = "",
+        output_text: str | None = None,
     ) -> None: ...
+
+    def attempt_cancelled(self, scope: Any) -> None: ...
 
     def fallback(self, task: d.Task, from_provider: str, to_provider: str) -> None: ...
 
-    def first_token(self, entry: Any, seconds: float) -> None: ...
+    def first_token(self, entry: Any, seconds: float, scope: Any = None) -> None: ...
 
-    def upstream_time(self, seconds: float) -> None: ...
+    def upstream_time(self, seconds: float, scope: Any = None) -> None: ...
 
 
 class NullObserver:
+    """Reports nowhere; every hook is a no-op (the gateway's default)."""
+
+    def route_started(self) -> None:
+        return None
+
+    def routed(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def attempt_started(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
     def attempt_finished(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def attempt_cancelled(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     def fallback(self, *args: Any, **kwargs: Any) -> None:
@@ -147,6 +187,7 @@ class Gateway:
         default_max_tokens: int = 512,
         observer: Observer | None = None,
         spend: SpendGuard | None = None,
+        image_inliner: ImageInliner | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
@@ -163,6 +204,7 @@ class Gateway:
         self.default_max_tokens = default_max_tokens
         self.observer: Observer = observer or NullObserver()
         self.spend = spend
+        self.image_inliner = image_inliner  # None: image URLs go to the provider as given
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
@@ -180,13 +222,32 @@ class Gateway:
         task = self._chat_task(request.routing, has_images)
         output_tokens = request.generation.max_tokens or self.default_max_tokens
         input_tokens = self.estimator.count_messages(request.messages)
-        return self.router.decide(task, request.routing, input_tokens, output_tokens, has_images)
+        started = self.observer.route_started()
+        try:
+            decision = self.router.decide(task, request.routing, input_tokens, output_tokens, has_images)
+        except NoRouteError as exc:
+            raise _too_long_or(exc, "messages") from None
+        self.observer.routed(decision, started)
+        return decision
 
     def decide_embed(self, request: d.EmbedRequest) -> d.RoutingDecision:
         check_embed(request, self.limits)
         task = request.routing.task or d.Task.EMBEDDING
         input_tokens = self.estimator.count_texts(request.inputs)
-        return self.router.decide(task, request.routing, input_tokens, 0, False)
+        started = self.observer.route_started()
+        try:
+            decision = self.router.decide(task, request.routing, input_tokens, 0, False)
+        except NoRouteError as exc:
+            raise _too_long_or(exc, "inputs") from None
+        self.observer.routed(decision, started)
+        return decision
+
+    async def _inline_images(self, request: d.ChatRequest) -> d.ChatRequest:
+        """With inlining configured, fetch image URLs (after the cheap limit checks) into bytes."""
+        if self.image_inliner is None or not request.has_images:
+            return request
+        check_chat(request, self.limits)  # refuse a malformed request before fetching anything
+        return await self.image_inliner.inline(request)
 
     def route(
         self,
@@ -265,6 +326,7 @@ class Gateway:
         timeout_s: float,
         deadline: Deadline,
         operation: str,
+        scope: Any = None,
     ) -> None:
         """Record a failed attempt; raise when the failure ends the request."""
         latency = self.clock() - started
@@ -291,20 +353,34 @@ class Gateway:
                 call.retry_after_s = max(call.retry_after_s or 0.0, exc.retry_after_s)
         attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.FAILED, kind, latency)
         call.attempts.append(attempt)
-        self.observer.attempt_finished(operation, self.registry.by_key(candidate.key), attempt, None, None)
+        self.observer.attempt_finished(
+            operation, self.registry.by_key(candidate.key), attempt, None, None, scope=scope
+        )
         remaining = deadline.remaining()
         if remaining is not None and remaining <= 0:
             raise DeadlineExceededError("deadline exceeded before a provider answered")
 
     def _on_rejection(
-        self, call: _Call, candidate: d.Candidate, exc: ProviderRejection, started: float, operation: str
+        self,
+        call: _Call,
+        candidate: d.Candidate,
+        exc: ProviderRejection,
+        started: float,
+        operation: str,
+        scope: Any = None,
     ) -> ProviderRejectedError:
         self.breakers.get(candidate.provider_id).release()
         attempt = d.Attempt(
-            candidate.provider_id, candidate.model, d.AttemptOutcome.REJECTED, exc.kind, self.clock() - started
+            candidate.provider_id,
+            candidate.model,
+            d.AttemptOutcome.REJECTED,
+            exc.kind,
+            self.clock() - started,
         )
         call.attempts.append(attempt)
-        self.observer.attempt_finished(operation, self.registry.by_key(candidate.key), attempt, None, None)
+        self.observer.attempt_finished(
+            operation, self.registry.by_key(candidate.key), attempt, None, None, scope=scope
+        )
         message = _REJECTION_MESSAGES.get(exc.kind, "the provider rejected the request as invalid")
         return ProviderRejectedError(message, kind=exc.kind, field_path="messages")
 
@@ -343,7 +419,9 @@ class Gateway:
             )
         return call
 
-    def _usage(self, entry: Any, reported: d.Usage | None, decision: d.RoutingDecision, output_text: str) -> d.Usage:
+    def _usage(
+        self, entry: Any, reported: d.Usage | None, decision: d.RoutingDecision, output_text: str
+    ) -> d.Usage:
         if reported is not None and (reported.input_tokens or reported.output_tokens):
             return reported
         output_tokens = self.estimator.count_text(output_text) if output_text else 0
@@ -355,6 +433,7 @@ class Gateway:
         self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
     ) -> d.ChatResult:
         """`caller` is the API key id when auth is on (None: `metadata["tenant"]` or anonymous)."""
+        request = await self._inline_images(request)
         decision = self.decide_chat(request)
         call = await self._open_call(decision, request.request_id, "chat", caller, request.metadata)
         try:
@@ -373,25 +452,38 @@ class Gateway:
             entry = self.registry.by_key(candidate.key)
             provider = self.providers[candidate.provider_id]
             started = self.clock()
+            scope = self.observer.attempt_started("chat", entry, request)
             try:
                 reply = await provider.chat(entry.model, entry.litellm_model, request, max_tokens, timeout_s)
             except (ProviderFailure, ProviderAuthError) as exc:
-                self._on_failure(call, candidate, exc, started, timeout_s, deadline, "chat")
+                self._on_failure(call, candidate, exc, started, timeout_s, deadline, "chat", scope)
                 continue
             except ProviderRejection as exc:
-                raise self._on_rejection(call, candidate, exc, started, "chat") from None
+                raise self._on_rejection(call, candidate, exc, started, "chat", scope) from None
             except BaseException:
                 self.breakers.get(candidate.provider_id).release()
+                self.observer.attempt_cancelled(scope)
                 raise
             latency = self.clock() - started
             self.breakers.get(candidate.provider_id).record_success(latency)
-            self.observer.upstream_time(latency)
+            self.observer.upstream_time(latency, scope)
             usage = self._usage(entry, reply.usage, decision, reply.text)
             cost = self.prices.real_cost(entry, usage)
             await call.settle(candidate, usage, cost)
-            attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
+            attempt = d.Attempt(
+                candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency
+            )
             call.attempts.append(attempt)
-            self.observer.attempt_finished("chat", entry, attempt, usage, cost)
+            self.observer.attempt_finished(
+                "chat",
+                entry,
+                attempt,
+                usage,
+                cost,
+                scope=scope,
+                response_model=reply.response_model,
+                output_text=reply.text,
+            )
             return d.ChatResult(
                 request_id=request_id,
                 text=reply.text,
@@ -408,6 +500,7 @@ class Gateway:
         self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
     ) -> AsyncGenerator[str | d.ChatResult, None]:
         """Yield text deltas, then one ChatResult. Fallback only while nothing was yielded."""
+        request = await self._inline_images(request)
         decision = self.decide_chat(request)
         call = await self._open_call(decision, request.request_id, "chat", caller, request.metadata)
         events = self._stream_chat(request, deadline, call)
@@ -433,6 +526,7 @@ class Gateway:
             started = self.clock()
             sent: list[str] = []
             end: StreamEnd | None = None
+            scope = self.observer.attempt_started("chat", entry, request)
             stream = provider.stream_chat(entry.model, entry.litellm_model, request, max_tokens, timeout_s)
             try:
                 async for event in stream:
@@ -440,31 +534,53 @@ class Gateway:
                         if not event.text:
                             continue
                         if not sent:
-                            self.observer.first_token(entry, self.clock() - started)
+                            self.observer.first_token(entry, self.clock() - started, scope)
                         sent.append(event.text)
                         yield event.text
                     else:
                         end = event
             except (ProviderFailure, ProviderAuthError) as exc:
                 if sent:
+                    kind = getattr(exc, "kind", "auth")
                     self.breakers.get(candidate.provider_id).record_failure(
-                        getattr(exc, "kind", "auth"), getattr(exc, "retry_after_s", None)
+                        kind, getattr(exc, "retry_after_s", None)
                     )
                     # The tokens that reached the caller were generated and billed: count them.
                     usage = self._usage(entry, None, decision, "".join(sent))
-                    await call.settle(candidate, usage, self.prices.real_cost(entry, usage))
+                    cost = self.prices.real_cost(entry, usage)
+                    self.observer.upstream_time(self.clock() - started, scope)
+                    self.observer.attempt_finished(
+                        "chat",
+                        entry,
+                        d.Attempt(
+                            candidate.provider_id,
+                            candidate.model,
+                            d.AttemptOutcome.FAILED,
+                            kind,
+                            self.clock() - started,
+                        ),
+                        usage,
+                        cost,
+                        scope=scope,
+                    )
+                    await call.settle(candidate, usage, cost)
                     raise StreamInterruptedError(
                         f"the stream from {candidate.provider_id} broke after output was sent; "
                         "the answer is incomplete",
-                        attempts=[AttemptSummary(candidate.provider_id, candidate.model, getattr(exc, "kind", "auth"))],
+                        attempts=[
+                            AttemptSummary(
+                                candidate.provider_id, candidate.model, getattr(exc, "kind", "auth")
+                            )
+                        ],
                     ) from None
-                self._on_failure(call, candidate, exc, started, timeout_s, deadline, "chat")
+                self._on_failure(call, candidate, exc, started, timeout_s, deadline, "chat", scope)
                 continue
             except ProviderRejection as exc:
-                raise self._on_rejection(call, candidate, exc, started, "chat") from None
+                raise self._on_rejection(call, candidate, exc, started, "chat", scope) from None
             except BaseException:
                 # Cancelled by the caller (or the server shutting down): not the provider's fault.
                 self.breakers.get(candidate.provider_id).release()
+                self.observer.attempt_cancelled(scope)
                 if sent and call.ticket is not None:
                     # Output was generated and billed; record it without awaiting in a cancellation.
                     usage = self._usage(entry, None, decision, "".join(sent))
@@ -476,14 +592,25 @@ class Gateway:
                 await _aclose(stream)
             latency = self.clock() - started
             self.breakers.get(candidate.provider_id).record_success(latency)
-            self.observer.upstream_time(latency)
+            self.observer.upstream_time(latency, scope)
             text = "".join(sent)
             usage = self._usage(entry, end.usage if end else None, decision, text)
             cost = self.prices.real_cost(entry, usage)
             await call.settle(candidate, usage, cost)
-            attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
+            attempt = d.Attempt(
+                candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency
+            )
             call.attempts.append(attempt)
-            self.observer.attempt_finished("chat", entry, attempt, usage, cost)
+            self.observer.attempt_finished(
+                "chat",
+                entry,
+                attempt,
+                usage,
+                cost,
+                scope=scope,
+                response_model=end.response_model if end else "",
+                output_text=text,
+            )
             yield d.ChatResult(
                 request_id=request_id,
                 text=text,
@@ -519,28 +646,32 @@ class Gateway:
             entry = self.registry.by_key(candidate.key)
             provider = self.providers[candidate.provider_id]
             started = self.clock()
+            scope = self.observer.attempt_started("embeddings", entry, request)
             try:
                 reply = await provider.embed(entry.model, entry.litellm_model, request.inputs, timeout_s)
                 dimension = _check_vectors(reply.vectors, len(request.inputs))
             except (ProviderFailure, ProviderAuthError) as exc:
-                self._on_failure(call, candidate, exc, started, timeout_s, deadline, "embeddings")
+                self._on_failure(call, candidate, exc, started, timeout_s, deadline, "embeddings", scope)
                 continue
             except ProviderRejection as exc:
-                raise self._on_rejection(call, candidate, exc, started, "embeddings") from None
+                raise self._on_rejection(call, candidate, exc, started, "embeddings", scope) from None
             except BaseException:
                 self.breakers.get(candidate.provider_id).release()
+                self.observer.attempt_cancelled(scope)
                 raise
             latency = self.clock() - started
             self.breakers.get(candidate.provider_id).record_success(latency)
-            self.observer.upstream_time(latency)
+            self.observer.upstream_time(latency, scope)
             usage = reply.usage
             if usage is None or not usage.input_tokens:
                 usage = d.Usage(decision.estimated_input_tokens, 0, counted_locally=True)
             cost = self.prices.real_cost(entry, usage)
             await call.settle(candidate, usage, cost)
-            attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
+            attempt = d.Attempt(
+                candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency
+            )
             call.attempts.append(attempt)
-            self.observer.attempt_finished("embeddings", entry, attempt, usage, cost)
+            self.observer.attempt_finished("embeddings", entry, attempt, usage, cost, scope=scope)
             return d.EmbedResult(
                 request_id=request_id,
                 vectors=reply.vectors,
@@ -551,6 +682,13 @@ class Gateway:
                 attempts=call.attempts,
             )
         raise self._exhausted(call)
+
+
+def _too_long_or(exc: NoRouteError, field_path: str) -> GatewayError:
+    """No model's context window fits the request: that is the request's length, INVALID_ARGUMENT."""
+    if exc.violation_type == "CONTEXT_WINDOW":
+        return InvalidArgumentError(FieldViolation(field_path, exc.message))
+    return exc
 
 
 def _skip(candidate: d.Candidate, kind: str) -> d.Attempt:

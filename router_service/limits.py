@@ -35,11 +35,17 @@ class Limits:
     max_request_id_chars: int = 128
 
 
-def _check_metadata(metadata: dict[str, str], request_id: str, limits: Limits, out: list[FieldViolation]) -> None:
+def _check_metadata(
+    metadata: dict[str, str], request_id: str, limits: Limits, out: list[FieldViolation]
+) -> None:
     if len(metadata) > limits.max_metadata_entries:
-        out.append(FieldViolation("metadata", f"{len(metadata)} entries, limit {limits.max_metadata_entries}"))
+        out.append(
+            FieldViolation("metadata", f"{len(metadata)} entries, limit {limits.max_metadata_entries}")
+        )
     if len(request_id) > limits.max_request_id_chars:
-        out.append(FieldViolation("request_id", f"{len(request_id)} characters, limit {limits.max_request_id_chars}"))
+        out.append(
+            FieldViolation("request_id", f"{len(request_id)} characters, limit {limits.max_request_id_chars}")
+        )
 
 
 def _check_image(image: d.ImagePart, path: str, limits: Limits, out: list[FieldViolation]) -> int:
@@ -47,12 +53,16 @@ def _check_image(image: d.ImagePart, path: str, limits: Limits, out: list[FieldV
     if image.data is not None:
         if image.mime_type not in ALLOWED_IMAGE_TYPES:
             out.append(
-                FieldViolation(f"{path}.mime_type", f"must be one of {', '.join(sorted(ALLOWED_IMAGE_TYPES))}")
+                FieldViolation(
+                    f"{path}.mime_type", f"must be one of {', '.join(sorted(ALLOWED_IMAGE_TYPES))}"
+                )
             )
         if not image.data:
             out.append(FieldViolation(f"{path}.data", "is empty"))
         elif len(image.data) > limits.max_image_bytes:
-            out.append(FieldViolation(f"{path}.data", f"{len(image.data)} bytes, limit {limits.max_image_bytes}"))
+            out.append(
+                FieldViolation(f"{path}.data", f"{len(image.data)} bytes, limit {limits.max_image_bytes}")
+            )
         return len(image.data)
     url = image.url or ""
     if url.startswith("data:"):
@@ -80,7 +90,9 @@ def check_chat(request: d.ChatRequest, limits: Limits) -> None:
     """Raise InvalidArgumentError listing every limit the chat request breaks."""
     out: list[FieldViolation] = []
     if len(request.messages) > limits.max_messages:
-        out.append(FieldViolation("messages", f"{len(request.messages)} messages, limit {limits.max_messages}"))
+        out.append(
+            FieldViolation("messages", f"{len(request.messages)} messages, limit {limits.max_messages}")
+        )
     images = 0
     for i, message in enumerate(request.messages):
         chars = 0
@@ -91,7 +103,9 @@ def check_chat(request: d.ChatRequest, limits: Limits) -> None:
                 images += 1
                 _check_image(part.image, f"messages[{i}].parts[{j}].image", limits, out)
         if chars > limits.max_message_chars:
-            out.append(FieldViolation(f"messages[{i}]", f"{chars} characters, limit {limits.max_message_chars}"))
+            out.append(
+                FieldViolation(f"messages[{i}]", f"{chars} characters, limit {limits.max_message_chars}")
+            )
     if images > limits.max_images:
         out.append(FieldViolation("messages", f"{images} images, limit {limits.max_images}"))
     max_tokens = request.generation.max_tokens
@@ -111,7 +125,9 @@ def check_embed(request: d.EmbedRequest, limits: Limits) -> None:
         if not text:
             out.append(FieldViolation(f"inputs[{i}]", "is empty"))
         elif len(text) > limits.max_input_chars:
-            out.append(FieldViolation(f"inputs[{i}]", f"{len(text)} characters, limit {limits.max_input_chars}"))
+            out.append(
+                FieldViolation(f"inputs[{i}]", f"{len(text)} characters, limit {limits.max_input_chars}")
+            )
         if len(out) >= 20:  # enough to fix the request; a huge list of violations helps nobody
             break
     _check_metadata(request.metadata, request.request_id, limits, out)

@@ -195,14 +195,91 @@ class TokenEstimator:
     def _count(self, **kwargs: Any) -> int:
         counter = self._counter
         if counter is None:
-            from router_service.registry import import_litellm
-
-            counter = self._counter = import_litellm().token_counter
+            counter = self._counter = _default_counter()
         return counter(**kwargs)
+
+
+def _default_counter() -> TokenCounter:
+    """LiteLLM's counter, in front of it the same counts for our tokenizers without importing LiteLLM."""
+    lean = TiktokenCounter()
+
+    def count(*, model: str, **kwargs: Any) -> int:
+        if lean.supports(model):
+            return lean(model=model, **kwargs)
+        from router_service.registry import import_litellm
+
+        return int(import_litellm().token_counter(model=model, **kwargs))
+
+    return count
+
+
+class TiktokenCounter:
+    """``litellm.token_counter`` for the two tokenizers the router counts with, without LiteLLM.
+
+    Importing LiteLLM costs about 130 MB of memory and 1.5 s of start-up, and its counter spends
+    three times longer per request than the encoding itself. This computes the same numbers:
+    the same tiktoken encodings (loaded offline from the copy bundled with LiteLLM, as LiteLLM
+    does), the same 1024-character chunks, 3 tokens per message plus its role and content, and
+    3 to prime the reply.
+    """
+
+    ENCODINGS: Mapping[str, str] = {
+        _DEFAULT_TOKENIZER_MODEL: "o200k_base",
+        _OFFLINE_FALLBACK_TOKENIZER_MODEL: "cl100k_base",
+    }
+    CHUNK_CHARS = 1024  # LiteLLM's TIKTOKEN_ENCODE_CHUNK_SIZE_CHARS: equal chunks give equal counts
+
+    def __init__(self) -> None:
+        self._encoders: dict[str, Callable[[str], list[int]]] = {}
+
+    def supports(self, model: str) -> bool:
+        return model in self.ENCODINGS
+
+    def _encoder(self, model: str) -> Callable[[str], list[int]]:
+        encoder = self._encoders.get(model)
+        if encoder is None:
+            _use_bundled_tiktoken_files()
+            import tiktoken
+
+            encoder = self._encoders[model] = tiktoken.get_encoding(self.ENCODINGS[model]).encode_ordinary
+        return encoder
+
+    def count_text(self, model: str, text: str) -> int:
+        encode, step = self._encoder(model), self.CHUNK_CHARS
+        return sum(len(encode(text[start : start + step])) for start in range(0, len(text), step))
+
+    def __call__(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        text: str | Sequence[str] | None = None,
+    ) -> int:
+        if text is not None:
+            return self.count_text(model, text if isinstance(text, str) else "".join(text))
+        total = 3  # every reply is primed with <|start|>assistant<|message|>
+        for message in messages or ():
+            total += 3 + sum(self.count_text(model, v) for v in message.values() if isinstance(v, str))
+        return total
+
+
+def _use_bundled_tiktoken_files() -> None:
+    """Point tiktoken at the encodings LiteLLM ships (what LiteLLM itself does on import)."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("litellm")  # locates the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        return
+    bundled = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
+    os.environ["TIKTOKEN_CACHE_DIR"] = os.environ.get("CUSTOM_TIKTOKEN_CACHE_DIR") or str(bundled)
 
 
 def _tokenizer_is_offline(model: str) -> bool:
     """Whether LiteLLM counts this model without downloading a tokenizer."""
+    if model in TiktokenCounter.ENCODINGS:
+        return True
     from router_service.registry import import_litellm
 
     kind: str | None

@@ -52,7 +52,9 @@ class ProbeScheduler:
 
     def start(self) -> None:
         for provider_id, interval in self._intervals.items():
-            self._tasks.append(asyncio.create_task(self._loop(provider_id, interval), name=f"probe-{provider_id}"))
+            self._tasks.append(
+                asyncio.create_task(self._loop(provider_id, interval), name=f"probe-{provider_id}")
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -94,6 +96,6 @@ class ProbeScheduler:
                 await self.probe_once(provider_id)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a probe bug must not kill the loop
+            except Exception as exc:
                 log.warning("probe of %s failed unexpectedly: %s", provider_id, type(exc).__name__)
             await asyncio.sleep(interval)

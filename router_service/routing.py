@@ -28,8 +28,6 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 
-from sekha.errors import CostLimitExceededError, GatewayError, NoRouteError, NotFoundError, UnavailableError
-
 from router_service.breaker import BreakerRegistry
 from router_service.domain import (
     Candidate,
@@ -41,6 +39,7 @@ from router_service.domain import (
 )
 from router_service.pricing import PriceTable
 from router_service.registry import ModelEntry, Registry
+from sekha.errors import CostLimitExceededError, GatewayError, NoRouteError, NotFoundError, UnavailableError
 
 __all__ = ["Router"]
 

@@ -6,8 +6,10 @@ tests pass `RouterDeps` to inject a clock, static model info or providers.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +17,15 @@ from router_service.breaker import BreakerRegistry
 from router_service.catalog import Catalog
 from router_service.config import ProviderConfig, RouterConfig
 from router_service.gateway import Gateway, Observer, RetryPolicy
+from router_service.image_fetch import image_inliner_for
 from router_service.limits import Limits
+from router_service.observability import RouterObserver, inject_trace_headers
 from router_service.pricing import PriceTable, TokenEstimator
 from router_service.probes import ProbeScheduler
 from router_service.providers.base import ProviderClient, ProviderSpec
 from router_service.providers.factory import make_provider
 from router_service.registry import Registry
+from router_service.reload import ConfigReloader, TrackedGateway
 from router_service.routing import Router
 from router_service.rpc.servicer import RouterServicer
 from router_service.shared_breaker import SharedBreakerRegistry
@@ -28,11 +33,15 @@ from router_service.spend import SpendGuard
 from router_service.state import StateStore, open_store
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
+from sekha.server.auth import ApiKeyAuthInterceptor, auth_interceptors, warn_if_open
 from sekha.server.lifecycle import ServerOptions, ServingServer, start_server
-from sekha.server.auth import auth_interceptors, warn_if_open
 from sekha.server.tls import server_credentials
+from sekha.server.tracing import TelemetryInterceptor
+from sekha.telemetry import MetricsEndpoint, Telemetry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,6 +57,11 @@ class RouterDeps:
     server_credentials: Any = None
     wall_clock: Callable[[], float] = time.time  # budgets' periods, rate limits, shared breakers
     state_store: StateStore | None = None  # used instead of opening config.state (not closed by us)
+    image_fetcher: Any = None  # image_fetch.ImageFetcher used when limits.inline_image_urls is on
+    # Traces and metrics (`sekha.telemetry.setup_telemetry`); None: none at all. The caller owns
+    # it (shuts it down); the server adds spans and metrics, and serves /metrics on
+    # server.metrics_port when the telemetry has a Prometheus registry.
+    telemetry: Telemetry | None = None
 
 
 @dataclass
@@ -61,6 +75,8 @@ class RouterApp:
     probes: ProbeScheduler
     spend: SpendGuard
     store: StateStore
+    reloader: ConfigReloader | None = None  # set by build_server; `await app.reloader.reload(path)`
+    metrics_port: int | None = None  # the bound /metrics port when one is served
 
     @property
     def port(self) -> int:
@@ -81,7 +97,12 @@ def provider_spec(provider: ProviderConfig) -> ProviderSpec:
     )
 
 
-def build_providers(config: RouterConfig, local_embedder: Any = None) -> dict[str, ProviderClient]:
+def build_providers(
+    config: RouterConfig,
+    local_embedder: Any = None,
+    headers_hook: Callable[[dict[str, str]], None] | None = None,
+) -> dict[str, ProviderClient]:
+    """`headers_hook` adds headers to the lean HTTP path's requests (the trace context)."""
     shared: dict[str, Any] = {"embedder": local_embedder}
 
     def local_embedder_factory() -> Any:
@@ -91,15 +112,63 @@ def build_providers(config: RouterConfig, local_embedder: Any = None) -> dict[st
             shared["embedder"] = LocalEmbedder()
         return shared["embedder"]
 
-    return {p.id: make_provider(provider_spec(p), local_embedder_factory) for p in config.providers}
+    return {
+        p.id: make_provider(provider_spec(p), local_embedder_factory, headers_hook=headers_hook)
+        for p in config.providers
+    }
 
 
-async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> RouterApp:
-    deps = deps or RouterDeps()
+@dataclass
+class RouterCore:
+    """Everything one configuration builds except the server and the state store.
+
+    It is the unit a config reload swaps (`router_service.reload`): new requests go to the new
+    core while in-flight ones finish on the old one, which is then closed.
+    """
+
+    config: RouterConfig
+    registry: Registry
+    prices: PriceTable
+    breakers: BreakerRegistry | SharedBreakerRegistry
+    spend: SpendGuard
+    providers: dict[str, ProviderClient]
+    gateway: Gateway
+    probes: ProbeScheduler
+    catalog: Catalog
+
+    @property
+    def local_embedder(self) -> Any:
+        """The in-process embedding model shared by `local` providers (None without one)."""
+        return next((p.embedder for p in self.providers.values() if hasattr(p, "embedder")), None)
+
+    async def close(self, keep_local_embedder: bool = False, keep_providers: bool = False) -> None:
+        """Stop probes, close provider clients, drain the ledger, stop shared breakers.
+
+        `keep_local_embedder` leaves the in-process model loaded and `keep_providers` leaves every
+        provider client open, for a core that replaces this one and shares them.
+        """
+        closers: list[Callable[[], Awaitable[None]]] = [self.probes.stop]
+        if not keep_providers:
+            closers += [
+                p.aclose
+                for p in self.providers.values()
+                if not (keep_local_embedder and hasattr(p, "embedder"))
+            ]
+        closers.append(self.spend.drain)
+        if isinstance(self.breakers, SharedBreakerRegistry):
+            closers.append(self.breakers.stop)
+        for close in closers:
+            try:
+                await close()
+            except Exception as exc:
+                log.warning("error while closing a router component: %s", type(exc).__name__)
+
+
+async def build_core(config: RouterConfig, deps: RouterDeps, store: StateStore) -> RouterCore:
+    """Build (but do not start) the parts `config` describes, on an open state store."""
     registry = Registry.from_config(config, deps.model_info)
     prices = PriceTable(registry)
     estimator = TokenEstimator()
-    store = deps.state_store or await open_store(config.state, deps.wall_clock)
     breakers: BreakerRegistry | SharedBreakerRegistry
     if store.shared and config.state.shared_breakers:
         breakers = SharedBreakerRegistry.from_config(config, store, wall_clock=deps.wall_clock)
@@ -116,7 +185,14 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         wall_clock=deps.wall_clock,
     )
     router = Router(registry, prices, breakers)  # type: ignore[arg-type]  # same API, duck-typed
-    providers = dict(deps.providers) if deps.providers is not None else build_providers(config, deps.local_embedder)
+    if isinstance(deps.observer, RouterObserver):
+        deps.observer.bind(config, breakers)
+    tracing = deps.telemetry is not None and deps.telemetry.tracing_enabled
+    providers = (
+        dict(deps.providers)
+        if deps.providers is not None
+        else build_providers(config, deps.local_embedder, inject_trace_headers if tracing else None)
+    )
     timeouts = {p.id: p.timeout_s for p in config.providers}
     limits = Limits(
         max_messages=config.limits.max_messages,
@@ -145,6 +221,12 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         observer=deps.observer,
         clock=deps.clock,
         spend=spend,
+        image_inliner=image_inliner_for(
+            config.limits.inline_image_urls,
+            config.limits.max_image_bytes,
+            config.limits.image_fetch_timeout_s,
+            deps.image_fetcher,
+        ),
     )
     probes = ProbeScheduler(
         providers,
@@ -153,7 +235,32 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         breakers,
         clock=deps.clock,
     )
-    servicer = RouterServicer(gateway, Catalog(registry, prices, breakers, probes))
+    return RouterCore(
+        config=config,
+        registry=registry,
+        prices=prices,
+        breakers=breakers,
+        spend=spend,
+        providers=providers,
+        gateway=gateway,
+        probes=probes,
+        catalog=Catalog(registry, prices, breakers, probes),
+    )
+
+
+async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> RouterApp:
+    deps = deps or RouterDeps()
+    telemetry = deps.telemetry if deps.telemetry is not None and deps.telemetry.enabled else None
+    telemetry_interceptors: tuple[Any, ...] = ()
+    if telemetry is not None:
+        # One observer for the server's life: a config reload rebinds it to the new core.
+        observer = deps.observer or RouterObserver(telemetry)
+        deps = dataclasses.replace(deps, observer=observer)
+        on_finish = observer.rpc_finished if isinstance(observer, RouterObserver) else None
+        telemetry_interceptors = (TelemetryInterceptor(telemetry, on_finish=on_finish),)
+    store = deps.state_store or await open_store(config.state, deps.wall_clock)
+    core = await build_core(config, deps, store)
+    servicer = RouterServicer(TrackedGateway(core.gateway), core.catalog)
     options = ServerOptions(
         host=config.server.host,
         port=config.server.port,
@@ -161,7 +268,12 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         max_concurrent_rpcs=config.server.max_concurrent_rpcs,
         reflection=config.server.reflection,
         grace_period_s=config.server.grace_period_s,
-        extra_interceptors=(*deps.extra_interceptors, *auth_interceptors(config.auth)),
+        # Telemetry first: it sees every RPC, the refused ones included, with its final status.
+        extra_interceptors=(
+            *telemetry_interceptors,
+            *deps.extra_interceptors,
+            *auth_interceptors(config.auth),
+        ),
         server_credentials=deps.server_credentials or server_credentials(config.server.tls),
     )
     warn_if_open(config.auth, config.server.host, "router")
@@ -171,23 +283,38 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         register=lambda server: pb_grpc.add_RouterServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
     )
-    # on_stop runs in reverse: probes stop before the provider clients they use are closed, and
-    # the state store closes last, after the breakers' and the ledger's final writes.
-    if deps.state_store is None:
-        serving.on_stop.append(store.close)
-    if isinstance(breakers, SharedBreakerRegistry):
-        serving.on_stop.append(breakers.stop)
-    serving.on_stop.append(spend.drain)
-    for provider in providers.values():
-        serving.on_stop.append(provider.aclose)
-    probes.start()
-    serving.on_stop.append(probes.stop)
-    return RouterApp(
+    app = RouterApp(
         serving=serving,
-        gateway=gateway,
-        registry=registry,
-        breakers=breakers,
-        probes=probes,
-        spend=spend,
+        gateway=core.gateway,
+        registry=core.registry,
+        breakers=core.breakers,
+        probes=core.probes,
+        spend=core.spend,
         store=store,
     )
+    app.reloader = ConfigReloader(app, servicer, core, deps, auth_interceptor=_auth_of(options))
+    if telemetry is not None and config.server.metrics_port is not None:
+        app.metrics_port = await _serve_metrics(
+            telemetry, config.server.host, config.server.metrics_port, serving
+        )
+    # on_stop runs in reverse: the current core (probes, providers, ledger, breakers) closes before
+    # the state store, which takes the breakers' and the ledger's final writes.
+    if deps.state_store is None:
+        serving.on_stop.append(store.close)
+    serving.on_stop.append(app.reloader.close)
+    core.probes.start()
+    return app
+
+
+async def _serve_metrics(telemetry: Telemetry, host: str, port: int, serving: ServingServer) -> int | None:
+    if telemetry.prometheus_registry is None:
+        log.warning("server.metrics_port is set but the telemetry has no Prometheus registry")
+        return None
+    endpoint = MetricsEndpoint(telemetry.prometheus_registry)
+    bound = await endpoint.start(host, port)
+    serving.on_stop.append(endpoint.stop)
+    return bound
+
+
+def _auth_of(options: ServerOptions) -> ApiKeyAuthInterceptor | None:
+    return next((i for i in options.extra_interceptors if isinstance(i, ApiKeyAuthInterceptor)), None)

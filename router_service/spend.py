@@ -45,7 +45,6 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
-from sekha.errors import BudgetExhaustedError, NoRouteError, RateLimitedError, UnavailableError
 
 from router_service.domain import Candidate, Cost, Usage
 from router_service.state.base import (
@@ -59,6 +58,7 @@ from router_service.state.base import (
     nanos_to_usd,
     usd_to_nanos,
 )
+from sekha.errors import BudgetExhaustedError, NoRouteError, RateLimitedError, UnavailableError
 
 __all__ = [
     "ANONYMOUS",

@@ -41,7 +41,13 @@ def openai_provider(
     }
 
 
-def chat_model(model_id: str, *, tasks: tuple[str, ...] = ("chat_smart",), price: tuple[float, float] | None = (1.0, 2.0), **extra: Any) -> dict[str, Any]:
+def chat_model(
+    model_id: str,
+    *,
+    tasks: tuple[str, ...] = ("chat_smart",),
+    price: tuple[float, float] | None = (1.0, 2.0),
+    **extra: Any,
+) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": model_id, "tasks": list(tasks), "context_window": 8192, **extra}
     if price is not None:
         entry["price"] = {"input_per_million": price[0], "output_per_million": price[1]}
@@ -70,7 +76,9 @@ def router_config(providers: list[dict[str, Any]], **sections: Any) -> RouterCon
 
 
 @contextlib.asynccontextmanager
-async def running_router(config: RouterConfig, deps: RouterDeps | None = None) -> AsyncIterator[tuple[RouterApp, RouterClient]]:
+async def running_router(
+    config: RouterConfig, deps: RouterDeps | None = None
+) -> AsyncIterator[tuple[RouterApp, RouterClient]]:
     app = await build_router_server(config, deps)
     client = RouterClient(ConnectionConfig(f"127.0.0.1:{app.port}", default_timeout_s=30.0))
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -35,7 +35,9 @@ def metadata_from_pb(values: Mapping[str, pb.MetadataValue], path: str, out: lis
     for key, value in values.items():
         kind = value.WhichOneof("kind")
         if kind is None:
-            out.append(FieldViolation(f"{path}.metadata[{key}]", "set one of string, int, double or bool value"))
+            out.append(
+                FieldViolation(f"{path}.metadata[{key}]", "set one of string, int, double or bool value")
+            )
             continue
         metadata[key] = getattr(value, kind)
     return metadata
@@ -56,10 +58,10 @@ def metadata_to_pb(metadata: Mapping[str, d.MetadataValue]) -> dict[str, pb.Meta
     return out
 
 
-def documents_from_pb(documents: list[pb.Document] | object) -> list[d.DocumentIn]:
+def documents_from_pb(documents: Iterable[pb.Document]) -> list[d.DocumentIn]:
     violations: list[FieldViolation] = []
     converted = []
-    for i, doc in enumerate(documents):  # type: ignore[arg-type]
+    for i, doc in enumerate(documents):
         metadata = metadata_from_pb(doc.metadata, f"documents[{i}]", violations)
         converted.append(d.DocumentIn(id=doc.id, text=doc.text, metadata=metadata))
     if violations:
@@ -72,7 +74,10 @@ def where_from_pb(message: object, has_field: bool, field: str) -> dict | None:
     if not has_field:
         return None
     assert isinstance(message, struct_pb2.Struct)
-    where = json_format.MessageToDict(message)
+    try:
+        where = json_format.MessageToDict(message)
+    except (json_format.Error, ValueError):  # NaN or infinity: a JSON-like filter cannot hold them
+        raise InvalidArgumentError(FieldViolation(field, "must hold only finite numbers")) from None
     if not where:
         return None
 
@@ -121,7 +126,9 @@ def hit_to_pb(hit: d.Hit) -> pb.SearchHit:
     return pb.SearchHit(
         document=pb.Document(id=hit.id, text=hit.text, metadata=metadata_to_pb(hit.metadata)),
         score=hit.score,
-        matches=[pb.CollectionMatch(collection=m.collection, rank=m.rank, distance=m.distance) for m in hit.matches],
+        matches=[
+            pb.CollectionMatch(collection=m.collection, rank=m.rank, distance=m.distance) for m in hit.matches
+        ],
     )
 
 

@@ -32,11 +32,13 @@ def make_provider(
     spec: ProviderSpec,
     local_embedder_factory: Callable[[], LocalEmbedder] | None = None,
     session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+    headers_hook: Callable[[dict[str, str]], None] | None = None,
 ) -> ProviderClient:
     """The client for ``spec``; raises ValueError for an unknown transport or missing base URL.
 
     ``local_embedder_factory`` builds the embedder of a local provider (default: the bundled
-    model, loaded lazily); ``session_factory`` overrides the lean path's aiohttp session.
+    model, loaded lazily); ``session_factory`` overrides the lean path's aiohttp session;
+    ``headers_hook`` adds headers to the lean path's requests (trace context).
     """
     if spec.transport not in TRANSPORTS:
         raise ValueError(f"provider {spec.id!r}: unknown transport {spec.transport!r}")
@@ -44,7 +46,7 @@ def make_provider(
         embedder = local_embedder_factory() if local_embedder_factory is not None else LocalEmbedder()
         return LocalEmbeddingProvider(spec, embedder)
     if uses_lean_path(spec):
-        return OpenAICompatProvider(spec, session_factory=session_factory)
+        return OpenAICompatProvider(spec, session_factory=session_factory, headers_hook=headers_hook)
     # Imported here: LiteLLM takes seconds to import and a router on the lean path needs none of it.
     from router_service.providers.litellm_provider import LiteLLMProvider
 

@@ -71,6 +71,9 @@ _PROBE_URLS: Mapping[str, str] = {
 def import_litellm() -> ModuleType:
     """Import LiteLLM offline and quiet; idempotent (the module system caches the import)."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    # The router fetches image URLs only through its own SSRF-safe fetcher (limits.inline_image_urls);
+    # LiteLLM must never download one for a provider that wants bytes (read once, at import).
+    os.environ.setdefault("MAX_IMAGE_URL_DOWNLOAD_SIZE_MB", "0")
     import litellm
 
     litellm.telemetry = False

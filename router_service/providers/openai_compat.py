@@ -126,8 +126,12 @@ class OpenAICompatProvider:
         self,
         spec: ProviderSpec,
         session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+        headers_hook: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
+        """`headers_hook` may add headers to each request's own copy (tracing puts `traceparent`
+        there); it is called on the calling task, so it sees that task's current span."""
         self.spec = spec
+        self._headers_hook = headers_hook
         self._base_url = resolve_base_url(spec)
         self._session_factory = session_factory or default_session_factory
         self._session: aiohttp.ClientSession | None = None
@@ -151,6 +155,13 @@ class OpenAICompatProvider:
             self._session_loop = loop
         return session
 
+    def _with_hook(self, headers: dict[str, str]) -> dict[str, str]:
+        if self._headers_hook is None:
+            return headers
+        extended = dict(headers)
+        self._headers_hook(extended)
+        return extended
+
     # ------------------------------------------------------------------ unary calls
 
     async def _request_json(
@@ -163,7 +174,7 @@ class OpenAICompatProvider:
                 method,
                 self._base_url + path,
                 data=_encode(body) if body is not None else None,
-                headers=self._headers,
+                headers=self._with_hook(self._headers),
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response:
                 try:
@@ -266,7 +277,7 @@ class OpenAICompatProvider:
                 response = await session.post(
                     self._base_url + "/chat/completions",
                     data=body,
-                    headers=self._stream_headers,
+                    headers=self._with_hook(self._stream_headers),
                     timeout=aiohttp.ClientTimeout(total=None, connect=timeout_s),
                 )
         except ProviderError:

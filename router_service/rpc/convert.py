@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import time
+from collections.abc import Iterable
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -89,10 +90,10 @@ def routing_from_pb(msg: pb.RoutingPreferences, violations: list[FieldViolation]
 
 
 def messages_from_pb(
-    messages: list[pb.ChatMessage] | object, violations: list[FieldViolation]
+    messages: Iterable[pb.ChatMessage], violations: list[FieldViolation]
 ) -> tuple[d.ChatMessage, ...]:
     converted = []
-    for i, message in enumerate(messages):  # type: ignore[arg-type]
+    for i, message in enumerate(messages):
         role = ROLE_FROM_PB.get(message.role)
         if role is None:
             violations.append(FieldViolation(f"messages[{i}].role", f"unknown role value {message.role}"))
@@ -176,7 +177,9 @@ def embed_request_from_pb(msg: pb.EmbedRequest) -> d.EmbedRequest:
     )
 
 
-def route_request_from_pb(msg: pb.RouteRequest) -> tuple[d.RoutingPreferences, tuple[d.ChatMessage, ...], tuple[str, ...], int | None]:
+def route_request_from_pb(
+    msg: pb.RouteRequest,
+) -> tuple[d.RoutingPreferences, tuple[d.ChatMessage, ...], tuple[str, ...], int | None]:
     violations: list[FieldViolation] = []
     routing = routing_from_pb(msg.routing, violations)
     messages = messages_from_pb(msg.messages, violations)
@@ -244,17 +247,25 @@ SPEND_GROUPING_FROM_PB = {
 }
 
 
+def _timestamp_seconds(stamp: timestamp_pb2.Timestamp, field_name: str) -> float:
+    """Seconds since the epoch; an out-of-range Timestamp is the caller's error, not ours."""
+    try:
+        return float(stamp.ToNanoseconds() / 1e9)
+    except (ValueError, OverflowError):
+        raise InvalidArgumentError(FieldViolation(field_name, "is not a valid timestamp")) from None
+
+
 def spend_request_from_pb(
     msg: pb.GetSpendRequest, now: float | None = None
 ) -> tuple[float, float, SpendGrouping, str | None]:
     """(start, end, grouping, caller): start defaults to today 00:00 UTC, end to now."""
     now = time.time() if now is None else now
     if msg.HasField("start_time"):
-        start = msg.start_time.ToNanoseconds() / 1e9
+        start = _timestamp_seconds(msg.start_time, "start_time")
     else:
         today = time.gmtime(now)
         start = float(calendar.timegm((today.tm_year, today.tm_mon, today.tm_mday, 0, 0, 0)))
-    end = msg.end_time.ToNanoseconds() / 1e9 if msg.HasField("end_time") else now
+    end = _timestamp_seconds(msg.end_time, "end_time") if msg.HasField("end_time") else now
     if end <= start:
         raise InvalidArgumentError(FieldViolation("end_time", "must be after start_time"))
     grouping = SPEND_GROUPING_FROM_PB.get(msg.grouping)

@@ -7,6 +7,7 @@ gateway; the error interceptor turns them into statuses.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -16,10 +17,20 @@ from router_service.rpc import convert
 from sekha.errors import UnimplementedError
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
+from sekha.server.auth import current_caller
+
+if TYPE_CHECKING:
+    from router_service.reload import TrackedGateway
+
+
+def _caller() -> str | None:
+    """The API key id when auth is on; None lets the spend ledger use metadata["tenant"]."""
+    caller = current_caller()
+    return caller.key_id if caller.authenticated else None
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
-    def __init__(self, gateway: Gateway, catalog: Catalog) -> None:
+    def __init__(self, gateway: Gateway | TrackedGateway, catalog: Catalog) -> None:
         self.gateway = gateway
         self.catalog = catalog
 
@@ -30,7 +41,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
 
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:
         result = await self.gateway.chat(
-            convert.chat_request_from_pb(request), Deadline.after(context.time_remaining())
+            convert.chat_request_from_pb(request), Deadline.after(context.time_remaining()), _caller()
         )
         return convert.chat_response_to_pb(result)
 
@@ -38,7 +49,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         self, request: pb.StreamChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamChatResponse]:
         events = self.gateway.stream_chat(
-            convert.chat_request_from_pb(request), Deadline.after(context.time_remaining())
+            convert.chat_request_from_pb(request), Deadline.after(context.time_remaining()), _caller()
         )
         try:
             async for event in events:
@@ -51,7 +62,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         result = await self.gateway.embed(
-            convert.embed_request_from_pb(request), Deadline.after(context.time_remaining())
+            convert.embed_request_from_pb(request), Deadline.after(context.time_remaining()), _caller()
         )
         return convert.embed_response_to_pb(result)
 
@@ -65,7 +76,9 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        return pb.ListModelsResponse(models=[convert.model_to_pb(m) for m in models], next_page_token=next_token)
+        return pb.ListModelsResponse(
+            models=[convert.model_to_pb(m) for m in models], next_page_token=next_token
+        )
 
     async def GetProviderStatus(
         self, request: pb.GetProviderStatusRequest, context: grpc.aio.ServicerContext
@@ -73,7 +86,9 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         providers = self.catalog.provider_status(request.provider_id)
         return pb.GetProviderStatusResponse(providers=[convert.provider_status_to_pb(p) for p in providers])
 
-    async def GetSpend(self, request: pb.GetSpendRequest, context: grpc.aio.ServicerContext) -> pb.GetSpendResponse:
+    async def GetSpend(
+        self, request: pb.GetSpendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSpendResponse:
         spend = self.gateway.spend
         if spend is None:
             raise UnimplementedError("GetSpend: this router keeps no spend ledger")

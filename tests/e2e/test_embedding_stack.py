@@ -14,7 +14,14 @@ import pytest
 from sekha import client as c
 from sekha.embedding.v1 import embedding_service_pb2 as emb
 from tests.fakes.fake_provider import FakeProvider
-from tests.harness import embedding_config, embedding_model, openai_provider, router_config, running_embedding, running_router
+from tests.harness import (
+    embedding_config,
+    embedding_model,
+    openai_provider,
+    router_config,
+    running_embedding,
+    running_router,
+)
 
 MODELS = {"mini-384": 384, "base-768": 768, "large-1536": 1536}
 
@@ -46,7 +53,9 @@ async def fake():  # type: ignore[no-untyped-def]
         yield provider
 
 
-async def test_dimensions_detected_per_model_and_search_fuses_across_them(tmp_path, fake: FakeProvider) -> None:
+async def test_dimensions_detected_per_model_and_search_fuses_across_them(
+    tmp_path, fake: FakeProvider
+) -> None:
     async with stack(tmp_path, fake) as (_, _, _, client, _):
         assert await client.health() == "SERVING"
         texts = {f"d{i}": f"document number {i} about topic {i % 3}" for i in range(12)}
@@ -63,11 +72,16 @@ async def test_dimensions_detected_per_model_and_search_fuses_across_them(tmp_pa
         by_name = {info.name: info for info in listing.collections}
         assert set(by_name) == {"notes_384", "notes_768", "notes_1536"}
         assert {info.name: info.dimension for info in listing.collections} == {
-            "notes_384": 384, "notes_768": 768, "notes_1536": 1536}
+            "notes_384": 384,
+            "notes_768": 768,
+            "notes_1536": 1536,
+        }
         assert by_name["notes_768"].model == "vec/base-768" and by_name["notes_768"].document_count == 12
         assert fake.count("/v1/embeddings") == 3
 
-        result = await client.search_documents(emb.SearchDocumentsRequest(base="notes", query=texts["d7"], top_k=3))
+        result = await client.search_documents(
+            emb.SearchDocumentsRequest(base="notes", query=texts["d7"], top_k=3)
+        )
         assert set(result.collections) == {"notes_384", "notes_768", "notes_1536"}
         best = result.hits[0]
         assert best.document.id == "d7"
@@ -77,7 +91,8 @@ async def test_dimensions_detected_per_model_and_search_fuses_across_them(tmp_pa
         assert sorted(r.model for r in queries) == sorted(MODELS)
 
         only_768 = await client.search_documents(
-            emb.SearchDocumentsRequest(base="notes", query=texts["d7"], top_k=3, dimensions=[768]))
+            emb.SearchDocumentsRequest(base="notes", query=texts["d7"], top_k=3, dimensions=[768])
+        )
         assert only_768.collections == ["notes_768"]
 
         filtered = emb.SearchDocumentsRequest(base="notes", query=texts["d7"], top_k=12)
@@ -86,16 +101,22 @@ async def test_dimensions_detected_per_model_and_search_fuses_across_them(tmp_pa
         assert hits and all(h.document.metadata["topic"].string_value == "t0" for h in hits)
 
         minmax = await client.search_documents(
-            emb.SearchDocumentsRequest(base="notes", query=texts["d4"], top_k=2, fusion_method=emb.FUSION_METHOD_MIN_MAX))
+            emb.SearchDocumentsRequest(
+                base="notes", query=texts["d4"], top_k=2, fusion_method=emb.FUSION_METHOD_MIN_MAX
+            )
+        )
         assert minmax.hits[0].document.id == "d4"
 
 
 async def test_upsert_is_idempotent_get_delete_and_paginate(tmp_path, fake: FakeProvider) -> None:
     async with stack(tmp_path, fake) as (_, _, _, client, _):
         docs = [doc(f"id-{i:02d}", f"text {i}", kind="a" if i % 2 else "b") for i in range(10)]
-        await client.upsert_documents(emb.UpsertDocumentsRequest(base="kb", model="vec/mini-384", documents=docs))
-        await client.upsert_documents(emb.UpsertDocumentsRequest(
-            base="kb", documents=[doc("id-03", "text three, revised", kind="a")]))
+        await client.upsert_documents(
+            emb.UpsertDocumentsRequest(base="kb", model="vec/mini-384", documents=docs)
+        )
+        await client.upsert_documents(
+            emb.UpsertDocumentsRequest(base="kb", documents=[doc("id-03", "text three, revised", kind="a")])
+        )
         info = (await client.list_collections()).collections
         assert [(i.name, i.document_count) for i in info] == [("kb_384", 10)]
 
@@ -104,7 +125,9 @@ async def test_upsert_is_idempotent_get_delete_and_paginate(tmp_path, fake: Fake
 
         seen, token = [], ""
         while True:
-            page = await client.get_documents(emb.GetDocumentsRequest(base="kb", page_size=4, page_token=token))
+            page = await client.get_documents(
+                emb.GetDocumentsRequest(base="kb", page_size=4, page_token=token)
+            )
             seen += [d.id for d in page.documents]
             token = page.next_page_token
             if not token:
@@ -114,7 +137,9 @@ async def test_upsert_is_idempotent_get_delete_and_paginate(tmp_path, fake: Fake
         by_filter = emb.DeleteDocumentsRequest(base="kb")
         by_filter.metadata_filter.update({"kind": "b"})
         assert (await client.delete_documents(by_filter)).deleted_count == 5
-        assert (await client.delete_documents(emb.DeleteDocumentsRequest(base="kb", ids=["id-01"]))).deleted_count == 1
+        assert (
+            await client.delete_documents(emb.DeleteDocumentsRequest(base="kb", ids=["id-01"]))
+        ).deleted_count == 1
         assert (await client.list_collections()).collections[0].document_count == 4
 
         with pytest.raises(c.InvalidArgumentError) as bad:
@@ -130,10 +155,14 @@ async def test_vector_dimension_change_is_refused(tmp_path) -> None:
         async with running_router(config) as (router_app, _):
             emb_config = embedding_config(tmp_path, f"127.0.0.1:{router_app.port}")
             async with running_embedding(emb_config) as (_, client):
-                await client.upsert_documents(emb.UpsertDocumentsRequest(base="kb", documents=[doc("a", "first")]))
+                await client.upsert_documents(
+                    emb.UpsertDocumentsRequest(base="kb", documents=[doc("a", "first")])
+                )
                 fake._embed_dimensions["shifty"] = 512  # the provider silently changed its model
                 with pytest.raises(c.FailedPreconditionError) as exc:
-                    await client.upsert_documents(emb.UpsertDocumentsRequest(base="kb", documents=[doc("b", "second")]))
+                    await client.upsert_documents(
+                        emb.UpsertDocumentsRequest(base="kb", documents=[doc("b", "second")])
+                    )
                 assert exc.value.details.precondition_violations
                 got = await client.get_documents(emb.GetDocumentsRequest(base="kb", ids=["a", "b"]))
                 assert [d.id for d in got.documents] == ["a"]
@@ -144,10 +173,14 @@ async def test_router_down_is_unavailable_not_a_half_write(tmp_path, fake: FakeP
     async with running_router(config) as (router_app, _):
         emb_config = embedding_config(tmp_path, f"127.0.0.1:{router_app.port}", router={"timeout_s": 2})
         async with running_embedding(emb_config) as (_, client):
-            await client.upsert_documents(emb.UpsertDocumentsRequest(base="kb", documents=[doc("a", "first")]))
+            await client.upsert_documents(
+                emb.UpsertDocumentsRequest(base="kb", documents=[doc("a", "first")])
+            )
             await router_app.stop(0)
             with pytest.raises(c.UnavailableError):
-                await client.upsert_documents(emb.UpsertDocumentsRequest(base="kb", documents=[doc("b", "second")]))
+                await client.upsert_documents(
+                    emb.UpsertDocumentsRequest(base="kb", documents=[doc("b", "second")])
+                )
             got = await client.get_documents(emb.GetDocumentsRequest(base="kb", ids=["a", "b"]))
             assert [d.id for d in got.documents] == ["a"]
 
@@ -155,9 +188,14 @@ async def test_router_down_is_unavailable_not_a_half_write(tmp_path, fake: FakeP
 async def test_migration_over_grpc_with_writes_and_searches_during_it(tmp_path, fake: FakeProvider) -> None:
     async with stack(tmp_path, fake) as (_, _, _, client, _):
         docs = [doc(f"m{i:03d}", f"memo {i} on subject {i % 7}") for i in range(300)]
-        await client.upsert_documents(emb.UpsertDocumentsRequest(base="memos", model="vec/mini-384", documents=docs))
-        started = (await client.start_migration(
-            emb.StartMigrationRequest(base="memos", target_model="vec/large-1536", batch_size=25))).migration
+        await client.upsert_documents(
+            emb.UpsertDocumentsRequest(base="memos", model="vec/mini-384", documents=docs)
+        )
+        started = (
+            await client.start_migration(
+                emb.StartMigrationRequest(base="memos", target_model="vec/large-1536", batch_size=25)
+            )
+        ).migration
         assert started.target_collection == "memos_1536" and started.source_collection == "memos_384"
         with pytest.raises(c.AlreadyExistsError):
             await client.start_migration(emb.StartMigrationRequest(base="memos", target_model="vec/base-768"))
@@ -168,17 +206,26 @@ async def test_migration_over_grpc_with_writes_and_searches_during_it(tmp_path, 
             new = doc(f"new{writes}", f"written during migration {writes}")
             await client.upsert_documents(emb.UpsertDocumentsRequest(base="memos", documents=[new]))
             writes += 1
-            hits = (await client.search_documents(emb.SearchDocumentsRequest(base="memos", query=docs[5].text, top_k=1))).hits
+            hits = (
+                await client.search_documents(
+                    emb.SearchDocumentsRequest(base="memos", query=docs[5].text, top_k=1)
+                )
+            ).hits
             assert hits[0].document.id == "m005"  # complete results throughout
             if migration.state in (emb.MIGRATION_STATE_COMPLETED, emb.MIGRATION_STATE_FAILED):
                 break
             await asyncio.sleep(0.01)
         assert migration.state == emb.MIGRATION_STATE_COMPLETED
         assert migration.migrated_documents >= 300
-        collections = {i.name: i for i in (await client.list_collections(emb.ListCollectionsRequest(base="memos"))).collections}
+        collections = {
+            i.name: i
+            for i in (await client.list_collections(emb.ListCollectionsRequest(base="memos"))).collections
+        }
         assert collections["memos_1536"].serving_reads and not collections["memos_384"].serving_reads
         assert collections["memos_1536"].document_count == 300 + writes
-        after = await client.search_documents(emb.SearchDocumentsRequest(base="memos", query=docs[9].text, top_k=1))
+        after = await client.search_documents(
+            emb.SearchDocumentsRequest(base="memos", query=docs[9].text, top_k=1)
+        )
         assert after.collections == ["memos_1536"] and after.hits[0].document.id == "m009"
         for i in range(writes):
             got = await client.get_documents(emb.GetDocumentsRequest(base="memos", ids=[f"new{i}"]))
@@ -188,16 +235,25 @@ async def test_migration_over_grpc_with_writes_and_searches_during_it(tmp_path, 
 async def test_migration_resumes_after_a_restart(tmp_path, fake: FakeProvider) -> None:
     from tests.fakes.fake_provider import Behaviour
 
-    config = router_config([openai_provider("vec", fake.base_url, [embedding_model(n, d) for n, d in MODELS.items()])])
+    config = router_config(
+        [openai_provider("vec", fake.base_url, [embedding_model(n, d) for n, d in MODELS.items()])]
+    )
     async with running_router(config) as (router_app, _):
         emb_config = embedding_config(tmp_path, f"127.0.0.1:{router_app.port}")
         async with running_embedding(emb_config) as (_, client):
             docs = [doc(f"r{i:03d}", f"record {i}") for i in range(200)]
-            await client.upsert_documents(emb.UpsertDocumentsRequest(base="recs", model="vec/mini-384", documents=docs))
+            await client.upsert_documents(
+                emb.UpsertDocumentsRequest(base="recs", model="vec/mini-384", documents=docs)
+            )
             fake.set_default(Behaviour(latency_s=0.05), model="base-768")  # slow the backfill down
-            started = (await client.start_migration(
-                emb.StartMigrationRequest(base="recs", target_model="vec/base-768", batch_size=10))).migration
-            while (await client.get_migration(emb.GetMigrationRequest(id=started.id))).migration.migrated_documents < 30:
+            started = (
+                await client.start_migration(
+                    emb.StartMigrationRequest(base="recs", target_model="vec/base-768", batch_size=10)
+                )
+            ).migration
+            while (
+                await client.get_migration(emb.GetMigrationRequest(id=started.id))
+            ).migration.migrated_documents < 30:
                 await asyncio.sleep(0.02)
         # the service stopped mid-backfill
         before = fake.count("/v1/embeddings", "base-768")

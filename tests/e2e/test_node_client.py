@@ -6,7 +6,15 @@ import asyncio
 import os
 
 from tests.fakes.fake_provider import FakeProvider
-from tests.harness import chat_model, embedding_model, embedding_config, openai_provider, router_config, running_embedding, running_router
+from tests.harness import (
+    chat_model,
+    embedding_config,
+    embedding_model,
+    openai_provider,
+    router_config,
+    running_embedding,
+    running_router,
+)
 from tests.node_tools import NODE_DIR, ensure_node_modules
 
 
@@ -14,7 +22,11 @@ async def test_node_client_suite_passes_against_both_services(tmp_path) -> None:
     ensure_node_modules()
     async with FakeProvider() as fake:
         config = router_config(
-            [openai_provider("fake", fake.base_url, [chat_model("chatty"), embedding_model("embed-384", 384)])]
+            [
+                openai_provider(
+                    "fake", fake.base_url, [chat_model("chatty"), embedding_model("embed-384", 384)]
+                )
+            ]
         )
         async with running_router(config) as (router_app, _):
             emb_config = embedding_config(tmp_path, f"127.0.0.1:{router_app.port}")
@@ -26,8 +38,13 @@ async def test_node_client_suite_passes_against_both_services(tmp_path) -> None:
                 }
                 # asyncio subprocess: the servers keep serving on this loop while node runs.
                 process = await asyncio.create_subprocess_exec(
-                    "npm", "test", "--silent", cwd=NODE_DIR, env=env,
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                    "npm",
+                    "test",
+                    "--silent",
+                    cwd=NODE_DIR,
+                    env=env,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
                 )
                 output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
     text = output.decode(errors="replace")

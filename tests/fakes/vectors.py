@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sekha.errors import NotFoundError, UnavailableError
 
 from embedding_service.vectors import EmbeddedBatch
+from sekha.errors import NotFoundError, UnavailableError
 
 DEFAULT_MODELS: dict[str, int] = {
     "fake/mini-384": 384,

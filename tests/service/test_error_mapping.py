@@ -86,7 +86,9 @@ async def _call_every_rpc(port: int):  # type: ignore[no-untyped-def]
     return outcomes
 
 
-async def test_every_rpc_maps_unexpected_errors_to_internal_without_leaking(caplog: pytest.LogCaptureFixture) -> None:
+async def test_every_rpc_maps_unexpected_errors_to_internal_without_leaking(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     serving = await _serve(lambda: RuntimeError(SECRET))
     try:
         with caplog.at_level(logging.ERROR):
@@ -106,18 +108,48 @@ async def test_every_rpc_maps_unexpected_errors_to_internal_without_leaking(capl
 
 
 ROWS = [
-    (lambda: e.InvalidArgumentError(e.FieldViolation("messages[0]", "too long")), grpc.StatusCode.INVALID_ARGUMENT, "field_violations"),
-    (lambda: e.NoRouteError("no model serves audio", "routing.task"), grpc.StatusCode.FAILED_PRECONDITION, "precondition_violations"),
-    (lambda: e.CostLimitExceededError("too dear", cheapest_usd=0.5), grpc.StatusCode.FAILED_PRECONDITION, "reason"),
-    (lambda: e.BudgetExhaustedError("budget used up", "key:abc", "daily"), grpc.StatusCode.RESOURCE_EXHAUSTED, "quota_violations"),
+    (
+        lambda: e.InvalidArgumentError(e.FieldViolation("messages[0]", "too long")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "field_violations",
+    ),
+    (
+        lambda: e.NoRouteError("no model serves audio", "routing.task"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "precondition_violations",
+    ),
+    (
+        lambda: e.CostLimitExceededError("too dear", cheapest_usd=0.5),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "reason",
+    ),
+    (
+        lambda: e.BudgetExhaustedError("budget used up", "key:abc", "daily"),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "quota_violations",
+    ),
     (lambda: e.OverloadedError(), grpc.StatusCode.RESOURCE_EXHAUSTED, "retry_after_s"),
-    (lambda: e.UnavailableError("all failed", retry_after_s=2.0, attempts=[e.AttemptSummary("p", "m", "http_503")]), grpc.StatusCode.UNAVAILABLE, "retry_after_s"),
+    (
+        lambda: e.UnavailableError(
+            "all failed", retry_after_s=2.0, attempts=[e.AttemptSummary("p", "m", "http_503")]
+        ),
+        grpc.StatusCode.UNAVAILABLE,
+        "retry_after_s",
+    ),
     (lambda: e.NotFoundError("collection", "docs_384"), grpc.StatusCode.NOT_FOUND, "resource"),
-    (lambda: e.DimensionMismatchError("docs_384", 384, 768), grpc.StatusCode.FAILED_PRECONDITION, "precondition_violations"),
+    (
+        lambda: e.DimensionMismatchError("docs_384", 384, 768),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "precondition_violations",
+    ),
     (lambda: e.UnauthenticatedError("missing API key"), grpc.StatusCode.UNAUTHENTICATED, None),
     (lambda: e.DeadlineExceededError("deadline exceeded"), grpc.StatusCode.DEADLINE_EXCEEDED, None),
     (lambda: e.UnimplementedError("not built"), grpc.StatusCode.UNIMPLEMENTED, None),
-    (lambda: e.ProviderRejectedError("too long for the model", kind="context_length"), grpc.StatusCode.INVALID_ARGUMENT, "field_violations"),
+    (
+        lambda: e.ProviderRejectedError("too long for the model", kind="context_length"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "field_violations",
+    ),
 ]
 
 

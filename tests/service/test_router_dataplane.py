@@ -46,10 +46,22 @@ def two_providers(fake: FakeProvider, transport: str, primary_timeout_s: float =
     """primary (priority 10, model alpha) and backup (priority 20, model beta), same fake server."""
     return router_config(
         [
-            openai_provider("primary", fake.base_url, [chat_model("alpha", price=(1.0, 2.0))], priority=10,
-                            transport=transport, timeout_s=primary_timeout_s),
-            openai_provider("backup", fake.base_url, [chat_model("beta", price=(10.0, 20.0))], priority=20,
-                            transport=transport, timeout_s=5),
+            openai_provider(
+                "primary",
+                fake.base_url,
+                [chat_model("alpha", price=(1.0, 2.0))],
+                priority=10,
+                transport=transport,
+                timeout_s=primary_timeout_s,
+            ),
+            openai_provider(
+                "backup",
+                fake.base_url,
+                [chat_model("beta", price=(10.0, 20.0))],
+                priority=20,
+                transport=transport,
+                timeout_s=5,
+            ),
         ],
         **sections,
     )
@@ -64,7 +76,9 @@ def ask_stream(text: str = "hello there") -> rt.StreamChatRequest:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_success_on_first_candidate_with_usage_and_real_cost(fake: FakeProvider, transport: str) -> None:
+async def test_success_on_first_candidate_with_usage_and_real_cost(
+    fake: FakeProvider, transport: str
+) -> None:
     fake.set_default(Behaviour(text="the answer", usage=(12, 3)))
     async with running_router(two_providers(fake, transport)) as (_, router):
         reply = await router.chat(ask(request_id="req-1"))
@@ -89,7 +103,9 @@ async def test_success_on_first_candidate_with_usage_and_real_cost(fake: FakePro
     ],
     ids=["503", "reset", "timeout"],
 )
-async def test_fallback_to_second_candidate(fake: FakeProvider, transport: str, failure: Behaviour, kind: str | None) -> None:
+async def test_fallback_to_second_candidate(
+    fake: FakeProvider, transport: str, failure: Behaviour, kind: str | None
+) -> None:
     fake.script("alpha", failure)
     # primary gives up after 1 s; the fake waits 3 s
     async with running_router(two_providers(fake, transport, primary_timeout_s=1.0)) as (_, router):
@@ -105,8 +121,13 @@ async def test_fallback_to_second_candidate(fake: FakeProvider, transport: str, 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_caller_errors_do_not_fall_back_or_feed_the_breaker(fake: FakeProvider, transport: str) -> None:
-    context_error = {"error": {"message": "This model's maximum context length is 8192 tokens", "type": "invalid_request_error",
-                               "code": "context_length_exceeded"}}
+    context_error = {
+        "error": {
+            "message": "This model's maximum context length is 8192 tokens",
+            "type": "invalid_request_error",
+            "code": "context_length_exceeded",
+        }
+    }
     fake.script("alpha", Behaviour(status=400), Behaviour(status=400, error_body=context_error))
     async with running_router(two_providers(fake, transport)) as (app, router):
         with pytest.raises(c.InvalidArgumentError) as bad:
@@ -124,16 +145,24 @@ async def test_caller_errors_do_not_fall_back_or_feed_the_breaker(fake: FakeProv
 async def test_breaker_opens_skips_dead_provider_then_half_open_probe_recovers(fake: FakeProvider) -> None:
     clock = FakeClock()
     config = two_providers(
-        fake, "native",
-        circuit_breaker={"failure_threshold": 3, "reset_timeout_s": 30, "half_open_max_probes": 1, "minimum_calls": 100,
-                         "window_size": 100},
+        fake,
+        "native",
+        circuit_breaker={
+            "failure_threshold": 3,
+            "reset_timeout_s": 30,
+            "half_open_max_probes": 1,
+            "minimum_calls": 100,
+            "window_size": 100,
+        },
     )
     fake.set_default(Behaviour(status=503), model="alpha")
     async with running_router(config, RouterDeps(clock=clock)) as (_, router):
         for _ in range(3):
             await router.chat(ask())  # each falls back to beta
         assert fake.count(CHAT, "alpha") == 3
-        status = (await router.get_provider_status(rt.GetProviderStatusRequest(provider_id="primary"))).providers[0]
+        status = (
+            await router.get_provider_status(rt.GetProviderStatusRequest(provider_id="primary"))
+        ).providers[0]
         assert status.breaker.state == rt.BREAKER_STATE_OPEN
         for _ in range(5):
             reply = await router.chat(ask())
@@ -152,7 +181,9 @@ async def test_breaker_opens_skips_dead_provider_then_half_open_probe_recovers(f
         assert first_back.text == "back" and first_back.attempts[-1].provider_id == "primary"
         await router.chat(ask())
         assert fake.count(CHAT, "alpha") == 6
-        status = (await router.get_provider_status(rt.GetProviderStatusRequest(provider_id="primary"))).providers[0]
+        status = (
+            await router.get_provider_status(rt.GetProviderStatusRequest(provider_id="primary"))
+        ).providers[0]
         assert status.breaker.state == rt.BREAKER_STATE_CLOSED
 
 
@@ -189,13 +220,17 @@ async def test_provider_401_disables_it_and_says_so(fake: FakeProvider) -> None:
         reply = await router.chat(ask())
         assert reply.attempts[0].error_kind == "auth" and reply.attempts[-1].provider_id == "backup"
         await router.chat(ask())
-        status = (await router.get_provider_status(rt.GetProviderStatusRequest(provider_id="primary"))).providers[0]
+        status = (
+            await router.get_provider_status(rt.GetProviderStatusRequest(provider_id="primary"))
+        ).providers[0]
     assert fake.count(CHAT, "alpha") == 1
     assert not status.enabled and "401" in status.disabled_reason
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_stream_falls_back_before_first_chunk_and_carries_usage(fake: FakeProvider, transport: str) -> None:
+async def test_stream_falls_back_before_first_chunk_and_carries_usage(
+    fake: FakeProvider, transport: str
+) -> None:
     fake.script("alpha", Behaviour(status=503))
     fake.set_default(Behaviour(chunks=["one ", "two ", "three"], usage=(7, 3)), model="beta")
     async with running_router(two_providers(fake, transport)) as (_, router):
@@ -211,7 +246,9 @@ async def test_stream_falls_back_before_first_chunk_and_carries_usage(fake: Fake
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_stream_broken_after_output_ends_unavailable_without_duplicates(fake: FakeProvider, transport: str) -> None:
+async def test_stream_broken_after_output_ends_unavailable_without_duplicates(
+    fake: FakeProvider, transport: str
+) -> None:
     fake.script("alpha", Behaviour(chunks=["a1 ", "a2 ", "a3 ", "a4"], die_after_chunks=2))
     async with running_router(two_providers(fake, transport)) as (_, router):
         deltas = []
@@ -272,27 +309,43 @@ PNG = base64.b64decode(
 
 def image_request(image: rt.Image, text: str = "what is this?") -> rt.ChatRequest:
     return rt.ChatRequest(
-        messages=[rt.ChatMessage(role=rt.ROLE_USER, parts=[rt.ContentPart(text=text), rt.ContentPart(image=image)])]
+        messages=[
+            rt.ChatMessage(role=rt.ROLE_USER, parts=[rt.ContentPart(text=text), rt.ContentPart(image=image)])
+        ]
     )
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_images_route_only_to_vision_models_and_pass_through(fake: FakeProvider, transport: str) -> None:
+async def test_images_route_only_to_vision_models_and_pass_through(
+    fake: FakeProvider, transport: str
+) -> None:
     config = router_config(
         [
             openai_provider("text", fake.base_url, [chat_model("blind")], priority=1, transport=transport),
-            openai_provider("eyes", fake.base_url, [chat_model("seer", capabilities=["vision"], tasks=("chat_smart", "vision"))],
-                            priority=50, transport=transport),
+            openai_provider(
+                "eyes",
+                fake.base_url,
+                [chat_model("seer", capabilities=["vision"], tasks=("chat_smart", "vision"))],
+                priority=50,
+                transport=transport,
+            ),
         ],
         limits={"max_images": 2, "max_image_bytes": 1024},
     )
     async with running_router(config) as (_, router):
-        by_url = await router.chat(image_request(rt.Image(url="https://example.com/cat.png", detail=rt.IMAGE_DETAIL_LOW)))
+        by_url = await router.chat(
+            image_request(rt.Image(url="https://example.com/cat.png", detail=rt.IMAGE_DETAIL_LOW))
+        )
         inline = await router.chat(image_request(rt.Image(data=PNG, mime_type="image/png")))
         assert by_url.attempts[-1].provider_id == "eyes" and inline.attempts[-1].provider_id == "eyes"
         assert fake.count(CHAT, "blind") == 0
         sent = [r.json["messages"][0]["content"] for r in fake.requests if r.model == "seer"]
-        urls = [part["image_url"]["url"] for content in sent for part in content if part.get("type") == "image_url"]
+        urls = [
+            part["image_url"]["url"]
+            for content in sent
+            for part in content
+            if part.get("type") == "image_url"
+        ]
         assert urls[0] == "https://example.com/cat.png"
         assert urls[1] == "data:image/png;base64," + base64.b64encode(PNG).decode()
 
@@ -305,7 +358,11 @@ async def test_images_route_only_to_vision_models_and_pass_through(fake: FakePro
         with pytest.raises(c.InvalidArgumentError) as not_https:
             await router.chat(image_request(rt.Image(url="http://169.254.169.254/latest")))
         assert not_https.value.details.field_violations[0][0] == "messages[0].parts[1].image.url"
-        many = rt.ChatRequest(messages=[rt.ChatMessage(parts=[rt.ContentPart(image=rt.Image(data=PNG, mime_type="image/png"))] * 3)])
+        many = rt.ChatRequest(
+            messages=[
+                rt.ChatMessage(parts=[rt.ContentPart(image=rt.Image(data=PNG, mime_type="image/png"))] * 3)
+            ]
+        )
         with pytest.raises(c.InvalidArgumentError):
             await router.chat(many)
         assert fake.count(CHAT) == 2  # limits are checked before any provider call
@@ -314,7 +371,11 @@ async def test_images_route_only_to_vision_models_and_pass_through(fake: FakePro
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_embed_returns_vectors_usage_and_cost(fake: FakeProvider, transport: str) -> None:
     config = router_config(
-        [openai_provider("emb", fake.base_url, [embedding_model("vec-768", 768, price=0.5)], transport=transport)]
+        [
+            openai_provider(
+                "emb", fake.base_url, [embedding_model("vec-768", 768, price=0.5)], transport=transport
+            )
+        ]
     )
     fake.set_default(Behaviour(usage=(9, 0)))
     async with running_router(config) as (_, router):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -29,7 +28,9 @@ def _config(**sections):  # type: ignore[no-untyped-def]
                 "premium",
                 BASE,
                 [
-                    chat_model("vision-c", tasks=("chat_smart", "vision"), price=(2.0, 8.0), capabilities=["vision"]),
+                    chat_model(
+                        "vision-c", tasks=("chat_smart", "vision"), price=(2.0, 8.0), capabilities=["vision"]
+                    ),
                     chat_model("mystery", price=None),
                     embedding_model("embed-768", 768),
                 ],
@@ -67,7 +68,9 @@ async def test_health_serving_and_route_orders_by_priority_then_cost() -> None:
         assert decision.estimated_input_tokens > 5
         expected = (decision.estimated_input_tokens * 0.1 + 100 * 0.2) / 1e6
         assert decision.chosen.estimated_cost_usd == pytest.approx(expected)
-        assert decision.fallbacks[-1].price_unknown and not decision.fallbacks[-1].HasField("estimated_cost_usd")
+        assert decision.fallbacks[-1].price_unknown and not decision.fallbacks[-1].HasField(
+            "estimated_cost_usd"
+        )
         assert "chat_smart" in decision.reason
 
 
@@ -87,7 +90,11 @@ async def test_task_match_capability_and_preferred_model() -> None:
         only = (await router.route(_route(preferred_model="smart-b", disable_fallback=True))).decision
         assert only.chosen.model == "smart-b" and not only.fallbacks
 
-        embed = (await router.route(rt.RouteRequest(routing=rt.RoutingPreferences(task=rt.TASK_EMBEDDING), inputs=["x"]))).decision
+        embed = (
+            await router.route(
+                rt.RouteRequest(routing=rt.RoutingPreferences(task=rt.TASK_EMBEDDING), inputs=["x"])
+            )
+        ).decision
         assert embed.chosen.model == "embed-768" and embed.estimated_output_tokens == 0
 
 
@@ -99,7 +106,9 @@ async def test_route_errors_carry_the_reason() -> None:
         assert no_task.value.details.reason == "NO_ROUTE"
 
         with pytest.raises(c.FailedPreconditionError) as lacking:
-            await router.route(_route(preferred_model="smart-b", required_capabilities=[rt.CAPABILITY_VISION]))
+            await router.route(
+                _route(preferred_model="smart-b", required_capabilities=[rt.CAPABILITY_VISION])
+            )
         assert "smart-b" in lacking.value.message
 
         with pytest.raises(c.NotFoundError) as unknown:
@@ -129,7 +138,9 @@ async def test_open_breakers_are_skipped_then_unavailable_with_retry_info() -> N
             app.breakers.get("cheap").record_failure("http_503")
         decision = (await router.route(_route())).decision
         assert decision.chosen.provider_id == "premium"
-        status = (await router.get_provider_status(rt.GetProviderStatusRequest(provider_id="cheap"))).providers[0]
+        status = (
+            await router.get_provider_status(rt.GetProviderStatusRequest(provider_id="cheap"))
+        ).providers[0]
         assert status.breaker.state == rt.BREAKER_STATE_OPEN
         assert status.breaker.consecutive_failures == 2
         assert status.breaker.HasField("half_open_time")
@@ -161,7 +172,7 @@ async def test_list_models_paginates_and_reports_state() -> None:
         assert rt.CAPABILITY_VISION in model.capabilities
         assert model.price.input_usd_per_million_tokens == 2.0 and model.available
         assert model.breaker_state == rt.BREAKER_STATE_CLOSED
-        mystery = [m for m in (await router.list_models()).models if m.model == "mystery"][0]
+        mystery = next(m for m in (await router.list_models()).models if m.model == "mystery")
         assert mystery.price_unknown
         with pytest.raises(c.InvalidArgumentError) as bad:
             await router.list_models(rt.ListModelsRequest(page_token="!!not-a-token"))
@@ -189,7 +200,9 @@ async def test_get_spend_on_an_empty_ledger() -> None:
         report = await router.get_spend()
         assert list(report.rows) == [] and report.total_cost_usd == 0
         with pytest.raises(c.InvalidArgumentError) as bad:
-            await router.get_spend(rt.GetSpendRequest(start_time=Timestamp(seconds=200), end_time=Timestamp(seconds=100)))
+            await router.get_spend(
+                rt.GetSpendRequest(start_time=Timestamp(seconds=200), end_time=Timestamp(seconds=100))
+            )
         assert bad.value.details.field_violations[0][0] == "end_time"
 
 

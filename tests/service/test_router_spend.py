@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
+
 from sekha import client as c
 from sekha.router.v1 import router_service_pb2 as rt
-
 from tests.fakes.fake_provider import Behaviour, FakeProvider
 from tests.fakes.redis_server import RedisServer, redis_server_or_skip
 from tests.harness import chat_model, openai_provider, router_config, running_router

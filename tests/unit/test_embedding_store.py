@@ -20,12 +20,6 @@ import chromadb
 import httpx
 import pytest
 from chromadb.config import Settings
-from sekha.errors import (
-    DimensionMismatchError,
-    InvalidArgumentError,
-    NotFoundError,
-    UnavailableError,
-)
 
 from embedding_service.config import ChromaConfig, DefaultsConfig, EmbeddingConfig, MigrationConfig
 from embedding_service.domain import (
@@ -37,6 +31,12 @@ from embedding_service.domain import (
 )
 from embedding_service.service import EmbeddingStoreService
 from embedding_service.store import ChromaStore
+from sekha.errors import (
+    DimensionMismatchError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 from tests.fakes.vectors import FakeVectorSource
 
 CHROMA_BIN = Path(sys.executable).with_name("chroma")

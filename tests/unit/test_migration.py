@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sekha.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 
 from embedding_service.config import ChromaConfig, EmbeddingConfig, MigrationConfig
 from embedding_service.domain import CollectionInUseError, DocumentIn, MigrationState
 from embedding_service.service import EmbeddingStoreService
 from embedding_service.store import ChromaStore
+from sekha.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from tests.fakes.vectors import FakeVectorSource
 
 SMALL = "fake/mini-384"

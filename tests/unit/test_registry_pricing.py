@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sekha.errors import NotFoundError
 
 from router_service.config import RouterConfig
 from router_service.domain import (
@@ -33,6 +32,7 @@ from router_service.pricing import (
     real_cost,
 )
 from router_service.registry import LiteLLMModelInfo, ModelInfo, Registry, StaticModelInfo, import_litellm
+from sekha.errors import NotFoundError
 
 litellm = import_litellm()
 

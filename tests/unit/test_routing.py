@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sekha.errors import CostLimitExceededError, NoRouteError, NotFoundError, UnavailableError
 
 from router_service.breaker import BreakerRegistry, BreakerState
 from router_service.config import RouterConfig
@@ -14,6 +13,7 @@ from router_service.domain import Capability, Price, RoutingPreferences, Task
 from router_service.pricing import PriceTable
 from router_service.registry import Registry, StaticModelInfo
 from router_service.routing import Router
+from sekha.errors import CostLimitExceededError, NoRouteError, NotFoundError, UnavailableError
 
 VISION = Capability.VISION
 TOOLS = Capability.TOOLS

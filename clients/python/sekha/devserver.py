@@ -58,7 +58,9 @@ def main() -> int:
         if not _wait_serving(f"127.0.0.1:{embedding_port}", 120.0, embedding):
             print("embedding service did not become SERVING", file=sys.stderr)
             return 1
-        print(f"sekha: router on 127.0.0.1:{router_port}, embedding on 127.0.0.1:{embedding_port}; Ctrl-C stops")
+        print(
+            f"sekha: router on 127.0.0.1:{router_port}, embedding on 127.0.0.1:{embedding_port}; Ctrl-C stops"
+        )
         while not stopping and all(p.poll() is None for p in processes):
             time.sleep(0.2)
     finally:

@@ -19,6 +19,7 @@ refused for load must be answered fast with RetryInfo, before any work.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import traceback
 import uuid
@@ -54,7 +55,9 @@ def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
     return error_details_pb2.RetryInfo(retry_delay=delay)
 
 
-def _error_info(reason: str, domain: str, metadata: dict[str, str] | None = None) -> error_details_pb2.ErrorInfo:
+def _error_info(
+    reason: str, domain: str, metadata: dict[str, str] | None = None
+) -> error_details_pb2.ErrorInfo:
     return error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=metadata or {})
 
 
@@ -73,7 +76,7 @@ def status_for(exc: BaseException, domain: str) -> tuple[status_pb2.Status, str 
     return status_pb2.Status(code=code, message=exc.message, details=_pack(*details)), None
 
 
-def _classify(exc: BaseException, domain: str) -> tuple[int | None, list[Any]]:  # noqa: PLR0911
+def _classify(exc: BaseException, domain: str) -> tuple[int | None, list[Any]]:
     """The code and details for a domain error; (None, []) for anything unexpected."""
     if isinstance(exc, e.InvalidArgumentError):
         violations = [
@@ -134,7 +137,10 @@ def _classify(exc: BaseException, domain: str) -> tuple[int | None, list[Any]]: 
             _error_info(exc.reason, domain, {"scope": exc.scope}),
         ]
     if isinstance(exc, e.OverloadedError):
-        return code_pb2.RESOURCE_EXHAUSTED, [_retry_info(exc.retry_after_s), _error_info("OVERLOADED", domain)]
+        return code_pb2.RESOURCE_EXHAUSTED, [
+            _retry_info(exc.retry_after_s),
+            _error_info("OVERLOADED", domain),
+        ]
     if isinstance(exc, e.UnavailableError):  # includes StreamInterruptedError
         details: list[Any] = []
         if exc.retry_after_s is not None:
@@ -174,6 +180,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self._max_in_flight = max_concurrent_rpcs
         self._retry_after_s = retry_after_s
         self.in_flight = 0
+        # method -> (the handler it was made from, the wrapped handler). The wrapping depends only
+        # on the method and its registered handler, so it is built once, not on every call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -184,17 +193,26 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap_handler(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         limited = not (method.startswith(HEALTH_PREFIX) or method.startswith(REFLECTION_PREFIX))
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, limited),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method, limited),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # client streaming RPCs are not part of our contracts
@@ -208,13 +226,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             admitted = False
             try:
+                _require_decoded(request)
                 if limited:
                     self._admit()
                     admitted = True
                 return await behavior(request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
-            except BaseException as exc:  # noqa: BLE001 - every other ending becomes a status
+            except BaseException as exc:
                 await self._abort(exc, method, context)
             finally:
                 if admitted:
@@ -223,9 +242,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap_stream(self, behavior: Behavior, method: str, limited: bool) -> Behavior:
+        if not inspect.isasyncgenfunction(behavior):
+            # A streaming handler may also be a coroutine that sends with context.write()
+            # (grpc's own Health.Watch does): it is wrapped like a unary one.
+            return self._wrap_unary(behavior, method, limited)
+
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             admitted = False
             try:
+                _require_decoded(request)
                 if limited:
                     self._admit()
                     admitted = True
@@ -233,7 +258,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     yield response
             except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
                 raise
-            except BaseException as exc:  # noqa: BLE001 - every other ending becomes a status
+            except BaseException as exc:
                 await self._abort(exc, method, context)
             finally:
                 if admitted:
@@ -248,10 +273,36 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if error_id is not None:
             # The type and stack are enough to debug; the text may carry secrets or prompts.
             frames = "".join(traceback.format_tb(exc.__traceback__))
-            log.error(
-                "unexpected %s in %s (error id %s)\n%s", type(exc).__name__, method, error_id, frames
-            )
+            log.error("unexpected %s in %s (error id %s)\n%s", type(exc).__name__, method, error_id, frames)
         await context.abort_with_status(rpc_status.to_status(status))
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so the handler wrapper can refuse it."""
+
+    __slots__ = ()
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that never raises: grpc would answer UNKNOWN with the parser's text."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return _UNDECODABLE
+
+    return deserialize
+
+
+def _require_decoded(request: Any) -> None:
+    if request is _UNDECODABLE:
+        raise e.InvalidArgumentError(e.FieldViolation("request", "is not a valid serialized request message"))
 
 
 def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:

@@ -66,7 +66,7 @@ class ServingServer:
         for close in reversed(self.on_stop):
             try:
                 await close()
-            except Exception as exc:  # noqa: BLE001 - shutdown must go on
+            except Exception as exc:
                 log.warning("error while closing a dependency: %s", type(exc).__name__)
 
 
