@@ -427,6 +427,30 @@ class Gateway:
         output_tokens = self.estimator.count_text(output_text) if output_text else 0
         return d.Usage(decision.estimated_input_tokens, output_tokens, counted_locally=True)
 
+    async def _succeed(
+        self,
+        call: _Call,
+        candidate: d.Candidate,
+        entry: Any,
+        started: float,
+        scope: Any,
+        operation: str,
+        usage: d.Usage,
+        response_model: str = "",
+        output_text: str = "",
+    ) -> d.Cost:
+        """Book a successful attempt: breaker, upstream time, real cost, spend, attempt list, observer."""
+        latency = self.clock() - started
+        self.breakers.get(candidate.provider_id).record_success(latency)
+        self.observer.upstream_time(latency, scope)
+        cost = self.prices.real_cost(entry, usage)
+        await call.settle(candidate, usage, cost)
+        attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
+        call.attempts.append(attempt)
+        extra = {"response_model": response_model, "output_text": output_text} if operation == "chat" else {}
+        self.observer.attempt_finished(operation, entry, attempt, usage, cost, scope=scope, **extra)
+        return cost
+
     # ------------------------------------------------------------------- chat
 
     async def chat(
@@ -464,25 +488,9 @@ class Gateway:
                 self.breakers.get(candidate.provider_id).release()
                 self.observer.attempt_cancelled(scope)
                 raise
-            latency = self.clock() - started
-            self.breakers.get(candidate.provider_id).record_success(latency)
-            self.observer.upstream_time(latency, scope)
             usage = self._usage(entry, reply.usage, decision, reply.text)
-            cost = self.prices.real_cost(entry, usage)
-            await call.settle(candidate, usage, cost)
-            attempt = d.Attempt(
-                candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency
-            )
-            call.attempts.append(attempt)
-            self.observer.attempt_finished(
-                "chat",
-                entry,
-                attempt,
-                usage,
-                cost,
-                scope=scope,
-                response_model=reply.response_model,
-                output_text=reply.text,
+            cost = await self._succeed(
+                call, candidate, entry, started, scope, "chat", usage, reply.response_model, reply.text
             )
             return d.ChatResult(
                 request_id=request_id,
@@ -590,26 +598,11 @@ class Gateway:
                 raise
             finally:
                 await _aclose(stream)
-            latency = self.clock() - started
-            self.breakers.get(candidate.provider_id).record_success(latency)
-            self.observer.upstream_time(latency, scope)
             text = "".join(sent)
             usage = self._usage(entry, end.usage if end else None, decision, text)
-            cost = self.prices.real_cost(entry, usage)
-            await call.settle(candidate, usage, cost)
-            attempt = d.Attempt(
-                candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency
-            )
-            call.attempts.append(attempt)
-            self.observer.attempt_finished(
-                "chat",
-                entry,
-                attempt,
-                usage,
-                cost,
-                scope=scope,
-                response_model=end.response_model if end else "",
-                output_text=text,
+            response_model = end.response_model if end else ""
+            cost = await self._succeed(
+                call, candidate, entry, started, scope, "chat", usage, response_model, text
             )
             yield d.ChatResult(
                 request_id=request_id,
@@ -619,7 +612,7 @@ class Gateway:
                 cost=cost,
                 decision=decision,
                 attempts=call.attempts,
-                response_model=end.response_model if end else "",
+                response_model=response_model,
             )
             return
         raise self._exhausted(call)
@@ -659,19 +652,10 @@ class Gateway:
                 self.breakers.get(candidate.provider_id).release()
                 self.observer.attempt_cancelled(scope)
                 raise
-            latency = self.clock() - started
-            self.breakers.get(candidate.provider_id).record_success(latency)
-            self.observer.upstream_time(latency, scope)
             usage = reply.usage
             if usage is None or not usage.input_tokens:
                 usage = d.Usage(decision.estimated_input_tokens, 0, counted_locally=True)
-            cost = self.prices.real_cost(entry, usage)
-            await call.settle(candidate, usage, cost)
-            attempt = d.Attempt(
-                candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency
-            )
-            call.attempts.append(attempt)
-            self.observer.attempt_finished("embeddings", entry, attempt, usage, cost, scope=scope)
+            cost = await self._succeed(call, candidate, entry, started, scope, "embeddings", usage)
             return d.EmbedResult(
                 request_id=request_id,
                 vectors=reply.vectors,
