@@ -19,9 +19,9 @@ from embedding_service.vectors import VectorSource
 from sekha.client import ConnectionConfig, RouterClient
 from sekha.embedding.v1 import embedding_service_pb2 as pb
 from sekha.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
-from sekha.server.auth import auth_interceptors, warn_if_open
-from sekha.server.lifecycle import ServerOptions, ServingServer, start_server
-from sekha.server.tls import client_connection, server_credentials
+from sekha.server.auth import warn_if_open
+from sekha.server.lifecycle import ServingServer, options_from_config, start_server
+from sekha.server.tls import client_connection
 from sekha.server.tracing import TelemetryInterceptor
 from sekha.telemetry import MetricsEndpoint, Telemetry
 from sekha.tracing import client_interceptors
@@ -86,20 +86,12 @@ async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = Non
         service = EmbeddingStoreService.open(config, vectors)
     await service.check_health()
     servicer = EmbeddingServicer(service)
-    options = ServerOptions(
-        host=config.server.host,
-        port=config.server.port,
-        max_message_bytes=config.server.max_message_bytes,
-        max_concurrent_rpcs=config.server.max_concurrent_rpcs,
-        reflection=config.server.reflection,
-        grace_period_s=config.server.grace_period_s,
-        # Telemetry first: it sees every RPC, the refused ones included, with its final status.
-        extra_interceptors=(
-            *((TelemetryInterceptor(telemetry),) if telemetry is not None else ()),
-            *deps.extra_interceptors,
-            *auth_interceptors(config.auth),
-        ),
-        server_credentials=deps.server_credentials or server_credentials(config.server.tls),
+    options = options_from_config(
+        config.server,
+        config.auth,
+        telemetry=(TelemetryInterceptor(telemetry),) if telemetry is not None else (),
+        extra=deps.extra_interceptors,
+        credentials=deps.server_credentials,
     )
     warn_if_open(config.auth, config.server.host, "embedding service")
     serving = await start_server(

@@ -33,9 +33,8 @@ from router_service.spend import SpendGuard
 from router_service.state import StateStore, open_store
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
-from sekha.server.auth import ApiKeyAuthInterceptor, auth_interceptors, warn_if_open
-from sekha.server.lifecycle import ServerOptions, ServingServer, start_server
-from sekha.server.tls import server_credentials
+from sekha.server.auth import ApiKeyAuthInterceptor, warn_if_open
+from sekha.server.lifecycle import ServerOptions, ServingServer, options_from_config, start_server
 from sekha.server.tracing import TelemetryInterceptor
 from sekha.telemetry import MetricsEndpoint, Telemetry
 
@@ -261,20 +260,12 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
     store = deps.state_store or await open_store(config.state, deps.wall_clock)
     core = await build_core(config, deps, store)
     servicer = RouterServicer(TrackedGateway(core.gateway), core.catalog)
-    options = ServerOptions(
-        host=config.server.host,
-        port=config.server.port,
-        max_message_bytes=config.server.max_message_bytes,
-        max_concurrent_rpcs=config.server.max_concurrent_rpcs,
-        reflection=config.server.reflection,
-        grace_period_s=config.server.grace_period_s,
-        # Telemetry first: it sees every RPC, the refused ones included, with its final status.
-        extra_interceptors=(
-            *telemetry_interceptors,
-            *deps.extra_interceptors,
-            *auth_interceptors(config.auth),
-        ),
-        server_credentials=deps.server_credentials or server_credentials(config.server.tls),
+    options = options_from_config(
+        config.server,
+        config.auth,
+        telemetry=telemetry_interceptors,
+        extra=deps.extra_interceptors,
+        credentials=deps.server_credentials,
     )
     warn_if_open(config.auth, config.server.host, "router")
     serving = await start_server(

@@ -14,13 +14,17 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from sekha.server.auth import auth_interceptors
 from sekha.server.errors import ErrorInterceptor
+from sekha.server.security import AuthConfig
+from sekha.server.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,31 @@ class ServingServer:
                 await close()
             except Exception as exc:
                 log.warning("error while closing a dependency: %s", type(exc).__name__)
+
+
+def options_from_config(
+    server: Any,
+    auth: AuthConfig,
+    *,
+    telemetry: Sequence[grpc.aio.ServerInterceptor] = (),
+    extra: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
+) -> ServerOptions:
+    """ServerOptions from a service's `server` and `auth` config sections (both services share them).
+
+    Interceptor order matters: telemetry first, so it sees every RPC with its final status, the
+    ones refused by auth or the concurrency limit included.
+    """
+    return ServerOptions(
+        host=server.host,
+        port=server.port,
+        max_message_bytes=server.max_message_bytes,
+        max_concurrent_rpcs=server.max_concurrent_rpcs,
+        reflection=server.reflection,
+        grace_period_s=server.grace_period_s,
+        extra_interceptors=(*telemetry, *extra, *auth_interceptors(auth)),
+        server_credentials=credentials or server_credentials(server.tls),
+    )
 
 
 async def start_server(
