@@ -102,6 +102,7 @@ class LocalEmbedder:
         model_path: str | None = None,
         max_batch: int = 64,
         max_wait_ms: float = 2.0,
+        max_delay_ms: float = 20.0,
         max_queue: int = 4096,
         device: str = "cpu",
         *,
@@ -114,6 +115,7 @@ class LocalEmbedder:
         self._model = model
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
+        self.max_delay_s = max(max_delay_ms, max_wait_ms) / 1000.0
         self.max_queue = max_queue
         self.stats = EmbedderStats()
         # One thread: batches run one at a time, and torch parallelises inside a batch.
@@ -243,12 +245,20 @@ class LocalEmbedder:
     # ------------------------------------------------------------------ worker
 
     async def _next_batch(self, queue: asyncio.Queue[_Job]) -> list[_Job]:
-        """Wait for a first job, then gather more until max_batch texts or max_wait passed."""
+        """Wait for a first job, then gather more until max_batch texts, or until no job came for
+        max_wait, or max_delay after the first job.
+
+        The wait restarts with each job that arrives: callers answered by the previous batch come
+        back over a few milliseconds (each goes through gRPC and the gateway first), and a fixed
+        wait from the first of them would cut the batch after the first few, leaving the model to
+        alternate between a tiny batch and a large one.
+        """
         loop = asyncio.get_running_loop()
         first = self._carry if self._carry is not None else await queue.get()
         self._carry = None
         jobs, size = [first], len(first.texts)
-        deadline = loop.time() + self.max_wait_s
+        cap = loop.time() + self.max_delay_s
+        deadline = min(loop.time() + self.max_wait_s, cap)
         while size < self.max_batch:
             try:
                 job = queue.get_nowait()
@@ -265,6 +275,7 @@ class LocalEmbedder:
                 break
             jobs.append(job)
             size += len(job.texts)
+            deadline = min(loop.time() + self.max_wait_s, cap)
         return jobs
 
     async def _run(self, queue: asyncio.Queue[_Job]) -> None:
