@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from sekha.server.security import AuthConfig, ClientTlsConfig, ServerTlsConfig
+from sekha.server.security import AuthConfig, ClientTlsConfig, ServerSettings
 from sekha.telemetry import TelemetryConfig
 
 ENV_PREFIX = "SEKHA_EMBEDDING__"
@@ -26,17 +26,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ServerConfig(_Strict):
+class ServerConfig(ServerSettings):
     """The gRPC listener."""
 
-    host: str = "127.0.0.1"
     port: int = Field(default=50052, ge=0, le=65535)
-    reflection: bool = False
-    max_concurrent_rpcs: int = Field(default=256, ge=1)
-    grace_period_s: float = Field(default=10.0, ge=0)
-    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    tls: ServerTlsConfig | None = Field(default=None, description="TLS, and mutual TLS with client_ca_file")
 
 
 class RouterClientConfig(_Strict):

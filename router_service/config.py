@@ -34,7 +34,7 @@ from router_service.domain import Capability, Price, Task
 from router_service.spend import BudgetsConfig, RateLimitsConfig
 from router_service.state.base import StateConfig
 from sekha.configloader import ConfigPathError, load_config
-from sekha.server.security import AuthConfig, ServerTlsConfig
+from sekha.server.security import AuthConfig, ServerSettings
 from sekha.telemetry import TelemetryConfig
 
 __all__ = [
@@ -96,17 +96,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ServerConfig(_Section):
+class ServerConfig(ServerSettings):
     """Where and how the gRPC server listens."""
 
-    host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)
-    reflection: bool = False
-    max_concurrent_rpcs: int = Field(default=256, ge=1)
-    grace_period_s: float = Field(default=10.0, ge=0)
-    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    tls: ServerTlsConfig | None = Field(default=None, description="TLS, and mutual TLS with client_ca_file")
 
 
 class CircuitBreakerConfig(_Section):

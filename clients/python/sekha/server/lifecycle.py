@@ -14,7 +14,6 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from sekha.server.auth import auth_interceptors
 from sekha.server.errors import ErrorInterceptor
-from sekha.server.security import AuthConfig
+from sekha.server.security import AuthConfig, ServerSettings
 from sekha.server.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ class ServingServer:
 
 
 def options_from_config(
-    server: Any,
+    server: ServerSettings,
     auth: AuthConfig,
     *,
     telemetry: Sequence[grpc.aio.ServerInterceptor] = (),

@@ -1,4 +1,4 @@
-"""Security settings shared by both services' configs: API keys and TLS (pydantic only, no grpc).
+"""Settings shared by both services' configs: the listener, API keys and TLS (pydantic only, no grpc).
 
 API keys are never stored: a config lists `sha256:<hex>` hashes made by `sekha.keys.hash_api_key`
 (`sekha keys hash` on the command line), each with an id that names the caller in logs and
@@ -19,7 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sekha.configloader import ConfigPathError
 from sekha.keys import HASH_PREFIX, hash_api_key
 
-__all__ = ["HASH_PREFIX", "ApiKeyConfig", "AuthConfig", "ClientTlsConfig", "ServerTlsConfig", "hash_api_key"]
+__all__ = [
+    "HASH_PREFIX",
+    "ApiKeyConfig",
+    "AuthConfig",
+    "ClientTlsConfig",
+    "ServerSettings",
+    "ServerTlsConfig",
+    "hash_api_key",
+]
 
 _HASH_SHAPE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _KEY_ID_SHAPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -96,3 +104,16 @@ class ClientTlsConfig(_Section):
         if (self.cert_file is None) != (self.key_file is None):
             raise ConfigPathError([(("cert_file",), "cert_file and key_file must be set together")])
         return self
+
+
+class ServerSettings(_Section):
+    """Where and how a service's gRPC server listens; each service sets its own default port."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    reflection: bool = False
+    max_concurrent_rpcs: int = Field(default=256, ge=1)
+    grace_period_s: float = Field(default=10.0, ge=0)
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    tls: ServerTlsConfig | None = Field(default=None, description="TLS, and mutual TLS with client_ca_file")
