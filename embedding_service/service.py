@@ -321,15 +321,16 @@ class EmbeddingStoreService:
             candidate = f"{base}_{dimension}_v{version}"
         return candidate
 
-    async def _create_collection(self, base: str, batch: EmbeddedBatch) -> CollectionRecord:
-        """A new dimension collection for `batch.model`; the caller holds the base lock."""
-        existing = await self._registry.collections(base)
+    async def _new_collection(
+        self, base: str, batch: EmbeddedBatch, *, serving_reads: bool, primary: bool
+    ) -> CollectionRecord:
+        """Create the Chroma collection for `batch.model` under a free name; not registered yet."""
         name = await self._free_name(base, batch.dimension)
         now = self._clock()
         stored = await self._store.create_collection(
             name, base=base, dimension=batch.dimension, model=batch.model, created_at=now
         )
-        record = CollectionRecord(
+        return CollectionRecord(
             name=name,
             base=base,
             chroma_name=name,
@@ -337,17 +338,27 @@ class EmbeddingStoreService:
             model=batch.model,
             distance_metric=stored.distance_metric,
             created_at=now,
-            serving_reads=True,
+            serving_reads=serving_reads,
             receiving_writes=True,
-            primary=_primary(existing) is None,
+            primary=primary,
         )
+
+    async def _register_or_drop(self, record: CollectionRecord, register: Awaitable[object]) -> None:
+        """Await the registry write; if it fails, drop the Chroma collection it was meant to record."""
         try:
-            await self._registry.add_collection(record)
+            await register
         except BaseException:
             with contextlib.suppress(Exception):
-                await self._store.delete_collection(name)
+                await self._store.delete_collection(record.chroma_name)
             raise
-        _log.info("created collection %s (%d-d, %s)", name, batch.dimension, batch.model)
+
+    async def _create_collection(self, base: str, batch: EmbeddedBatch) -> CollectionRecord:
+        """A new dimension collection for `batch.model`; the caller holds the base lock."""
+        existing = await self._registry.collections(base)
+        first = _primary(existing) is None
+        record = await self._new_collection(base, batch, serving_reads=True, primary=first)
+        await self._register_or_drop(record, self._registry.add_collection(record))
+        _log.info("created collection %s (%d-d, %s)", record.name, batch.dimension, batch.model)
         return record
 
     async def delete(self, base: str, ids: Sequence[str] = (), where: WhereFilter | None = None) -> int:
@@ -637,23 +648,8 @@ class EmbeddingStoreService:
             source = _primary(collections)
             if source is None:
                 raise NotFoundError("collection", base)
-            name = await self._free_name(base, probe.dimension)
-            now = self._clock()
-            stored = await self._store.create_collection(
-                name, base=base, dimension=probe.dimension, model=probe.model, created_at=now
-            )
-            target = CollectionRecord(
-                name=name,
-                base=base,
-                chroma_name=name,
-                dimension=probe.dimension,
-                model=probe.model,
-                distance_metric=stored.distance_metric,
-                created_at=now,
-                serving_reads=False,
-                receiving_writes=True,
-                primary=False,
-            )
+            target = await self._new_collection(base, probe, serving_reads=False, primary=False)
+            name, now = target.name, target.created_at
             record = MigrationRecord(
                 id=uuid.uuid4().hex,
                 base=base,
@@ -668,12 +664,7 @@ class EmbeddingStoreService:
                 created_at=now,
                 updated_at=now,
             )
-            try:
-                await self._registry.begin_migration(record, target)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await self._store.delete_collection(name)
-                raise
+            await self._register_or_drop(target, self._registry.begin_migration(record, target))
         _log.info("migration %s: %s -> %s (%s)", record.id, source.name, name, probe.model)
         self._migrations.spawn(record.id)
         return _migration(record)
