@@ -17,13 +17,9 @@ grace period.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
-
-from sekha.configloader import ConfigError
-from sekha.server.logs import configure_logging, resolve_log_level
 
 log = logging.getLogger("router_service")
 
@@ -70,39 +66,22 @@ def reload_main(pid: int, config_path: str | None) -> int:
 async def _serve(config_path: str | None) -> int:
     from router_service.config import RouterConfig
     from router_service.reload import install_sighup
-    from router_service.server import RouterDeps, build_server
-    from sekha.server.lifecycle import serve_until_signalled
-    from sekha.telemetry import setup_telemetry
+    from router_service.server import RouterApp, RouterDeps, build_server
+    from sekha.server.process import serve_service
 
-    try:
-        config = RouterConfig.load(config_path)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(f"config error: {line}", file=sys.stderr)
-        return 2
-    configure_logging(resolve_log_level(config.telemetry.log_level))
-    # The process owns its telemetry: exporters from OTEL_* / telemetry.*, Prometheus when a
-    # metrics port is configured (build_server serves it), flushed on the way out.
-    telemetry = setup_telemetry(
-        "sekha-router", config.telemetry, prometheus=config.server.metrics_port is not None
-    )
-    telemetry.set_global()
-    try:
-        try:
-            app = await build_server(config, RouterDeps(telemetry=telemetry))
-        except ConfigError as exc:  # found while wiring, e.g. an unreadable TLS certificate
-            for line in exc.errors:
-                print(f"config error: {line}", file=sys.stderr)
-            return 2
+    def started(app: RouterApp) -> None:
         if app.reloader is not None:
             app.reloader.path = config_path
             install_sighup(app.reloader)
         if app.metrics_port is not None:
             log.info("router metrics on port %d", app.metrics_port)
-        await serve_until_signalled(app.serving, "router")
-    finally:
-        telemetry.shutdown()
-    return 0
+
+    return await serve_service(
+        "router",
+        lambda: RouterConfig.load(config_path),
+        lambda config, telemetry: build_server(config, RouterDeps(telemetry=telemetry)),
+        started,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,14 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         from router_service.check_config import check_config_main
 
         return check_config_main(args.file)
-    configure_logging(resolve_log_level())  # until the config is read; it may name another level
-    path = getattr(args, "serve_config", None) or args.config
-    try:
-        import uvloop
+    from sekha.server.process import run
 
-        code = uvloop.run(_serve(path))
-    except ImportError:
-        code = asyncio.run(_serve(path))
+    code = run(_serve(getattr(args, "serve_config", None) or args.config))
     # The server has stopped and telemetry is flushed. Finalizing LiteLLM's module graph at
     # interpreter exit takes about a second and runs nothing we need, while the process must be
     # gone within the grace period plus one second: flush the logs and leave now.
