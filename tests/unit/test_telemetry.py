@@ -39,13 +39,15 @@ def test_in_memory_exporter_and_reader_get_spans_and_metrics_with_the_service_na
     telemetry.force_flush()
     (finished,) = spans.get_finished_spans()
     assert finished.resource.attributes["service.name"] == "svc"
-    names = [
-        m.name
+    metrics = {
+        m.name: m
         for rm in reader.get_metrics_data().resource_metrics
         for sm in rm.scope_metrics
         for m in sm.metrics
-    ]
-    assert names == ["sekha.router.cost"]
+    }
+    assert sorted(metrics) == ["sekha.metrics.series", "sekha.router.cost"]
+    assert [p.value for p in metrics["sekha.router.cost"].data.data_points] == [0.5]
+    assert [p.value for p in metrics["sekha.metrics.series"].data.data_points] == [1]
     telemetry.shutdown()
     telemetry.shutdown()  # idempotent
 

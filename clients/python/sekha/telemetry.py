@@ -15,7 +15,9 @@ What gets exported:
   exporter tracing is off (a no-op tracer: no spans are built at all);
 * metrics go to every reader handed in, to a Prometheus registry of this Telemetry's own when
   `prometheus=True` (served by `MetricsEndpoint` on `server.metrics_port`), and over OTLP
-  (PeriodicExportingMetricReader) when an endpoint is set;
+  (PeriodicExportingMetricReader) when an endpoint is set; the synchronous instruments
+  aggregate in `sekha.aggregation` and join each collection there (the SDK's own instruments
+  cost ten times as much per measurement);
 * the standard variables keep working: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (through
   `Resource.create()`), OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (the SDK's default
   sampler), OTEL_EXPORTER_OTLP_* (headers, certificates, timeouts; read by the exporters),
@@ -33,10 +35,12 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import metrics, trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sekha.aggregation import Adder, Aggregation, Recorder
 
 __all__ = [
     "CAPTURE_CONTENT_ENV",
@@ -155,29 +159,46 @@ class TelemetryConfig(BaseModel):
         return level
 
 
+class _InstrumentFactory(Protocol):
+    """An OpenTelemetry Meter, or our `Aggregation`: both make counters and histograms alike."""
+
+    def create_counter(self, name: str, unit: str = "", description: str = "") -> Any: ...
+
+    def create_histogram(
+        self,
+        name: str,
+        unit: str = "",
+        description: str = "",
+        *,
+        explicit_bucket_boundaries_advisory: Sequence[float] | None = None,
+    ) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Instruments:
     """Every synchronous instrument the services record. The Prometheus names
     (`deploy/metrics.txt`) follow from name + unit: dots become `_`, unit `s` adds `_seconds`,
     counters add `_total`, and unit annotations in braces add nothing.
 
-    Three more are observable (read when collected, so they cost nothing per call):
-    `sekha.rpc.requests` and `sekha.rpc.in_flight` (`sekha.server.tracing.TelemetryInterceptor`)
-    and `sekha.router.breaker.state` (`router_service.observability.RouterObserver`)."""
+    With metrics on they are `sekha.aggregation` instruments (about 1 us per measurement instead
+    of the SDK's 11 us), with metrics off the API's no-op ones. Four more are observable (read
+    when collected, so they cost nothing per call): `sekha.rpc.requests` and `sekha.rpc.in_flight`
+    (`sekha.server.tracing.TelemetryInterceptor`), `sekha.router.breaker.state`
+    (`router_service.observability.RouterObserver`) and `sekha.metrics.series` (`sekha.aggregation`)."""
 
-    rpc_duration: metrics.Histogram
-    token_usage: metrics.Histogram
-    operation_duration: metrics.Histogram
-    fallbacks: metrics.Counter
-    breaker_transitions: metrics.Counter
-    cost: metrics.Counter
-    time_to_first_token: metrics.Histogram
-    overhead: metrics.Histogram
-    documents_ingested: metrics.Counter
-    search_duration: metrics.Histogram
+    rpc_duration: Recorder
+    token_usage: Recorder
+    operation_duration: Recorder
+    fallbacks: Adder
+    breaker_transitions: Adder
+    cost: Adder
+    time_to_first_token: Recorder
+    overhead: Recorder
+    documents_ingested: Adder
+    search_duration: Recorder
 
     @classmethod
-    def create(cls, meter: metrics.Meter) -> Instruments:
+    def create(cls, meter: _InstrumentFactory) -> Instruments:
         return cls(
             rpc_duration=meter.create_histogram(
                 "sekha.rpc.duration",
@@ -380,24 +401,31 @@ def setup_telemetry(
         )
         readers.append(PeriodicExportingMetricReader(metric_exporter))
     meter_provider: metrics.MeterProvider
+    instruments: Instruments
     if readers:
         from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-        meter_provider = MeterProvider(
-            metric_readers=readers, resource=resource or _resource(service_name), shutdown_on_exit=False
-        )
+        resource = resource or _resource(service_name)
+        meter_provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
+        meter = meter_provider.get_meter(INSTRUMENTATION_SCOPE)
+        aggregation = Aggregation(meter, resource, InstrumentationScope(INSTRUMENTATION_SCOPE))
+        for reader in readers:
+            aggregation.export_through(reader)
+        instruments = Instruments.create(aggregation)
     else:
         meter_provider = metrics.NoOpMeterProvider()
+        meter = meter_provider.get_meter(INSTRUMENTATION_SCOPE)
+        instruments = Instruments.create(meter)
 
     tracer = tracer_provider.get_tracer(INSTRUMENTATION_SCOPE)
-    meter = meter_provider.get_meter(INSTRUMENTATION_SCOPE)
     return Telemetry(
         service_name=service_name,
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         tracer=tracer,
         meter=meter,
-        instruments=Instruments.create(meter),
+        instruments=instruments,
         tracing_enabled=not isinstance(tracer_provider, trace.NoOpTracerProvider),
         metrics_enabled=bool(readers),
         capture_message_content=capture,
