@@ -87,7 +87,8 @@ class Observer(Protocol):
 
     `attempt_started` is called just before a provider call, on the task making it, and returns
     an opaque token (a span scope, say) that comes back with every later call about the same
-    attempt; each started attempt ends in exactly one `attempt_finished` or `attempt_cancelled`.
+    attempt; each started attempt ends in exactly one `attempt_finished` or `attempt_cancelled`
+    (which gets the usage and cost of output already streamed, since the provider bills it).
     `upstream_time` marks the moment the provider answered (what follows is the router's own
     work). `seconds` arguments are on the gateway's clock, which tests may fake.
     """
@@ -110,7 +111,9 @@ class Observer(Protocol):
         output_text: str | None = None,
     ) -> None: ...
 
-    def attempt_cancelled(self, scope: Any) -> None: ...
+    def attempt_cancelled(
+        self, scope: Any, usage: d.Usage | None = None, cost: d.Cost | None = None
+    ) -> None: ...
 
     def fallback(self, task: d.Task, from_provider: str, to_provider: str) -> None: ...
 
@@ -588,13 +591,17 @@ class Gateway:
             except BaseException:
                 # Cancelled by the caller (or the server shutting down): not the provider's fault.
                 self.breakers.get(candidate.provider_id).release()
-                self.observer.attempt_cancelled(scope)
-                if sent and call.ticket is not None:
-                    # Output was generated and billed; record it without awaiting in a cancellation.
-                    usage = self._usage(entry, None, decision, "".join(sent))
-                    call.ticket.settle_soon(
-                        candidate.provider_id, candidate.model, usage, self.prices.real_cost(entry, usage)
-                    )
+                if sent:
+                    # Output was generated and billed: it counts in the metrics and the ledger.
+                    billed_usage = self._usage(entry, None, decision, "".join(sent))
+                    billed_cost = self.prices.real_cost(entry, billed_usage)
+                    self.observer.attempt_cancelled(scope, billed_usage, billed_cost)
+                    if call.ticket is not None:  # settled without awaiting: this task is being cancelled
+                        call.ticket.settle_soon(
+                            candidate.provider_id, candidate.model, billed_usage, billed_cost
+                        )
+                else:
+                    self.observer.attempt_cancelled(scope)
                 raise
             finally:
                 await _aclose(stream)

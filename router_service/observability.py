@@ -8,7 +8,7 @@ Spans (children of the RPC's SERVER span, which `sekha.server.tracing` starts):
   conventions (`chat {model}` / `embeddings {model}`, gen_ai.operation.name,
   gen_ai.provider.name, gen_ai.request.model, gen_ai.response.model, gen_ai.usage.*,
   server.address, error.type). It is the current span while the provider is called, so the
-  lean HTTP path's headers hook (`inject_trace_headers`) sends *its* id as the parent;
+  providers' headers hook (`inject_trace_headers`) sends *its* id as the parent;
 * breaker transitions and fallbacks as events on whatever span is current.
 
 Metrics: gen_ai.client.token.usage and gen_ai.client.operation.duration per attempt, cost by
@@ -76,7 +76,7 @@ def gen_ai_provider_name(provider_type: str) -> str:
 
 
 def inject_trace_headers(headers: dict[str, str]) -> None:
-    """The lean HTTP path's headers hook: W3C trace context of the current (attempt) span."""
+    """The providers' headers hook (both transports): W3C trace context of the current (attempt) span."""
     inject_headers(headers)
 
 
@@ -140,6 +140,7 @@ def _output_messages(text: str) -> str:
 class _Model:
     """Per (operation, provider, model): what every attempt on it shares."""
 
+    operation: str
     span_name: str
     span_attributes: dict[str, Any]
     metric_attributes: dict[str, Any]
@@ -220,6 +221,7 @@ class RouterObserver:
             if port:
                 span_attributes["server.port"] = port
             known = _Model(
+                operation=operation,
                 span_name=f"{operation} {entry.model}",
                 span_attributes=span_attributes,
                 metric_attributes=common,
@@ -310,6 +312,32 @@ class RouterObserver:
             otel_context.detach(scope.token)
             scope.token = None
 
+    def _record_usage(
+        self,
+        operation: str,
+        model: _Model,
+        extra: tuple[tuple[str, str], ...],
+        usage: d.Usage | None,
+        cost: d.Cost | None,
+    ) -> None:
+        if usage is not None:
+            self._token_usage.record(
+                usage.input_tokens, self._with(model, *extra, ("gen_ai.token.type", "input"))
+            )
+            if operation == "chat":
+                self._token_usage.record(
+                    usage.output_tokens, self._with(model, *extra, ("gen_ai.token.type", "output"))
+                )
+        if cost is not None and cost.cost_usd is not None:
+            self._cost.add(cost.cost_usd, model.cost_attributes)
+
+    @staticmethod
+    def _set_usage(span: trace.Span, operation: str, usage: d.Usage | None) -> None:
+        if usage is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+            if operation == "chat":
+                span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+
     def attempt_finished(
         self,
         operation: str,
@@ -332,25 +360,13 @@ class RouterObserver:
             extra.append(("gen_ai.response.model", response_model))
         if error:
             extra.append(("error.type", error))
-        attributes = self._with(model, *extra)
-        self._operation_duration.record(waited, attributes)
-        if usage is not None:
-            input_attributes = self._with(model, *extra, ("gen_ai.token.type", "input"))
-            self._token_usage.record(usage.input_tokens, input_attributes)
-            if operation == "chat":
-                self._token_usage.record(
-                    usage.output_tokens, self._with(model, *extra, ("gen_ai.token.type", "output"))
-                )
-        if cost is not None and cost.cost_usd is not None:
-            self._cost.add(cost.cost_usd, model.cost_attributes)
+        self._operation_duration.record(waited, self._with(model, *extra))
+        self._record_usage(operation, model, tuple(extra), usage, cost)
         span = scope.span
         if span is not None and span.is_recording():
             if response_model:
                 span.set_attribute("gen_ai.response.model", response_model)
-            if usage is not None:
-                span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
-                if operation == "chat":
-                    span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+            self._set_usage(span, operation, usage)
             if error:
                 span.set_attribute("error.type", error)
                 span.set_status(Status(StatusCode.ERROR))
@@ -358,7 +374,7 @@ class RouterObserver:
                 span.set_attribute("gen_ai.output.messages", _output_messages(output_text))
         self._close(scope)
 
-    def attempt_cancelled(self, scope: Any) -> None:
+    def attempt_cancelled(self, scope: Any, usage: d.Usage | None = None, cost: d.Cost | None = None) -> None:
         if not isinstance(scope, _AttemptScope):
             return
         waited = self._waited(scope)
@@ -368,9 +384,13 @@ class RouterObserver:
         if not cancelled:
             # A bug, not the caller leaving: worth a data point (the caller's cancellation is not).
             self._operation_duration.record(waited, self._with(scope.model, ("error.type", error)))
+        # Output streamed before the caller left was billed: its tokens and cost count.
+        model = scope.model
+        self._record_usage(model.operation, model, (("error.type", error),), usage, cost)
         span = scope.span
         if span is not None and span.is_recording():
             span.set_attribute("error.type", error)
+            self._set_usage(span, model.operation, usage)
             if not cancelled:
                 span.set_status(Status(StatusCode.ERROR))
         self._close(scope)

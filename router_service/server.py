@@ -101,7 +101,7 @@ def build_providers(
     local_embedder: Any = None,
     headers_hook: Callable[[dict[str, str]], None] | None = None,
 ) -> dict[str, ProviderClient]:
-    """`headers_hook` adds headers to the lean HTTP path's requests (the trace context)."""
+    """`headers_hook` adds headers to every provider HTTP request (the trace context)."""
     shared: dict[str, Any] = {"embedder": local_embedder}
 
     def local_embedder_factory() -> Any:

@@ -38,7 +38,7 @@ def make_provider(
 
     ``local_embedder_factory`` builds the embedder of a local provider (default: the bundled
     model, loaded lazily); ``session_factory`` overrides the lean path's aiohttp session;
-    ``headers_hook`` adds headers to the lean path's requests (trace context).
+    ``headers_hook`` adds headers to every provider HTTP request (trace context).
     """
     if spec.transport not in TRANSPORTS:
         raise ValueError(f"provider {spec.id!r}: unknown transport {spec.transport!r}")
@@ -50,4 +50,4 @@ def make_provider(
     # Imported here: LiteLLM takes seconds to import and a router on the lean path needs none of it.
     from router_service.providers.litellm_provider import LiteLLMProvider
 
-    return LiteLLMProvider(spec)
+    return LiteLLMProvider(spec, headers_hook=headers_hook)

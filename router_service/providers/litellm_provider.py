@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -136,8 +136,12 @@ def _provider_sent_usage(stream: Any) -> bool:
 class LiteLLMProvider:
     """A ProviderClient calling ``litellm.acompletion`` / ``litellm.aembedding``."""
 
-    def __init__(self, spec: ProviderSpec) -> None:
+    def __init__(
+        self, spec: ProviderSpec, headers_hook: Callable[[dict[str, str]], None] | None = None
+    ) -> None:
+        """`headers_hook` may add headers to each call's own dict (tracing puts `traceparent` there)."""
         self.spec = spec
+        self._headers_hook = headers_hook
         self._litellm = import_litellm()
         self._api_base = self._resolve_api_base(spec)
         self._http_session: aiohttp.ClientSession | None = None
@@ -190,7 +194,15 @@ class LiteLLMProvider:
             # A keyless OpenAI-compatible server. Without a key LiteLLM would fall back to the
             # environment's OPENAI_API_KEY and send it to this foreign host (or refuse to call).
             kwargs["api_key"] = _NO_KEY
+        traced = self._hook_headers({})
+        if traced:
+            kwargs["extra_headers"] = traced
         return kwargs
+
+    def _hook_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        if self._headers_hook is not None:
+            self._headers_hook(headers)
+        return headers
 
     def _chat_kwargs(
         self, litellm_model: str, request: ChatRequest, max_tokens: int, timeout_s: float
@@ -346,6 +358,7 @@ class LiteLLMProvider:
         answers as if they were vectors, so this one endpoint is spoken natively.
         """
         headers = {"Authorization": f"Bearer {self.spec.api_key}"} if self.spec.api_key else {}
+        self._hook_headers(headers)
         data = await self._http_json(
             "POST", f"{self._api_base}/api/embed", headers, {"model": model, "input": list(inputs)}, timeout_s
         )

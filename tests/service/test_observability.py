@@ -245,6 +245,35 @@ async def test_one_trace_runs_client_embedding_router_provider(tmp_path: Path, f
     assert int(flags, 16) & 1  # sampled
 
 
+@pytest.mark.parametrize("transport", ["native", "litellm"])
+@pytest.mark.parametrize(
+    ("operation", "model", "path"),
+    [("chat", "alpha", "/v1/chat/completions"), ("embeddings", "vec-8", "/v1/embeddings")],
+)
+async def test_every_transport_sends_the_attempt_span_as_the_providers_parent(
+    fake: FakeProvider, transport: str, operation: str, model: str, path: str
+) -> None:
+    fake.set_default(Behaviour(usage=USAGE))
+    models = [chat_model("alpha"), embedding_model("vec-8", 8)]
+    config = router_config([openai_provider("p", fake.base_url, models, transport=transport)])
+    with traced("sekha-router") as router_t:
+        async with running_router(config, RouterDeps(telemetry=router_t.telemetry)) as (_, router):
+            if operation == "chat":
+                await router.chat(ask())
+            else:
+                await router.embed(rt.EmbedRequest(inputs=["some text"]))
+        attempt = only(router_t.finished_spans(), f"{operation} {model}")
+    (upstream,) = [r for r in fake.requests if r.path == path]
+    headers = {k.lower(): v for k, v in upstream.headers.items()}
+    version, sent_trace, sent_parent, flags = headers["traceparent"].split("-")
+    assert (version, sent_trace, sent_parent) == (
+        "00",
+        f"{attempt.context.trace_id:032x}",
+        f"{attempt.context.span_id:016x}",
+    )
+    assert int(flags, 16) & 1  # sampled
+
+
 # ---------------------------------------------------------------------------------- secrets
 
 
@@ -527,13 +556,25 @@ async def test_cancelled_traced_stream_ends_cancelled_and_leaves_nothing_in_flig
                         break
                     await asyncio.sleep(0.01)
                 assert [p.value for p in in_flight] == [0]
+                # The provider billed what it streamed before the caller left: the metrics say so.
+                billed = {
+                    p.attributes["gen_ai.token.type"]: p
+                    for p in router_t.points("gen_ai.client.token.usage")
+                    if p.attributes.get("error.type") == "cancelled"
+                }
+                assert billed["input"].sum > 0 and billed["output"].sum >= 2  # "w0 " at least
+                (cost,) = router_t.points("sekha.router.cost")
+                expected = (billed["input"].sum * 1.0 + billed["output"].sum * 2.0) / 1e6
+                assert cost.value == pytest.approx(expected)
             finally:
                 await channel.close()
         spans = router_t.finished_spans()
         client_spans = test_t.finished_spans()
     server = only(spans, f"{ROUTER}/StreamChat")
     assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
-    assert only(spans, "chat alpha").attributes["error.type"] == "cancelled"
+    attempt = only(spans, "chat alpha")
+    assert attempt.attributes["error.type"] == "cancelled"
+    assert attempt.attributes["gen_ai.usage.output_tokens"] == billed["output"].sum
     client_span = only(client_spans, f"{ROUTER}/StreamChat")
     assert client_span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
     assert parent_of(server) == client_span.context.span_id
