@@ -207,7 +207,7 @@ class ConfigReloader:
         self._app.probes = core.probes
         self._app.spend = core.spend
         if self._auth is not None:
-            self._auth.keys = KeyRing([(key.id, key.hash) for key in config.auth.keys])
+            self._auth.keys = KeyRing.from_config(config.auth)
         core.probes.start()
         self.generation += 1
         self.last_error = None

@@ -58,7 +58,13 @@ from router_service.state.base import (
     nanos_to_usd,
     usd_to_nanos,
 )
-from sekha.errors import BudgetExhaustedError, NoRouteError, RateLimitedError, UnavailableError
+from sekha.errors import (
+    BudgetExhaustedError,
+    NoRouteError,
+    PermissionDeniedError,
+    RateLimitedError,
+    UnavailableError,
+)
 
 __all__ = [
     "ANONYMOUS",
@@ -72,6 +78,7 @@ __all__ = [
     "SpendReport",
     "SpendTicket",
     "resolve_identity",
+    "visible_caller",
 ]
 
 logger = logging.getLogger(__name__)
@@ -320,6 +327,20 @@ class SpendGuard:
             for u in usage
         ]
         return SpendReport(rows, nanos_to_usd(sum(r.cost_nanos for r in rows)), statuses)
+
+
+def visible_caller(requested: str | None, requester: str, authenticated: bool, admin: bool) -> str | None:
+    """Whose spend a GetSpend may show: with auth on, a key that is not admin sees only its own
+    (asking for another caller's is PERMISSION_DENIED); an admin key, or any caller when auth is
+    off (loopback-only by default), sees whichever it asks for, or everyone's."""
+    if not authenticated or admin:
+        return requested
+    if requested and requested != requester:
+        raise PermissionDeniedError(
+            "caller: this API key may read only its own spend (leave caller empty or use its own id); "
+            "keys with admin: true may read every caller's"
+        )
+    return requester
 
 
 class SpendTicket:

@@ -14,6 +14,7 @@ import grpc
 from router_service.catalog import Catalog
 from router_service.gateway import Deadline, Gateway
 from router_service.rpc import convert
+from router_service.spend import visible_caller
 from sekha.errors import UnimplementedError
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -93,4 +94,6 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         if spend is None:
             raise UnimplementedError("GetSpend: this router keeps no spend ledger")
         start, end, grouping, caller = convert.spend_request_from_pb(request, spend.wall_clock())
+        requester = current_caller()
+        caller = visible_caller(caller, requester.key_id, requester.authenticated, requester.admin)
         return convert.spend_report_to_pb(await spend.report(start, end, grouping, caller))

@@ -28,6 +28,7 @@ from tests.harness import chat_model, embedding_config, embedding_model, openai_
 
 ALICE_KEY = "sk-sekha-alice-0123456789abcdef"
 EMBEDDER_KEY = "sk-sekha-embedding-service-fedcba9876543210"
+ADMIN_KEY = "sk-sekha-finance-admin-00112233445566778899"
 KEYS = [
     {"id": "alice", "hash": hash_api_key(ALICE_KEY)},
     {"id": "embedding-svc", "hash": hash_api_key(EMBEDDER_KEY)},
@@ -175,19 +176,35 @@ def test_production_example_turns_auth_on_and_reflection_off() -> None:
     assert not default.auth.enabled and default.server.host == "127.0.0.1"
 
 
-async def test_spend_is_charged_to_the_key_not_to_a_tenant_the_caller_names(fake: FakeProvider) -> None:
-    config = _router_config(fake, auth={"enabled": True, "keys": KEYS}, state={"backend": "memory"})
+async def test_spend_is_charged_to_the_key_and_only_admin_keys_read_other_callers(fake: FakeProvider) -> None:
+    keys = [*KEYS, {"id": "finance", "hash": hash_api_key(ADMIN_KEY), "admin": True}]
+    config = _router_config(fake, auth={"enabled": True, "keys": keys}, state={"backend": "memory"})
     app = await build_router_server(config)
+    target = f"127.0.0.1:{app.port}"
     try:
-        async with c.RouterClient(c.ConnectionConfig(f"127.0.0.1:{app.port}", api_key=ALICE_KEY)) as alice:
+        async with (
+            c.RouterClient(c.ConnectionConfig(target, api_key=ALICE_KEY)) as alice,
+            c.RouterClient(c.ConnectionConfig(target, api_key=EMBEDDER_KEY)) as other,
+            c.RouterClient(c.ConnectionConfig(target, api_key=ADMIN_KEY)) as admin,
+        ):
             spoofed = rt.ChatRequest(messages=[c.user("hello")], metadata={"tenant": "mallory"})
             await alice.chat(spoofed)
-            charged = await alice.get_spend(rt.GetSpendRequest(caller="alice"))
-            framed = await alice.get_spend(rt.GetSpendRequest(caller="mallory"))
+            await other.chat(rt.ChatRequest(messages=[c.user("hi")]))
+            own = await alice.get_spend()  # no caller named: a plain key sees its own spend only
+            named = await alice.get_spend(rt.GetSpendRequest(caller="alice"))
+            with pytest.raises(c.PermissionDeniedError, match="caller: this API key may read only its own"):
+                await alice.get_spend(rt.GetSpendRequest(caller="embedding-svc"))
+            everyone = await admin.get_spend()
+            framed = await admin.get_spend(rt.GetSpendRequest(caller="mallory"))
     finally:
         await app.stop(0)
-    assert sum(row.request_count for row in charged.rows) == 1
-    assert sum(row.request_count for row in framed.rows) == 0
+    assert [(row.key, row.request_count) for row in own.rows] == [("alice", 1)]
+    assert [(row.key, row.request_count) for row in named.rows] == [("alice", 1)]
+    assert sorted((row.key, row.request_count) for row in everyone.rows) == [
+        ("alice", 1),
+        ("embedding-svc", 1),
+    ]
+    assert sum(row.request_count for row in framed.rows) == 0  # the tenant a caller names is not charged
 
 
 # -------------------------------------------------------------------------------------------- TLS

@@ -10,7 +10,8 @@ Health checks need no key (load balancers and kubelets probe without one). Every
 server reflection included, does.
 
 Handlers learn who called from `current_caller()` (a contextvar set for the RPC), so spend
-accounting can charge the right key without any handler touching metadata.
+accounting can charge the right key, and GetSpend can show a non-admin key only its own spend,
+without any handler touching metadata.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Caller:
 
     key_id: str
     authenticated: bool
+    admin: bool = False  # `auth.keys[].admin`: may read every caller's spend
 
 
 ANONYMOUS = Caller(key_id="anonymous", authenticated=False)
@@ -79,8 +81,13 @@ def presented_key(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
 class KeyRing:
     """The configured key hashes; `identify` compares against all of them in constant time."""
 
-    def __init__(self, keys: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, keys: Sequence[tuple[str, str]], admins: Sequence[str] = ()) -> None:
         self._keys = [(key_id, key_hash.encode("ascii")) for key_id, key_hash in keys]
+        self.admins = frozenset(admins)
+
+    @classmethod
+    def from_config(cls, config: AuthConfig) -> KeyRing:
+        return cls([(key.id, key.hash) for key in config.keys], [key.id for key in config.keys if key.admin])
 
     def identify(self, key: str | None) -> str | None:
         """The id of the key, or None when it matches no configured hash."""
@@ -100,12 +107,22 @@ class ApiKeyAuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses RPCs without a configured key; records the caller for the handler."""
 
     def __init__(self, keys: KeyRing, open_prefixes: Sequence[str] = _OPEN_PREFIXES) -> None:
-        self.keys = keys  # replaced as a whole on a config reload (key rotation)
         self._open_prefixes = tuple(open_prefixes)
         self.rejected = 0
         # (method, key id or None for refusals) -> (registered handler, wrapped handler): built once,
         # not per call; bounded by methods x configured keys.
         self._wrapped: dict[tuple[str, str | None], tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self.keys = keys
+
+    @property
+    def keys(self) -> KeyRing:
+        return self._keys
+
+    @keys.setter
+    def keys(self, keys: KeyRing) -> None:
+        """Replaced as a whole on a config reload (key rotation, a key made admin or not)."""
+        self._keys = keys
+        self._wrapped = {}  # the wrappers carry each key's Caller, which may have changed
 
     async def intercept_service(
         self,
@@ -127,7 +144,8 @@ class ApiKeyAuthInterceptor(grpc.aio.ServerInterceptor):
         if key_id is None:
             wrapped = _refusal(handler)
         else:
-            wrapped = _with_caller(handler, Caller(key_id=key_id, authenticated=True))
+            caller = Caller(key_id=key_id, authenticated=True, admin=key_id in self.keys.admins)
+            wrapped = _with_caller(handler, caller)
         self._wrapped[(method, key_id)] = (handler, wrapped)
         return wrapped
 
@@ -198,7 +216,7 @@ def auth_interceptors(config: AuthConfig) -> list[grpc.aio.ServerInterceptor]:
     """The interceptors `config` asks for: one ApiKeyAuthInterceptor, or none when auth is off."""
     if not config.enabled:
         return []
-    return [ApiKeyAuthInterceptor(KeyRing([(key.id, key.hash) for key in config.keys]))]
+    return [ApiKeyAuthInterceptor(KeyRing.from_config(config))]
 
 
 def warn_if_open(config: AuthConfig, host: str, service: str) -> None:

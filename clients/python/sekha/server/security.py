@@ -42,6 +42,9 @@ class ApiKeyConfig(_Section):
 
     id: str = Field(description="names the caller in logs and spend accounting")
     hash: str = Field(description="hash_api_key(key), i.e. sha256:<hex>")
+    admin: bool = Field(
+        default=False, description="may read every caller's spend (GetSpend); other keys see only their own"
+    )
 
     @field_validator("id")
     @classmethod
