@@ -412,7 +412,9 @@ def test_variables_expand_with_and_without_defaults(tmp_path: Path) -> None:
             api_key: ${EMPTY_KEY:-}
             models: [{id: "model-$${literal}", tasks: [chat_small]}]
     """
-    config = RouterConfig.load(write(tmp_path, text), environ={"HOST": "0.0.0.0", "OLLAMA_PORT": "9999"})
+    # An empty variable takes the default too, as in the shell (a blank Kubernetes Secret key).
+    environ = {"HOST": "0.0.0.0", "OLLAMA_PORT": "9999", "PORT": ""}
+    config = RouterConfig.load(write(tmp_path, text), environ=environ)
     assert config.server.host == "0.0.0.0"
     assert config.server.port == 6000
     assert config.providers[0].base_url == "http://localhost:9999"

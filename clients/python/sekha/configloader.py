@@ -3,7 +3,8 @@
 The steps, in order:
 
 1. read the YAML text (a file, else the caller's embedded default);
-2. expand ``${VAR}`` and ``${VAR:-default}`` in every string value (``$${`` gives a literal ``${``);
+2. expand ``${VAR}`` and ``${VAR:-default}`` (default when VAR is unset or empty, as in the shell)
+   in every string value (``$${`` gives a literal ``${``);
 3. apply environment overrides: with prefix ``SEKHA_ROUTER__``, the variable
    ``SEKHA_ROUTER__CIRCUIT_BREAKER__FAILURE_THRESHOLD=3`` sets ``circuit_breaker.failure_threshold``
    and ``SEKHA_ROUTER__PROVIDERS__0__ENABLED=false`` sets ``providers[0].enabled``; values are
@@ -160,8 +161,11 @@ def _expand_string(text: str, path: tuple[PathItem, ...], env: Mapping[str, str]
         if match.group(0) == "$${":
             return "${"
         name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
+        value = env.get(name)
+        # As in the shell and compose: `:-` takes the default when the variable is unset *or empty*
+        # (a Kubernetes Secret key left blank arrives as an empty variable).
+        if value or (value is not None and default is None):
+            return value
         if default is not None:
             return default
         unset.append((path, name))
