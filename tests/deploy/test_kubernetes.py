@@ -11,6 +11,7 @@ Redis wiring.
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import yaml
 
 from embedding_service.config import EmbeddingConfig
 from router_service.config import RouterConfig
+from sekha.keys import hash_api_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_DIR = REPO_ROOT / "deploy" / "kubernetes"
@@ -191,6 +193,60 @@ def test_router_config_and_keys_are_mounted_from_generated_objects(
     secret = find(resources, "Secret", secret_name)
     assert set(secret["data"]) >= {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
     assert all(value == "" for value in secret["data"].values()), "a real key was committed"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_secret_holds_a_value(rendered: dict[str, list[Resource]], overlay: str) -> None:
+    secrets = [r for r in rendered[overlay] if r["kind"] == "Secret"]
+    assert {s["metadata"]["name"].rsplit("-", 1)[0] for s in secrets} >= {
+        "provider-keys",
+        "router-api-keys",
+        "embedding-api-keys",
+    }
+    for secret in secrets:
+        assert all(value == "" for value in secret.get("data", {}).values()), secret["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "key", "config_type"),
+    [
+        ("Deployment", "router", "router.yaml", RouterConfig),
+        ("StatefulSet", "embedding", "embedding.yaml", EmbeddingConfig),
+    ],
+)
+def test_prod_services_require_api_keys_from_their_secrets(
+    rendered: dict[str, list[Resource]], tmp_path: Path, kind: str, name: str, key: str, config_type: Any
+) -> None:
+    resources = rendered["prod"]
+    workload = find(resources, kind, name)
+    container = pod_spec(workload)["containers"][0]
+    secrets = [find(resources, "Secret", ref["secretRef"]["name"]) for ref in container.get("envFrom", [])]
+    from_secrets = {variable for secret in secrets for variable in secret["data"]}
+    provided = from_secrets | set(env_of(container))
+    volume = next(v for v in pod_spec(workload)["volumes"] if v["name"] == "config")
+    text = find(resources, "ConfigMap", volume["configMap"]["name"])["data"][key]
+    referenced = set(re.findall(r"\$\{([A-Z0-9_]+)", text))
+    assert referenced <= provided, f"{name} reads variables nothing provides: {referenced - provided}"
+
+    # What an operator puts in the Secrets: key hashes, and the embedding service's own key.
+    environ = env_of(container) | {
+        v: hash_api_key(v) if v.endswith("_HASH") else f"value-of-{v}" for v in from_secrets
+    }
+    path = tmp_path / key
+    path.write_text(text)
+    config = config_type.load(path, environ=environ)
+    assert config.auth.enabled
+    assert {k.hash for k in config.auth.keys} <= {hash_api_key(v) for v in from_secrets}
+    if name == "router":
+        assert [k.id for k in config.auth.keys if k.admin] == ["ops"]
+        assert "embedding-service" in {k.id for k in config.auth.keys}
+    else:
+        assert config.router.api_key.get_secret_value() == "value-of-SEKHA_EMBEDDING_ROUTER_KEY"
+
+    # Secrets left empty: auth stays on and no key at all is accepted.
+    unset = config_type.load(path, environ=env_of(container) | {v: "" for v in from_secrets})
+    assert unset.auth.enabled
+    assert {k.hash for k in unset.auth.keys} == {"sha256:" + "0" * 64}
 
 
 def test_prod_runs_three_autoscaled_routers_sharing_state_in_redis(
