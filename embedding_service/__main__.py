@@ -63,5 +63,6 @@ def main(argv: list[str] | None = None) -> int:
 
     return run(_serve(getattr(args, "serve_config", None) or args.config))
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

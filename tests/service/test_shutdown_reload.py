@@ -164,9 +164,16 @@ async def _models(router: c.RouterClient) -> set[str]:
 
 async def _admin_reload(service: ServiceProcess) -> int:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "router_service", "reload", "--pid", str(service.pid),
-        "--config", str(service.config_path),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "router_service",
+        "reload",
+        "--pid",
+        str(service.pid),
+        "--config",
+        str(service.config_path),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     return await process.wait()
 
