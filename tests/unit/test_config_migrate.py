@@ -109,8 +109,11 @@ def test_controller_toml_maps_chroma_to_an_embedding_config_and_reports_the_rest
     loaded = EmbeddingConfig.load(embedding_path, environ={})
     assert (loaded.chroma.mode, loaded.chroma.host, loaded.chroma.port) == ("http", "chroma.internal", 8000)
 
+    # controller.toml: rate_limit_per_minute = 120, a per-client limit in v1
+    assert config["rate_limits"] == {"default_caller": {"requests_per_minute": 120}}
+    assert RouterConfig.load(new, environ={"OPENAI_API_KEY": "x"}).rate_limits.default_caller is not None
     skipped = unmapped_keys(report)
-    assert "rate-limit" in skipped["rate_limit_per_minute"]
+    assert "rate_limit_per_minute" not in skipped
     assert "gRPC" in skipped["llm_bridge_url"] or "router" in skipped["llm_bridge_url"]
     assert "sekha keys hash" in skipped["mcp_api_key"]
     assert {

@@ -145,7 +145,6 @@ _MODEL_TASKS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 # v1 settings with no v2 home, and what to do instead.
 _NO_V2_HOME: Mapping[str, str] = MappingProxyType(
     {
-        "rate_limit_per_minute": "v2 has no rate-limit section yet; limit callers at the proxy or by budget",
         "llm_bridge_url": "the v1 bridge is gone: clients call the router's gRPC target "
         "(SEKHA_ROUTER_TARGET, default 127.0.0.1:50051)",
         "mcp_api_key": "not copied (secret): v2 stores hashed keys; run `sekha keys hash` and put the "
@@ -399,6 +398,7 @@ class _Planner:
         self.embedding: dict[str, Any] = {}
         self.embedding_model_ref: str | None = None
         self.router_state: dict[str, Any] | None = None
+        self.router_rate_limits: dict[str, Any] | None = None
 
     # ---- providers
 
@@ -794,8 +794,12 @@ def plan_migration(
             "in the services' environment",
         )
     if "rate_limit_per_minute" in canonical:
-        key, _ = canonical["rate_limit_per_minute"]
-        report.skip(key, _NO_V2_HOME["rate_limit_per_minute"])
+        key, value = canonical["rate_limit_per_minute"]
+        limit = planner.positive_number(key, value)
+        if limit is not None:
+            # v1 limited each client; v2's default_caller applies to every caller without its own entry.
+            planner.router_rate_limits = {"default_caller": {"requests_per_minute": int(limit)}}
+            report.map(key, "rate_limits.default_caller.requests_per_minute")
     if "chroma_url" in canonical:
         key, value = canonical["chroma_url"]
         planner.chroma_from_url(key, str(value))
@@ -835,6 +839,8 @@ def plan_migration(
     router: dict[str, Any] = {}
     if planner.router_state is not None:
         router["state"] = planner.router_state
+    if planner.router_rate_limits is not None:
+        router["rate_limits"] = planner.router_rate_limits
     ordered = sorted(planner.providers.values(), key=lambda p: (p.priority, p.id))
     router["providers"] = [p.to_yaml() for p in ordered]
     if not ordered:
