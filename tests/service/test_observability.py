@@ -129,6 +129,18 @@ def parent_of(span: ReadableSpan) -> int | None:
     return span.parent.span_id if span.parent is not None else None
 
 
+def assert_sent_as_parent(headers: Any, span: ReadableSpan) -> None:
+    """The request carried `span` as its W3C parent, sampled."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    version, sent_trace, sent_parent, flags = lowered["traceparent"].split("-")
+    assert (version, sent_trace, sent_parent) == (
+        "00",
+        f"{span.context.trace_id:032x}",
+        f"{span.context.span_id:016x}",
+    )
+    assert int(flags, 16) & 1  # sampled
+
+
 # ---------------------------------------------------------------------------------- one trace
 
 
@@ -235,14 +247,8 @@ async def test_one_trace_runs_client_embedding_router_provider(tmp_path: Path, f
     # the provider saw the provider span as the parent of its request
     upstream = [r for r in fake.requests[requests_before:] if r.path == "/v1/embeddings"]
     assert len(upstream) == 1
-    headers = {k.lower(): v for k, v in upstream[0].headers.items()}
-    version, sent_trace, sent_parent, flags = headers["traceparent"].split("-")
-    assert (version, sent_trace, sent_parent) == (
-        "00",
-        f"{trace_id:032x}",
-        f"{provider.context.span_id:016x}",
-    )
-    assert int(flags, 16) & 1  # sampled
+    assert provider.context.trace_id == trace_id
+    assert_sent_as_parent(upstream[0].headers, provider)
 
 
 @pytest.mark.parametrize("transport", ["native", "litellm"])
@@ -264,14 +270,7 @@ async def test_every_transport_sends_the_attempt_span_as_the_providers_parent(
                 await router.embed(rt.EmbedRequest(inputs=["some text"]))
         attempt = only(router_t.finished_spans(), f"{operation} {model}")
     (upstream,) = [r for r in fake.requests if r.path == path]
-    headers = {k.lower(): v for k, v in upstream.headers.items()}
-    version, sent_trace, sent_parent, flags = headers["traceparent"].split("-")
-    assert (version, sent_trace, sent_parent) == (
-        "00",
-        f"{attempt.context.trace_id:032x}",
-        f"{attempt.context.span_id:016x}",
-    )
-    assert int(flags, 16) & 1  # sampled
+    assert_sent_as_parent(upstream.headers, attempt)
 
 
 # ---------------------------------------------------------------------------------- secrets
