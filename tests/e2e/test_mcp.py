@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 import pytest_asyncio
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
+from sekha.keys import generate_api_key, hash_api_key
 from tests.fakes.fake_provider import FakeProvider
 from tests.harness import (
     chat_model,
@@ -158,7 +161,7 @@ async def test_every_tool_over_stdio(stack: Stack) -> None:
 
 
 @contextlib.asynccontextmanager
-async def http_server(env: dict[str, str]) -> AsyncIterator[str]:
+async def http_server(env: dict[str, str], *extra_args: str) -> AsyncIterator[str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -168,6 +171,7 @@ async def http_server(env: dict[str, str]) -> AsyncIterator[str]:
         "http",
         "--port",
         "0",
+        *extra_args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -213,3 +217,53 @@ async def test_tool_results_carry_what_the_services_hold(stack: Stack) -> None:
             "search_documents", {"base": "shared", "query": "shared document"}
         )
         assert [h["id"] for h in found.structured_content["hits"]] == ["only"]
+
+
+async def test_http_with_a_token_hash_serves_only_bearers_of_the_token(stack: Stack) -> None:
+    token = generate_api_key()
+    env = {**stack.env, "SEKHA_MCP_TOKEN_HASH": hash_api_key(token)}
+    async with http_server(env) as url:
+        async with httpx2.AsyncClient() as plain:
+            initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+            for headers in ({}, {"Authorization": "Bearer not-the-token"}, {"x-api-key": token[:-1]}):
+                refused = await plain.post(url, json=initialize, headers=headers)
+                assert refused.status_code == 401
+                assert refused.headers["www-authenticate"].startswith("Bearer")
+                assert token not in refused.text
+        bearer = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+        async with Client(streamable_http_client(url, http_client=bearer), read_timeout_seconds=60) as client:
+            models = await client.call_tool("llm_models", {})
+            assert not models.is_error, models.content
+            assert {m["key"] for m in models.structured_content["models"]} == MODEL_KEYS
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--host", "0.0.0.0"], "refusing to serve MCP over HTTP on 0.0.0.0 without authentication"),
+        (["--token-hash", "sk-a-raw-token-pasted-by-mistake"], "token hash 1: must be sha256:"),
+    ],
+)
+async def test_http_refuses_to_start_open_beyond_loopback_or_with_a_bad_hash(
+    args: list[str], message: str
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sekha.cli",
+        "mcp",
+        "--transport",
+        "http",
+        "--port",
+        "0",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "SEKHA_MCP_TOKEN_HASH"},
+        cwd=REPO,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert message in stderr.decode()
+    assert "sk-a-raw-token" not in stderr.decode()

@@ -333,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument(
         "--port", type=int, default=8765, help="http: port (0 picks a free one, printed on stderr)"
     )
+    mcp.add_argument(
+        "--token-hash",
+        action="append",
+        metavar="SHA256",
+        help="http: accept bearer tokens with this hash (repeatable; env SEKHA_MCP_TOKEN_HASH, "
+        "comma-separated); required to listen beyond loopback",
+    )
     mcp.set_defaults(handler="sekha.cli_admin:mcp")
     return parser
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -122,14 +123,21 @@ def config_migrate(args: argparse.Namespace) -> int:
 
 
 def mcp(args: argparse.Namespace) -> Any:
-    from sekha.mcp_server import run_mcp
+    from sekha.mcp_server import run_mcp, token_keyring
 
     if not 0 <= args.port <= 65535:
         raise CliError("--port must be 0..65535")
+    token_hashes = args.token_hash or [h for h in os.environ.get("SEKHA_MCP_TOKEN_HASH", "").split(",") if h]
+    if args.transport == "http":
+        try:
+            token_keyring(token_hashes, args.host)  # fail here, with a one-line error, not in the server
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     return run_mcp(
         transport=args.transport,
         host=args.host,
         port=args.port,
+        token_hashes=token_hashes,
         router=connection_settings(args, "router"),
         embedding=connection_settings(args, "embedding"),
     )

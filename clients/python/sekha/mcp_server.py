@@ -11,21 +11,24 @@ of the running services, reached over gRPC through ``sekha.client``:
 * ``upsert_documents``  embed and store documents in a base
 
 Two transports: stdio (``sekha mcp``, for desktop clients that spawn the server) and streamable
-HTTP (``sekha mcp --transport http``, endpoint ``/mcp``). The HTTP transport has no
-authentication of its own and listens on 127.0.0.1 by default (with the SDK's DNS-rebinding
-protection); put it behind an authenticating proxy before exposing it.
+HTTP (``sekha mcp --transport http``, endpoint ``/mcp``). Over HTTP every request needs
+``Authorization: Bearer <token>`` once token hashes are configured (``--token-hash`` or
+``SEKHA_MCP_TOKEN_HASH``; the same ``sha256:`` hashes and constant-time comparison as the
+services' API keys). Without one the server only listens on loopback, with the SDK's
+DNS-rebinding protection: it refuses to start on any other interface.
 """
 
 from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from sekha.cli import format_error
 from sekha.cli_commands import gather_status, list_all_models
@@ -42,6 +45,8 @@ from sekha.cli_views import (
 from sekha.client import ConnectionConfig, EmbeddingClient, RouterClient, SekhaError, user
 from sekha.embedding.v1 import embedding_service_pb2 as emb
 from sekha.router.v1 import router_service_pb2 as rt
+from sekha.server.auth import KeyRing, presented_key
+from sekha.server.security import ApiKeyConfig, AuthConfig
 
 __all__ = ["DocumentInput", "GatewayTools", "build_mcp_server", "run_mcp"]
 
@@ -209,10 +214,66 @@ def build_mcp_server(tools: GatewayTools) -> MCPServer:
     return server
 
 
-async def _serve_http(server: MCPServer, host: str, port: int) -> None:
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+_UNAUTHORIZED_BODY = b'{"error": "missing or invalid bearer token"}'
+
+
+class BearerTokenGate:
+    """ASGI middleware: an HTTP request passes only with a token whose hash is configured.
+
+    Refused before the MCP app sees a byte of it: 401 with ``WWW-Authenticate: Bearer`` (RFC 6750),
+    and a body that says nothing about which tokens exist.
+    """
+
+    def __init__(self, app: Any, keys: KeyRing) -> None:
+        self._app = app
+        self._keys = keys
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
+            if self._keys.identify(presented_key(headers)) is None:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"www-authenticate", b'Bearer realm="sekha-mcp"'),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": _UNAUTHORIZED_BODY})
+                return
+        await self._app(scope, receive, send)
+
+
+def token_keyring(token_hashes: Sequence[str], host: str) -> KeyRing | None:
+    """The tokens the HTTP transport accepts; None (open) only on loopback. Raises ValueError."""
+    if not token_hashes:
+        if host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"refusing to serve MCP over HTTP on {host} without authentication: set --token-hash "
+                "or SEKHA_MCP_TOKEN_HASH (make a token with `sekha keys hash --generate`)"
+            )
+        return None
+    keys = []
+    for index, token_hash in enumerate(token_hashes):
+        try:
+            keys.append(ApiKeyConfig(id=f"mcp-{index}", hash=token_hash.strip()))
+        except ValidationError as exc:  # the message never echoes the value: it may be a pasted token
+            raise ValueError(
+                f"token hash {index + 1}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
+            ) from None
+    return KeyRing.from_config(AuthConfig(enabled=True, keys=keys))
+
+
+async def _serve_http(server: MCPServer, host: str, port: int, keys: KeyRing | None) -> None:
     import uvicorn
 
-    app = server.streamable_http_app(host=host)
+    app: Any = server.streamable_http_app(host=host)
+    if keys is not None:
+        app = BearerTokenGate(app, keys)
     # Bound here, not by uvicorn, so that port 0 works and the real port can be announced.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
@@ -221,7 +282,12 @@ async def _serve_http(server: MCPServer, host: str, port: int) -> None:
     listener.listen(128)
     bound_port = listener.getsockname()[1]
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"sekha mcp: streamable HTTP on http://{shown_host}:{bound_port}/mcp", file=sys.stderr, flush=True)
+    access = "bearer token required" if keys is not None else "no authentication, loopback only"
+    print(
+        f"sekha mcp: streamable HTTP on http://{shown_host}:{bound_port}/mcp ({access})",
+        file=sys.stderr,
+        flush=True,
+    )
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     try:
         await uvicorn.Server(config).serve(sockets=[listener])
@@ -236,12 +302,17 @@ async def run_mcp(
     embedding: ConnectionConfig,
     host: str = "127.0.0.1",
     port: int = 8765,
+    token_hashes: Sequence[str] = (),
 ) -> int:
-    """Serve until the client disconnects (stdio) or the process is stopped (http); return 0."""
+    """Serve until the client disconnects (stdio) or the process is stopped (http); return 0.
+
+    Raises ValueError (before connecting anywhere) for HTTP on a non-loopback host without tokens,
+    or for a malformed token hash."""
+    keys = token_keyring(token_hashes, host) if transport == "http" else None
     async with RouterClient(router) as router_client, EmbeddingClient(embedding) as embedding_client:
         server = build_mcp_server(GatewayTools(router_client, embedding_client))
         if transport == "stdio":
             await server.run_stdio_async()
         else:
-            await _serve_http(server, host, port)
+            await _serve_http(server, host, port, keys)
     return 0
