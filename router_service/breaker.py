@@ -201,6 +201,20 @@ class CircuitBreaker:
         elif cooldown_until is not None and cooldown_until > self._open_until:
             self._open_until = cooldown_until
 
+    def inherit(self, previous: CircuitBreaker) -> None:
+        """Take over the counters and state of `previous`, the same provider's breaker before a
+        config reload: an open breaker stays open, so a reload during an outage does not send
+        traffic to the dead provider again. No transition is reported (none happened). A probe
+        still in flight belongs to `previous` and reports there, so at most one extra probe may
+        follow."""
+        self._state = previous._state
+        self._consecutive_failures = previous._consecutive_failures
+        self._window = deque(previous._window, maxlen=self.config.window_size)
+        self._window_failures = sum(self._window)
+        self._opened_at = previous._opened_at
+        self._open_until = previous._open_until
+        self._probes_in_flight = 0
+
     # -- listeners --------------------------------------------------------------------------
 
     def add_listener(self, listener: BreakerListener) -> None:
@@ -315,3 +329,16 @@ class BreakerRegistry:
 
     def snapshots(self) -> list[BreakerSnapshot]:
         return [b.snapshot() for b in self._breakers.values()]
+
+    def states(self) -> dict[str, BreakerState]:
+        """The state of every breaker made so far (a provider without one is closed). Safe to
+        call from another thread (a metrics exporter's): it copies the table in one step."""
+        return {provider_id: breaker.state for provider_id, breaker in list(self._breakers.items())}
+
+    def inherit(self, previous: BreakerRegistry, provider_ids: Iterable[str]) -> None:
+        """Carry the breakers of `provider_ids` over from the registry a reload replaces, where
+        their breaker settings did not change (see `CircuitBreaker.inherit`)."""
+        for provider_id in provider_ids:
+            old = previous._breakers.get(provider_id)
+            if old is not None and old.config == self._config_for_provider(provider_id):
+                self.get(provider_id).inherit(old)

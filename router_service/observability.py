@@ -180,7 +180,6 @@ class RouterObserver:
         self._providers: dict[str, ProviderConfig] = {}
         self._addresses: dict[str, tuple[str | None, int | None]] = {}
         self._breakers: Any = None
-        self._last_breaker_state: dict[str, BreakerState] = {}
         self._models: dict[tuple[str, str, str], _Model] = {}
         self._attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._overhead_attributes = {rpc: {"rpc": rpc} for rpc in _ROUTED_RPCS}
@@ -197,7 +196,6 @@ class RouterObserver:
         self._addresses = {p.id: _server_address(p) for p in config.providers}
         self._models = {}
         self._attributes = {}
-        self._last_breaker_state = {}
         self._breakers = breakers
         breakers.add_listener(self.breaker_transition)
 
@@ -399,24 +397,21 @@ class RouterObserver:
 
     def breaker_transition(self, provider_id: str, old: BreakerState, new: BreakerState) -> None:
         """A `BreakerRegistry` listener."""
-        self._last_breaker_state[provider_id] = new
         attributes = {"provider": provider_id, "from_state": old.value, "to_state": new.value}
         self._transitions.add(1, attributes)
         if self._tracing:
             trace.get_current_span().add_event("sekha.breaker.transition", attributes)
 
     def _observe_breakers(self, options: CallbackOptions) -> Iterable[Observation]:
-        # May run on an exporter's thread: only reads. A breaker that never changed state is closed
-        # (and may not exist yet); one that did exists, and its `state` turns OPEN into HALF_OPEN
-        # once the reset timeout passed.
-        observations = []
-        breakers, last_states = self._breakers, self._last_breaker_state
-        for provider_id in list(self._providers):
-            state = last_states.get(provider_id, BreakerState.CLOSED)
-            if state is not BreakerState.CLOSED and breakers is not None:
-                state = breakers.get(provider_id).state
-            observations.append(Observation(BREAKER_STATE_VALUES[state], {"provider": provider_id}))
-        return observations
+        # May run on an exporter's thread: `states()` copies the table in one step. A provider
+        # without a breaker yet has had no failures, so it is closed.
+        states = self._breakers.states() if self._breakers is not None else {}
+        return [
+            Observation(
+                BREAKER_STATE_VALUES[states.get(provider_id, BreakerState.CLOSED)], {"provider": provider_id}
+            )
+            for provider_id in list(self._providers)
+        ]
 
     # -- RPC end -----------------------------------------------------------------------------
 

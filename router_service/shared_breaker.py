@@ -381,6 +381,10 @@ class SharedBreakerRegistry:
     def snapshots(self) -> list[BreakerSnapshot]:
         return [b.snapshot() for b in self._breakers.values()]
 
+    def states(self) -> dict[str, BreakerState]:
+        """The state of every breaker made so far; safe to call from another thread."""
+        return {provider_id: breaker.state for provider_id, breaker in list(self._breakers.items())}
+
     # -- sync task ------------------------------------------------------------------------
 
     async def sync_once(self) -> None:

@@ -285,3 +285,31 @@ def test_registry_accepts_a_mapping_with_a_default() -> None:
     registry = BreakerRegistry({"a": CircuitBreakerConfig(failure_threshold=1)}, default=default)
     assert registry.get("a").config.failure_threshold == 1
     assert registry.get("other").config.failure_threshold == 2
+
+
+def test_a_reload_keeps_unchanged_providers_breakers_and_resets_changed_ones() -> None:
+    clock = FakeClock()
+    same, changed = CircuitBreakerConfig(failure_threshold=3), CircuitBreakerConfig(failure_threshold=5)
+    old = BreakerRegistry({"down": same, "flaky": same, "retuned": same}, clock=clock)
+    for _ in range(3):
+        old.get("down").record_failure("timeout")
+        old.get("retuned").record_failure("timeout")
+    old.get("flaky").record_failure("timeout")
+    old.get("flaky").record_failure("timeout")
+    clock.advance(10)
+
+    transitions: list[tuple[str, BreakerState, BreakerState]] = []
+    new = BreakerRegistry({"down": same, "flaky": same, "retuned": changed}, clock=clock)
+    new.add_listener(lambda *change: transitions.append(change))
+    new.inherit(old, ["down", "flaky", "retuned", "never-called"])
+
+    # "retuned" has new settings, so it starts afresh (no breaker yet: closed)
+    assert new.states() == {"down": BreakerState.OPEN, "flaky": BreakerState.CLOSED}
+    assert transitions == []  # nothing happened to report
+    assert not new.get("down").try_acquire()
+    assert new.get("down").seconds_until_available() == pytest.approx(20.0)  # the same reset deadline
+    new.get("flaky").record_failure("timeout")  # the third consecutive failure, counted across the reload
+    assert new.states()["flaky"] is BreakerState.OPEN
+    clock.advance(20)
+    assert new.get("down").try_acquire()  # half-open on schedule: one probe
+    assert not new.get("down").try_acquire()
