@@ -340,5 +340,25 @@ def classify_litellm_error(exc: BaseException, now: Callable[[], float] = time.t
     if isinstance(exc, lx.APIResponseValidationError):
         return ProviderFailure(KIND_BAD_RESPONSE, None, None, cause_type)
     if isinstance(status, int) and status >= 500:
-        return classify_status(status, _retry_headers(exc), "", cause_type, now)
+        return classify_status(_upstream_status(exc, status), _retry_headers(exc), "", cause_type, now)
     return ProviderFailure(KIND_BAD_RESPONSE, None, None, cause_type)
+
+
+def _upstream_status(exc: BaseException, reported: int) -> int:
+    """The provider's own 5xx status where LiteLLM reports its catch-all 500 instead.
+
+    LiteLLM folds server statuses it has no exception class for into InternalServerError
+    (500): Anthropic's 529 ``overloaded_error`` arrives as a 500 whose cause chain still holds
+    the 529. The attempt's kind and status must say what the provider said (``http_529``, as
+    the lean path reports it), or an overloaded provider looks like a broken one.
+    """
+    if reported != 500:
+        return reported
+    for link in _exception_chain(exc):
+        for status in (
+            getattr(link, "status_code", None),
+            getattr(getattr(link, "response", None), "status_code", None),
+        ):
+            if isinstance(status, int) and 500 < status <= 599:
+                return status
+    return reported

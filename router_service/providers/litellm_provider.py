@@ -182,6 +182,11 @@ class LiteLLMProvider:
             # Always explicit: LiteLLM would otherwise read OLLAMA_API_BASE or guess localhost.
             root = (spec.base_url or DEFAULT_OLLAMA_BASE_URL).rstrip("/")
             return root.removesuffix("/v1")
+        if spec.type == "anthropic" and spec.base_url:
+            # LiteLLM appends /v1/messages to the API root, so a base URL written the OpenAI way
+            # (".../v1") would be called at /v1/v1/messages while the probe, which accepts both
+            # forms, reports the provider healthy. Both now use the root.
+            return spec.base_url.rstrip("/").removesuffix("/v1")
         return spec.base_url.rstrip("/") if spec.base_url else None
 
     def _common_kwargs(self, litellm_model: str, timeout_s: float) -> dict[str, Any]:

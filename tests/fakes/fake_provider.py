@@ -1,6 +1,6 @@
 """A scriptable fake LLM provider: a real aiohttp server on loopback.
 
-It speaks enough of two wire protocols for the router's provider clients (LiteLLM's real
+It speaks enough of three wire protocols for the router's provider clients (LiteLLM's real
 HTTP path and the lean OpenAI-compatible path) to run unchanged against it:
 
 * OpenAI: ``POST /v1/chat/completions`` (JSON, and SSE with a final usage chunk when
@@ -8,6 +8,13 @@ HTTP path and the lean OpenAI-compatible path) to run unchanged against it:
 * Ollama: ``POST /api/chat`` and ``POST /api/generate`` (NDJSON streams or JSON, with
   ``prompt_eval_count`` / ``eval_count``), ``POST /api/embed``, ``POST /api/embeddings``,
   ``GET /api/tags``, ``POST /api/show``.
+* Anthropic: ``POST /v1/messages`` (JSON, and SSE with Anthropic's event sequence:
+  ``message_start`` carrying the input tokens, ``content_block_*``, ``message_delta`` carrying
+  the stop reason and output tokens, ``message_stop``), errors in Anthropic's own shape, and
+  ``GET /v1/models`` in Anthropic's list format when the request carries ``anthropic-version``.
+  Like the real API it refuses a request without ``x-api-key``, ``anthropic-version`` or
+  ``max_tokens``, or with a ``system`` role inside ``messages``, so a client that does not
+  translate to Anthropic's format fails here too. (LiteLLM posts to ``{api_base}/v1/messages``.)
 
 By default it answers deterministically: the reply is ``"echo: <last user text>"``, usage
 is word counts, embeddings are hash-seeded unit vectors whose dimension comes from the model
@@ -66,7 +73,12 @@ class Behaviour:
         error_body: JSON body of an error answer.
         text: the reply; default ``"echo: <last user text>"``.
         raw_body: sent verbatim with status 200 instead of a valid answer (malformed replies).
-        finish_reason: the reported finish reason.
+        finish_reason: the reported finish reason (OpenAI's names; the Anthropic endpoint
+            translates ``stop`` / ``length`` / ``tool_calls`` to ``end_turn`` / ``max_tokens`` /
+            ``tool_use`` and sends any other value as given).
+        stream_error_after_chunks: Anthropic streams only: after this many chunks send an
+            ``event: error`` (its type from ``error_body``, default ``overloaded_error``) and end
+            the stream cleanly, as Anthropic does when it is overloaded mid-answer.
     """
 
     status: int = 200
@@ -83,13 +95,16 @@ class Behaviour:
     text: str | None = None
     raw_body: str | None = None
     finish_reason: str = "stop"
+    stream_error_after_chunks: int | None = None
 
 
 @dataclass(slots=True)
 class RecordedRequest:
     """One request the fake received, and how its answer ended.
 
-    ``peer`` is the client's (host, port): equal ports mean a reused keep-alive connection.
+    ``headers`` keeps the names as the client spelled them; :meth:`header` looks one up
+    case-insensitively. ``peer`` is the client's (host, port): equal ports mean a reused
+    keep-alive connection.
     ``disconnected`` means the client hung up before the answer ended; ``aborted_by_server``
     marks the fake's own scripted resets.
     """
@@ -103,6 +118,11 @@ class RecordedRequest:
     completed: bool = False
     disconnected: bool = False
     aborted_by_server: bool = False
+
+    def header(self, name: str) -> str | None:
+        """A request header by case-insensitive name (HTTP clients differ in spelling)."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers.items() if key.lower() == wanted), None)
 
 
 @dataclass(slots=True)
@@ -149,7 +169,7 @@ def deterministic_vector(text: str, dimension: int) -> list[float]:
 
 
 class FakeProvider:
-    """A loopback HTTP server impersonating an OpenAI-compatible and an Ollama provider."""
+    """A loopback HTTP server impersonating OpenAI-compatible, Ollama and Anthropic providers."""
 
     def __init__(
         self,
@@ -197,6 +217,7 @@ class FakeProvider:
             ("POST", "/api/embeddings", self._ollama_embeddings_legacy),
             ("GET", "/api/tags", self._ollama_tags),
             ("POST", "/api/show", self._ollama_show),
+            ("POST", "/v1/messages", self._anthropic_messages),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
@@ -386,8 +407,13 @@ class FakeProvider:
         self,
         request: web.Request,
         answer: Callable[[Behaviour, Any, RecordedRequest], Awaitable[web.StreamResponse]],
+        error_body: Callable[[int], dict[str, Any]] | None = None,
     ) -> web.StreamResponse:
-        """Log the request, apply the scripted failure modes, then let ``answer`` respond."""
+        """Log the request, apply the scripted failure modes, then let ``answer`` respond.
+
+        ``error_body`` builds the body of a scripted error status when the behaviour gives
+        none (default: OpenAI's shape).
+        """
         body: Any = None
         if request.method == "POST":
             raw = await request.read()
@@ -405,7 +431,7 @@ class FakeProvider:
                 record.aborted_by_server = True
                 return self._abort(request)
             if behaviour.status != 200:
-                error = behaviour.error_body or self._openai_error_body(behaviour.status)
+                error = behaviour.error_body or (error_body or self._openai_error_body)(behaviour.status)
                 headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else None
                 response = web.Response(
                     status=behaviour.status, text=json.dumps(error), content_type=_JSON, headers=headers
@@ -448,10 +474,17 @@ class FakeProvider:
         content_type: str,
         pieces: list[bytes],
         tail: list[bytes],
+        head: list[bytes] | None = None,
     ) -> web.StreamResponse:
-        """Send ``pieces`` (the text chunks) then ``tail``, with the scripted delays and breaks."""
+        """Send ``head``, ``pieces`` (the text chunks) then ``tail``, with the scripted delays and breaks.
+
+        ``head`` (protocol preamble such as Anthropic's ``message_start``) goes out with the
+        headers, before ``first_token_delay_s``, and does not count as a chunk.
+        """
         response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
         await response.prepare(request)
+        for piece in head or ():
+            await response.write(piece)
         if behaviour.first_token_delay_s > 0:
             await asyncio.sleep(behaviour.first_token_delay_s)
         sent = 0
@@ -564,6 +597,10 @@ class FakeProvider:
         return await self._serve(request, answer)
 
     async def _openai_models(self, request: web.Request) -> web.StreamResponse:
+        # OpenAI and Anthropic share this path; only Anthropic clients send anthropic-version.
+        if "anthropic-version" in request.headers:
+            return await self._anthropic_models(request)
+
         async def answer(
             behaviour: Behaviour, body: dict[str, Any], record: RecordedRequest
         ) -> web.StreamResponse:
@@ -698,6 +735,175 @@ class FakeProvider:
             return await self._json(request, payload, record)
 
         return await self._serve(request, answer)
+
+    # ----------------------------------------------------------------- Anthropic
+
+    @staticmethod
+    def _anthropic_error_body(status: int, message: str | None = None) -> dict[str, Any]:
+        kinds = {
+            400: "invalid_request_error",
+            401: "authentication_error",
+            403: "permission_error",
+            404: "not_found_error",
+            413: "request_too_large",
+            429: "rate_limit_error",
+            529: "overloaded_error",
+        }
+        return {
+            "type": "error",
+            "error": {
+                "type": kinds.get(status, "api_error"),
+                "message": message or f"fake provider error {status}",
+            },
+        }
+
+    async def _anthropic_refusal(
+        self, request: web.Request, record: RecordedRequest, status: int, message: str
+    ) -> web.StreamResponse:
+        body = json.dumps(self._anthropic_error_body(status, message))
+        return await self._finish(request, web.Response(status=status, text=body, content_type=_JSON), record)
+
+    @staticmethod
+    def _anthropic_problem(request: web.Request, body: dict[str, Any]) -> tuple[int, str] | None:
+        """What the real Messages API would refuse in this request, as (status, message)."""
+        if not (request.headers.get("x-api-key") or request.headers.get("authorization")):
+            return 401, "x-api-key header is required"
+        if not request.headers.get("anthropic-version"):
+            return 400, "anthropic-version: header is required"
+        if not isinstance(body.get("model"), str):
+            return 400, "model: Field required"
+        max_tokens = body.get("max_tokens")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            return 400, "max_tokens: Field required"
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return 400, "messages: at least one message is required"
+        for index, message in enumerate(messages):
+            role = message.get("role") if isinstance(message, dict) else None
+            if role not in ("user", "assistant"):
+                # System prompts belong in the top-level `system` field.
+                return 400, f"messages.{index}.role: Input should be 'user' or 'assistant'"
+        return None
+
+    @staticmethod
+    def _anthropic_system_text(system: Any) -> str:
+        if isinstance(system, str):
+            return system
+        if isinstance(system, list):
+            return _message_text({"content": system})
+        return ""
+
+    @staticmethod
+    def _anthropic_stop_reason(finish_reason: str) -> str:
+        return {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}.get(
+            finish_reason, finish_reason
+        )
+
+    async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        async def answer(
+            behaviour: Behaviour, body: dict[str, Any], record: RecordedRequest
+        ) -> web.StreamResponse:
+            problem = self._anthropic_problem(request, body)
+            if problem is not None:
+                return await self._anthropic_refusal(request, record, *problem)
+            messages = [m for m in body["messages"] if isinstance(m, dict)]
+            texts = [self._anthropic_system_text(body.get("system"))] + [_message_text(m) for m in messages]
+            prompt = " ".join(text for text in texts if text)
+            last_user = next((_message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
+            reply = self._reply(behaviour, prompt, last_user)
+            model = body["model"]
+            stop_reason = self._anthropic_stop_reason(behaviour.finish_reason)
+            message: dict[str, Any] = {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+            }
+            if not body.get("stream"):
+                message["content"] = [{"type": "text", "text": reply.text}]
+                message["stop_reason"] = stop_reason
+                if behaviour.include_usage:
+                    message["usage"] = {
+                        "input_tokens": reply.input_tokens,
+                        "output_tokens": reply.output_tokens,
+                    }
+                return await self._json(request, message, record)
+
+            def event(name: str, data: dict[str, Any]) -> bytes:
+                return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+            if behaviour.include_usage:
+                # Like the real API: message_start holds the input tokens and an early output
+                # count; message_delta then carries the final (cumulative) output tokens.
+                message["usage"] = {
+                    "input_tokens": reply.input_tokens,
+                    "output_tokens": min(1, reply.output_tokens),
+                }
+            head = [
+                event("message_start", {"type": "message_start", "message": message}),
+                event(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                ),
+                event("ping", {"type": "ping"}),
+            ]
+            pieces = [
+                event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": piece},
+                    },
+                )
+                for piece in reply.chunks
+            ]
+            if behaviour.stream_error_after_chunks is not None:
+                error = behaviour.error_body or self._anthropic_error_body(529, "Overloaded")
+                pieces = pieces[: behaviour.stream_error_after_chunks]
+                tail = [event("error", error)]
+            else:
+                delta: dict[str, Any] = {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                }
+                if behaviour.include_usage:
+                    delta["usage"] = {"output_tokens": reply.output_tokens}
+                tail = [
+                    event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                    event("message_delta", delta),
+                    event("message_stop", {"type": "message_stop"}),
+                ]
+            return await self._stream(request, behaviour, record, "text/event-stream", pieces, tail, head)
+
+        return await self._serve(request, answer, self._anthropic_error_body)
+
+    async def _anthropic_models(self, request: web.Request) -> web.StreamResponse:
+        async def answer(
+            behaviour: Behaviour, body: dict[str, Any], record: RecordedRequest
+        ) -> web.StreamResponse:
+            if not (request.headers.get("x-api-key") or request.headers.get("authorization")):
+                return await self._anthropic_refusal(request, record, 401, "x-api-key header is required")
+            data = [
+                {"type": "model", "id": m, "display_name": m, "created_at": "2024-10-22T00:00:00Z"}
+                for m in self._models
+            ]
+            payload = {
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+            return await self._json(request, payload, record)
+
+        return await self._serve(request, answer, self._anthropic_error_body)
 
 
 def image_data_url(data: bytes, mime_type: str) -> str:
