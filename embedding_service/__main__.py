@@ -2,9 +2,15 @@
 
     sekha-embedding [serve] [--config FILE]
     sekha-embedding check-config FILE
+    sekha-embedding reload --pid PID [--config FILE]
 
 The config comes from --config, else $SEKHA_EMBEDDING_CONFIG, else the
 embedded default (embedded Chroma under ./data, router at 127.0.0.1:50051).
+
+`kill -HUP <pid>` re-reads the same config file and applies it without dropping a
+request (keys, router connection, defaults; `embedding_service.reload`); an invalid
+file, or one that changes what needs a restart, is refused (logged) and the running
+config keeps serving.
 """
 
 from __future__ import annotations
@@ -23,14 +29,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", dest="serve_config")
     check = sub.add_parser("check-config", help="validate a config file and print every problem")
     check.add_argument("file")
+    reload = sub.add_parser("reload", help="make a running embedding service re-read its config (SIGHUP)")
+    reload.add_argument("--pid", type=int, required=True, help="process id of the running service")
+    reload.add_argument(
+        "--config", dest="reload_config", help="check this file first; nothing is sent when it is invalid"
+    )
     parser.add_argument("--config", help="YAML config file")
     return parser
+
+
+def _path(path: str | None) -> str | None:
+    return path or os.environ.get("SEKHA_EMBEDDING_CONFIG")
 
 
 def _load(path: str | None):  # type: ignore[no-untyped-def]
     from embedding_service.config import EmbeddingConfig
 
-    return EmbeddingConfig.load(path or os.environ.get("SEKHA_EMBEDDING_CONFIG"))
+    return EmbeddingConfig.load(_path(path))
 
 
 def check_config_main(path: str) -> int:
@@ -44,19 +59,42 @@ def check_config_main(path: str) -> int:
     return 0
 
 
+def reload_main(pid: int, config_path: str | None) -> int:
+    """The admin side of a reload: validate the new file (when given), then signal the service.
+
+    The service validates again, and also refuses changes that need a restart, keeping its running
+    config; checking here first tells the operator about an invalid file at once.
+    """
+    from sekha.server.reload import send_sighup
+
+    if config_path is not None and check_config_main(config_path) != 0:
+        print(f"not reloading: {config_path} is invalid", file=sys.stderr)
+        return 1
+    return send_sighup(pid, "embedding service")
+
+
 async def _serve(path: str | None) -> int:
-    from embedding_service.server import EmbeddingDeps, build_server
+    from embedding_service.reload import install_sighup
+    from embedding_service.server import EmbeddingApp, EmbeddingDeps, build_server
     from sekha.server.process import serve_service
+
+    def started(app: EmbeddingApp) -> None:
+        if app.reloader is not None:
+            app.reloader.path = _path(path)  # a reload re-reads the file the service started from
+            install_sighup(app.reloader)
 
     return await serve_service(
         "embedding",
         lambda: _load(path),
         lambda config, telemetry: build_server(config, EmbeddingDeps(telemetry=telemetry)),
+        started,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "reload":
+        return reload_main(args.pid, args.reload_config)
     if args.command == "check-config":
         return check_config_main(args.file)
     from sekha.server.process import run

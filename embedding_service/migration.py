@@ -92,6 +92,14 @@ class MigrationRunner:
         if task is not None:
             await asyncio.shield(task)
 
+    def reconfigure(self, config: MigrationConfig) -> None:
+        """New settings (a config reload): running migrations use them from their next step on.
+
+        Their tasks are left alone, so a backfill is neither interrupted nor started twice; its
+        batch size is the one stored with the migration.
+        """
+        self._config = config
+
     async def aclose(self) -> None:
         """Cancel every running migration; the stored cursor lets them resume later."""
         tasks = list(self._tasks.values())

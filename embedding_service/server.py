@@ -2,16 +2,20 @@
 
 `build_server(config, deps)` is used by `__main__` and by the tests; tests
 inject a vector source (or a router channel) through `EmbeddingDeps`.
+`router_vectors` is also what a config reload (`embedding_service.reload`) builds anew
+when the `router` section changed.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from embedding_service.config import EmbeddingConfig
 from embedding_service.observability import ObservedEmbeddingService
+from embedding_service.reload import ConfigReloader
 from embedding_service.router_vectors import RouterVectorSource
 from embedding_service.rpc.servicer import EmbeddingServicer
 from embedding_service.service import EmbeddingStoreService
@@ -19,7 +23,7 @@ from embedding_service.vectors import VectorSource
 from sekha.client import ConnectionConfig, RouterClient
 from sekha.embedding.v1 import embedding_service_pb2 as pb
 from sekha.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
-from sekha.server.auth import warn_if_open
+from sekha.server.auth import ApiKeyAuthInterceptor, warn_if_open
 from sekha.server.lifecycle import ServingServer, options_from_config, start_server
 from sekha.server.tls import client_connection
 from sekha.server.tracing import TelemetryInterceptor
@@ -47,6 +51,7 @@ class EmbeddingDeps:
 class EmbeddingApp:
     serving: ServingServer
     service: EmbeddingStoreService
+    reloader: ConfigReloader | None = None  # set by build_server; `await app.reloader.reload(path)`
     metrics_port: int | None = None  # the bound /metrics port when one is served
 
     @property
@@ -68,22 +73,38 @@ def router_connection(config: EmbeddingConfig) -> ConnectionConfig:
     return client_connection(connection, config.router.tls)
 
 
+@dataclass(frozen=True)
+class RouterVectors:
+    """The vector source `config.router` describes, and how to close its channel (None: not ours)."""
+
+    source: VectorSource
+    close: Callable[[], Awaitable[None]] | None = None
+
+
+def _telemetry(deps: EmbeddingDeps) -> Telemetry | None:
+    return deps.telemetry if deps.telemetry is not None and deps.telemetry.enabled else None
+
+
+def router_vectors(config: EmbeddingConfig, deps: EmbeddingDeps) -> RouterVectors:
+    """A new channel to the router (unless deps inject the source); ConfigError for unreadable TLS files."""
+    if deps.vectors is not None:
+        return RouterVectors(deps.vectors)
+    telemetry = _telemetry(deps)
+    # The channel to the router carries the trace on (client spans + traceparent metadata).
+    interceptors = client_interceptors(telemetry.tracer) if telemetry is not None else ()
+    router = RouterClient(deps.router_connection or router_connection(config), interceptors=interceptors)
+    return RouterVectors(RouterVectorSource(router, timeout_s=config.router.timeout_s), router.close)
+
+
 async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = None) -> EmbeddingApp:
     deps = deps or EmbeddingDeps()
-    telemetry = deps.telemetry if deps.telemetry is not None and deps.telemetry.enabled else None
-    closers = []
-    vectors = deps.vectors
-    if vectors is None:
-        # The channel to the router carries the trace on (client spans + traceparent metadata).
-        interceptors = client_interceptors(telemetry.tracer) if telemetry is not None else ()
-        router = RouterClient(deps.router_connection or router_connection(config), interceptors=interceptors)
-        closers.append(router.close)
-        vectors = RouterVectorSource(router, timeout_s=config.router.timeout_s)
+    telemetry = _telemetry(deps)
+    router = router_vectors(config, deps)
     service: EmbeddingStoreService
     if telemetry is not None:
-        service = ObservedEmbeddingService.open_observed(config, vectors, telemetry)
+        service = ObservedEmbeddingService.open_observed(config, router.source, telemetry)
     else:
-        service = EmbeddingStoreService.open(config, vectors)
+        service = EmbeddingStoreService.open(config, router.source)
     await service.check_health()
     servicer = EmbeddingServicer(service)
     options = options_from_config(
@@ -100,11 +121,13 @@ async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = Non
         register=lambda server: pb_grpc.add_EmbeddingServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
     )
-    # on_stop runs in reverse: the service (and its migrations) closes before the router channel.
-    serving.on_stop.extend(closers)
+    auth = next((i for i in options.extra_interceptors if isinstance(i, ApiKeyAuthInterceptor)), None)
+    reloader = ConfigReloader(service, config, deps, router, auth_interceptor=auth)
+    # on_stop runs in reverse: the service (and its migrations) closes before the router channels.
+    serving.on_stop.append(reloader.close)
     serving.on_stop.append(service.aclose)
     await service.resume_migrations()
-    app = EmbeddingApp(serving=serving, service=service)
+    app = EmbeddingApp(serving=serving, service=service, reloader=reloader)
     if telemetry is not None and config.server.metrics_port is not None:
         if telemetry.prometheus_registry is None:
             log.warning("server.metrics_port is set but the telemetry has no Prometheus registry")

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
-from embedding_service.config import EmbeddingConfig
+from embedding_service.config import DefaultsConfig, EmbeddingConfig
 from embedding_service.domain import (
     CollectionInfo,
     CollectionInUseError,
@@ -54,7 +54,13 @@ from embedding_service.validation import (
     invalid,
     resolve_page_size,
 )
-from embedding_service.vectors import EmbeddedBatch, VectorSource, embed_checked
+from embedding_service.vectors import (
+    EmbeddedBatch,
+    TrackedSource,
+    VectorSource,
+    VectorSwitch,
+    embed_checked,
+)
 from sekha.errors import AlreadyExistsError, DimensionMismatchError, NotFoundError
 
 _log = logging.getLogger(__name__)
@@ -146,7 +152,9 @@ class EmbeddingStoreService:
         self._limits = config.defaults
         self._store = store
         self._registry = registry
-        self._vectors = vectors
+        # Replaceable on a config reload (a new router connection) without touching the requests
+        # and migrations running on the old one.
+        self._vectors = VectorSwitch(vectors)
         self._clock = clock
         self._locks = BaseLocks()
         # Dimension per model key, learnt from the vectors the source returns, never configured.
@@ -155,7 +163,7 @@ class EmbeddingStoreService:
             config=config.migration,
             store=store,
             registry=registry,
-            vectors=vectors,
+            vectors=self._vectors,
             locks=self._locks,
             sleep=sleep,
         )
@@ -177,6 +185,22 @@ class EmbeddingStoreService:
             clock=clock,
             sleep=sleep,
         )
+
+    def reconfigure(
+        self, config: EmbeddingConfig, vectors: VectorSource | None = None
+    ) -> TrackedSource | None:
+        """Apply a reloaded config to new requests: defaults and limits, migration settings, and
+        `vectors` (when given) as the source of every embedding from now on.
+
+        Requests already running keep the limits and the vector source they started with; running
+        migrations are not restarted and embed their next batch with the new source. Returns the
+        replaced source (close it once its `drained()` returns), or None. The store and the
+        registry stay as they are: `chroma` and `state_path` only change with a restart.
+        """
+        self._config = config
+        self._limits = config.defaults
+        self._migrations.reconfigure(config.migration)
+        return self._vectors.replace(vectors) if vectors is not None else None
 
     def known_dimension(self, model: str) -> int | None:
         """The dimension learnt for a model key (or the name it was requested by), if any."""
@@ -208,14 +232,25 @@ class EmbeddingStoreService:
         written. Returns after Chroma has written everything. A failure after some batches were
         written leaves those batches stored (retrying the request is safe).
         """
+        limits = self._limits  # one request, one set of limits, even across a config reload
         check_base(base)
         requested = (model or "").strip() or None
         if requested is not None:
             check_model(requested, "model")
-        check_documents(documents, self._limits)
+        check_documents(documents, limits)
         _log.debug("upsert request=%s base=%s documents=%d", request_id, base, len(documents))
+        # Every batch embeds with the vector source the request started on: after a reload the
+        # new router may resolve "no model" differently, and one upsert must not mix the two.
+        with self._vectors.pinned():
+            written = await self._upsert_batches(base, requested, documents, limits)
+        infos = await asyncio.gather(*(self._info(record) for record in written.values()))
+        return UpsertResult(upserted_count=len(documents), collections=sorted(infos, key=lambda i: i.name))
 
-        step = self._limits.write_batch_size
+    async def _upsert_batches(
+        self, base: str, requested: str | None, documents: Sequence[DocumentIn], limits: DefaultsConfig
+    ) -> dict[str, CollectionRecord]:
+        """The pipeline of `upsert`; the collections written, by name."""
+        step = limits.write_batch_size
         written: dict[str, CollectionRecord] = {}
         pending: asyncio.Task[list[CollectionRecord]] | None = None
         try:
@@ -223,12 +258,14 @@ class EmbeddingStoreService:
                 batch = list(documents[start : start + step])
                 plan = await self._write_plan(base, requested)
                 models: list[str | None] = (
-                    list(dict.fromkeys(c.model for c in plan)) if plan else [requested or self._limits.model]
+                    list(dict.fromkeys(c.model for c in plan)) if plan else [requested or limits.model]
                 )
                 embedded = await self._embed_many([doc.text for doc in batch], models)
                 if pending is not None:
                     written.update((c.name, c) for c in await pending)
-                pending = asyncio.create_task(self._write_batch(base, requested, batch, embedded))
+                pending = asyncio.create_task(
+                    self._write_batch(base, requested, batch, embedded, default_model=limits.model)
+                )
             if pending is not None:
                 written.update((c.name, c) for c in await pending)
         except BaseException:
@@ -236,8 +273,7 @@ class EmbeddingStoreService:
                 # A batch already embedded is written rather than abandoned half way.
                 await asyncio.gather(pending, return_exceptions=True)
             raise
-        infos = await asyncio.gather(*(self._info(record) for record in written.values()))
-        return UpsertResult(upserted_count=len(documents), collections=sorted(infos, key=lambda i: i.name))
+        return written
 
     async def _write_plan(self, base: str, requested: str | None) -> list[CollectionRecord]:
         collections = await self._registry.collections(base)
@@ -265,6 +301,8 @@ class EmbeddingStoreService:
         requested: str | None,
         documents: list[DocumentIn],
         embedded: dict[str | None, EmbeddedBatch],
+        *,
+        default_model: str | None,
     ) -> list[CollectionRecord]:
         """Write one embedded batch to the base's current write collections under the base lock.
 
@@ -277,7 +315,7 @@ class EmbeddingStoreService:
                 plan = await self._write_plan(base, requested)
                 missing: list[str | None] = []
                 if not plan:
-                    key = requested or self._limits.model
+                    key = requested or default_model
                     fresh = embedded.get(key)
                     if fresh is None:
                         missing = [key]
@@ -396,11 +434,12 @@ class EmbeddingStoreService:
         page_token: str = "",
     ) -> GetResult:
         """Documents by id (missing ones left out), or a page of the collection when ids is empty."""
+        limits = self._limits
         check_base(base)
         if dimension < 0:
             raise invalid("dimension", "must not be negative")
         if ids:
-            check_ids(ids, "ids", self._limits)
+            check_ids(ids, "ids", limits)
         collections = await self._collections_of(base)
         record = _primary(collections) if dimension == 0 else _by_dimension(collections, dimension)
         if record is None:
@@ -410,7 +449,7 @@ class EmbeddingStoreService:
                 record.chroma_name, list(ids), include_embeddings=include_embeddings
             )
             return GetResult([_document(d) for d in stored], record.name)
-        size = resolve_page_size(page_size, self._limits)
+        size = resolve_page_size(page_size, limits)
         offset = decode_page_token(page_token, "documents", record.name)
         stored = await self._store.get(
             record.chroma_name, limit=size + 1, offset=offset, include_embeddings=include_embeddings
@@ -436,13 +475,14 @@ class EmbeddingStoreService:
         fetch_multiplier x top_k hits, concurrently. A migration target is not read until
         the switch, so results are complete during a migration.
         """
+        limits = self._limits  # one request, one set of limits, even across a config reload
         check_base(base)
         if not query or not query.strip():
             raise invalid("query", "must not be empty")
-        if len(query) > self._limits.max_text_chars:
-            raise invalid("query", f"must be at most {self._limits.max_text_chars} characters")
-        if top_k < 0 or top_k > self._limits.max_top_k:
-            raise invalid("top_k", f"must be between 0 and {self._limits.max_top_k}")
+        if len(query) > limits.max_text_chars:
+            raise invalid("query", f"must be at most {limits.max_text_chars} characters")
+        if top_k < 0 or top_k > limits.max_top_k:
+            raise invalid("top_k", f"must be between 0 and {limits.max_top_k}")
         if rrf_k < 0:
             raise invalid("rrf_k", "must not be negative")
         weights = dict(collection_weights or {})
@@ -451,19 +491,20 @@ class EmbeddingStoreService:
         for index, wanted in enumerate(dimensions):
             if wanted <= 0:
                 raise invalid(f"dimensions[{index}]", "must be positive")
-        k = top_k or self._limits.top_k
+        k = top_k or limits.top_k
         collections = await self._collections_of(base)
         selected = self._searched(base, collections, dimensions)
         _log.debug("search request=%s base=%s collections=%d", request_id, base, len(selected))
 
         models = list(dict.fromkeys(c.model for c in selected))
-        query_batches = await asyncio.gather(*(embed_checked(self._vectors, [query], m) for m in models))
+        with self._vectors.pinned():  # all the query's vectors from one source, reload or not
+            query_batches = await asyncio.gather(*(embed_checked(self._vectors, [query], m) for m in models))
         query_vectors = dict(zip(models, query_batches, strict=True))
         for record in selected:
             batch = query_vectors[record.model]
             if batch.dimension != record.dimension:
                 raise DimensionMismatchError(record.name, record.dimension, batch.dimension)
-        fetch = k * self._limits.fetch_multiplier
+        fetch = k * limits.fetch_multiplier
         results: list[list[QueryHit]] = await asyncio.gather(
             *(
                 self._store.query(record.chroma_name, query_vectors[record.model].vectors[0], fetch, where)
@@ -480,7 +521,7 @@ class EmbeddingStoreService:
             )
             for record, hits in zip(selected, results, strict=True)
         ]
-        fused = self._fuse(ranked, fusion_method, rrf_k or self._limits.rrf_k)
+        fused = self._fuse(ranked, fusion_method, rrf_k or limits.rrf_k)
         documents: dict[str, QueryHit] = {}
         for collection_hits in results:  # the primary is first, so its copy of a document wins
             for hit in collection_hits:
@@ -634,10 +675,10 @@ class EmbeddingStoreService:
         """Create the target collection, start dual writes and the background backfill."""
         check_base(base)
         check_model(target_model, "target_model")
-        limit = self._config.migration.max_batch_size
-        if batch_size < 0 or batch_size > limit:
-            raise invalid("batch_size", f"must be between 0 and {limit}")
-        size = batch_size or self._config.migration.batch_size
+        settings = self._config.migration
+        if batch_size < 0 or batch_size > settings.max_batch_size:
+            raise invalid("batch_size", f"must be between 0 and {settings.max_batch_size}")
+        size = batch_size or settings.batch_size
         await self._collections_of(base)
         await self._refuse_second_migration(base)
         probe = await embed_checked(self._vectors, [PROBE_TEXT], target_model)

@@ -1,9 +1,16 @@
-"""Where vectors come from: the protocol the domain sees instead of the Router's gRPC API."""
+"""Where vectors come from: the protocol the domain sees instead of the Router's gRPC API.
+
+`VectorSwitch` is the source the service really holds: a config reload replaces the source
+behind it (a new router connection) while requests and migrations keep running.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -56,3 +63,87 @@ async def embed_checked(source: VectorSource, texts: Sequence[str], model: str |
                 "embedding source returned vectors of mixed dimensions", reason="EMBEDDING_UNAVAILABLE"
             )
     return batch
+
+
+class TrackedSource:
+    """A vector source with the number of calls and pinned requests using it right now."""
+
+    def __init__(self, source: VectorSource) -> None:
+        self.source = source
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def exit(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Return once nothing uses this source (after it was replaced, nothing new will)."""
+        await self._idle.wait()
+
+
+@dataclass(eq=False)
+class _Pin:
+    switch: VectorSwitch
+    tracked: TrackedSource
+    held: bool = True  # False once the request that pinned has returned
+
+
+# Module level, as contextvars should be; tasks a request starts inherit its pin.
+_pin: ContextVar[_Pin | None] = ContextVar("sekha_vector_pin", default=None)
+
+
+class VectorSwitch:
+    """A VectorSource whose underlying source can be replaced while it is in use.
+
+    A request pins the source that is current when it starts (`with switch.pinned():`), so all
+    its embeddings come from one source even if a replacement lands half way. Calls outside a
+    pinned request (migration backfills) take the current source per call: a backfill moves to the
+    new source at its next batch instead of keeping the old one open for hours. `replace()`
+    returns the old source's tracker; once its `drained()` returns, nothing uses it any more.
+    """
+
+    def __init__(self, source: VectorSource) -> None:
+        self._current = TrackedSource(source)
+
+    def replace(self, source: VectorSource) -> TrackedSource:
+        """Send new requests and calls to `source`; the tracker of the replaced one."""
+        old, self._current = self._current, TrackedSource(source)
+        return old
+
+    def _pinned_here(self) -> _Pin | None:
+        pin = _pin.get()
+        # A task that outlives the request that pinned (one it spawned) is not pinned any more.
+        return pin if pin is not None and pin.held and pin.switch is self else None
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Within the block (and tasks started from it), embed with the source current at its start."""
+        if self._pinned_here() is not None:  # an outer call of the same request pinned already
+            yield
+            return
+        tracked = self._current
+        tracked.enter()  # the request counts as a user until it ends, between its calls too
+        pin = _Pin(self, tracked)
+        token = _pin.set(pin)
+        try:
+            yield
+        finally:
+            pin.held = False
+            _pin.reset(token)
+            tracked.exit()
+
+    async def embed(self, texts: Sequence[str], model: str | None) -> EmbeddedBatch:
+        pin = self._pinned_here()
+        tracked = pin.tracked if pin is not None else self._current
+        tracked.enter()
+        try:
+            return await tracked.source.embed(texts, model)
+        finally:
+            tracked.exit()

@@ -46,7 +46,7 @@ def reload_main(pid: int, config_path: str | None) -> int:
     The router validates again and keeps its running config if the file is invalid; checking
     here first tells the operator at once instead of only in the router's log.
     """
-    import signal
+    from sekha.server.reload import send_sighup
 
     if config_path is not None:
         from router_service.check_config import check_config_main
@@ -54,13 +54,7 @@ def reload_main(pid: int, config_path: str | None) -> int:
         if check_config_main(config_path) != 0:
             print(f"not reloading: {config_path} is invalid", file=sys.stderr)
             return 1
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError:
-        print(f"no process {pid}", file=sys.stderr)
-        return 1
-    print(f"sent SIGHUP to {pid}; the router logs 'config reloaded' or 'config reload refused'")
-    return 0
+    return send_sighup(pid, "router")
 
 
 async def _serve(config_path: str | None) -> int:

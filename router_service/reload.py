@@ -16,10 +16,8 @@ afresh in the new core (their state is not carried over).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import signal
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from router_service.config import RouterConfig
 from sekha.configloader import ConfigError
 from sekha.server.auth import ApiKeyAuthInterceptor, KeyRing
+from sekha.server.reload import changed_settings, on_sighup
 
 if TYPE_CHECKING:
     from router_service.gateway import Gateway
@@ -94,18 +93,8 @@ class TrackedGateway:
 
 def restart_needed(running: RouterConfig, new: RouterConfig) -> str | None:
     """What in `new` only a restart can apply, or None."""
-    changed = [
-        name
-        for name, differs in (
-            ("server", running.server != new.server),
-            ("state", running.state != new.state),
-            ("auth.enabled", running.auth.enabled != new.auth.enabled),
-            # Exporters are set up once per process.
-            ("telemetry", getattr(running, "telemetry", None) != getattr(new, "telemetry", None)),
-        )
-        if differs
-    ]
-    return ", ".join(changed) if changed else None
+    # Telemetry: exporters are set up once per process.
+    return changed_settings(running, new, ("server", "state", "auth.enabled", "telemetry"))
 
 
 class ConfigReloader:
@@ -257,5 +246,4 @@ class ConfigReloader:
 
 def install_sighup(reloader: ConfigReloader) -> None:
     """Reload the config on SIGHUP (where the platform has signals)."""
-    with contextlib.suppress(NotImplementedError, AttributeError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload_soon)
+    on_sighup(reloader.reload_soon)
