@@ -9,8 +9,9 @@ has finished, the old core is closed (probes stopped, provider connections close
 A reload is refused, and the running configuration keeps serving, when the new file does not
 validate, when building from it fails, or when it changes what only a restart can apply: the
 `server` section (address, TLS, limits of the listener), the `state` backend, or whether auth
-is enabled. API keys themselves are swapped, so keys rotate with a SIGHUP. Breakers start
-afresh in the new core (their state is not carried over).
+is enabled. API keys themselves are swapped, so keys rotate with a SIGHUP. A provider whose
+config the new file leaves unchanged keeps its breaker (an open one stays open); a changed or
+new provider starts with a closed one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from router_service.breaker import BreakerRegistry
 from router_service.config import RouterConfig
 from sekha.configloader import ConfigError
 from sekha.server.auth import ApiKeyAuthInterceptor, KeyRing
@@ -174,7 +176,7 @@ class ConfigReloader:
         old = self._core
         needs_restart = restart_needed(old.config, config)
         if needs_restart is not None:
-            return self._refuse(f"{needs_restart} changed; restart the router to apply that")
+            return self._refuse(f"restart needed: {needs_restart} changed; restart the router to apply that")
         shared_embedder = old.local_embedder
         deps = dataclasses.replace(self._deps, local_embedder=shared_embedder or self._deps.local_embedder)
         try:
@@ -184,6 +186,13 @@ class ConfigReloader:
             if rebind is not None:  # the metrics observer may already point at the discarded core
                 rebind(old.config, old.breakers)
             return self._refuse(f"building the new configuration failed ({type(exc).__name__})")
+        if isinstance(core.breakers, BreakerRegistry) and isinstance(old.breakers, BreakerRegistry):
+            # A reload during an outage must not send traffic to the dead provider again: providers
+            # the new file leaves as they were keep their breakers. (Shared breakers live in Redis.)
+            old_providers = {p.id: p for p in old.config.providers}
+            core.breakers.inherit(
+                old.breakers, [p.id for p in config.providers if old_providers.get(p.id) == p]
+            )
         old_gateway = self._servicer.gateway
         # The swap: no await from here to the end of the block, so a new request sees either the
         # old core or the new one, whole.

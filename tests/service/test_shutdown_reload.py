@@ -255,3 +255,42 @@ async def test_reload_in_process_swaps_atomically_and_closes_the_old_core_after_
         assert not await reloader.reload(path)
         assert "server" in (reloader.last_error or "")
         assert await _models(router) == {"alpha", "gamma"}
+
+
+async def test_a_reload_keeps_the_open_breaker_of_an_unchanged_provider(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    import yaml
+
+    fake.set_default(Behaviour(status=503), model="alpha")  # primary's model is down
+    settings = _router_yaml(fake, ["alpha"])
+    settings["circuit_breaker"] = {"failure_threshold": 1, "reset_timeout_s": 300}
+    settings["providers"][0]["priority"] = 10
+    backup = {**settings["providers"][0], "id": "backup", "priority": 90}
+    backup["models"] = [{**backup["models"][0], "id": "beta"}]
+    settings["providers"].append(backup)
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    ask = rt.ChatRequest(messages=[c.user("hello")], generation=rt.GenerationConfig(max_tokens=20))
+    async with running_router(RouterConfig.load(path), RouterDeps()) as (app, router):
+        assert app.reloader is not None
+        reply = await router.chat(ask)  # primary fails once and its breaker opens; backup answers
+        assert [a.provider_id for a in reply.attempts] == ["primary", "backup"]
+
+        # Only the backup's settings change: primary's breaker must stay open across the reload.
+        settings["providers"][1]["timeout_s"] = 60
+        path.write_text(yaml.safe_dump(settings))
+        assert await app.reloader.reload(path)
+        primary_calls = len([r for r in fake.requests if r.model == "alpha"])
+        reply = await router.chat(ask)
+        assert [a.provider_id for a in reply.attempts] == ["backup"]
+        assert len([r for r in fake.requests if r.model == "alpha"]) == primary_calls
+        status = await router.get_provider_status(rt.GetProviderStatusRequest(provider_id="primary"))
+        assert status.providers[0].breaker.state == rt.BREAKER_STATE_OPEN
+
+        # A changed provider starts afresh: a closed breaker, so it is tried again.
+        settings["providers"][0]["timeout_s"] = 60
+        path.write_text(yaml.safe_dump(settings))
+        assert await app.reloader.reload(path)
+        reply = await router.chat(ask)
+        assert [a.provider_id for a in reply.attempts] == ["primary", "backup"]
