@@ -11,18 +11,23 @@ Why OTLP to a real (dummy) collector rather than an in-memory exporter: the Batc
 worker thread encodes every span to protobuf and sends it over gRPC, and that thread competes
 with the event loop for the GIL; an in-memory exporter would hide exactly that cost.
 
-Reported per mode and load pattern: throughput, latency, and the router process's CPU time per
-request (user + system, every thread, from /proc). On a shared machine the CPU time is the
-steadier number: other processes change how long a request waits, not how much CPU it burns.
+Method, chosen because this shared 2-core VM drifts by tens of percent within minutes: one
+router process per mode runs for the whole benchmark, and the load alternates between them in
+short bursts (`--requests` Chat calls each, sequential then 32 in flight), the order of modes
+shuffled every round. Each burst's throughput is divided by the `off` router's burst of the same
+round and pattern, so drift that hits a whole round cancels out, and the median of those paired
+ratios over `--rounds` rounds is the result. The router process's CPU time per request (user +
+system, every thread, from /proc) is reported the same way.
 
-Modes (each run `--rounds` times, interleaved, median reported):
+Modes:
 
 * off      - no telemetry at all (no interceptor, the gateway's NullObserver);
 * metrics  - Prometheus metrics on server.metrics_port, no tracing;
-* trace100 - metrics + tracing, parentbased_always_on;
-* trace10  - metrics + tracing, parentbased_traceidratio 0.1.
+* trace0   - metrics + tracing on with parentbased_always_off (the price of an unsampled request);
+* trace10  - metrics + tracing, parentbased_traceidratio 0.1;
+* trace100 - metrics + tracing, parentbased_always_on.
 
-    .venv/bin/python bench/tracing_overhead.py [--requests 2000] [--rounds 3]
+    .venv/bin/python bench/tracing_overhead.py [--requests 1000] [--rounds 15]
 """
 
 from __future__ import annotations
@@ -54,9 +59,11 @@ sys.path.insert(0, str(ROOT))
 MODES: dict[str, dict[str, Any]] = {
     "off": {"metrics": False, "sampler": None},
     "metrics": {"metrics": True, "sampler": None},
-    "trace100": {"metrics": True, "sampler": ("parentbased_always_on", None)},
+    "trace0": {"metrics": True, "sampler": ("parentbased_always_off", None)},
     "trace10": {"metrics": True, "sampler": ("parentbased_traceidratio", "0.1")},
+    "trace100": {"metrics": True, "sampler": ("parentbased_always_on", None)},
 }
+PATTERNS = {"sequential": 1, "concurrency_32": 32}
 
 
 # ------------------------------------------------------------------------------ dummy collector
@@ -195,59 +202,113 @@ def router_process(fake_url: str, mode: str, collector_port: int, workdir: Path)
 # ------------------------------------------------------------------------------ load
 
 
-async def run_load(port: int, pid: int, requests: int, concurrency: int, warmup: int) -> dict[str, float]:
+async def wait_serving(router: Any) -> None:
+    from sekha import client as c
+
+    for _ in range(200):
+        try:
+            if await router.health(timeout_s=1) == "SERVING":
+                return
+        except c.SekhaError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError("a router never became SERVING")
+
+
+async def burst(router: Any, request: Any, pid: int, requests: int, concurrency: int) -> dict[str, float]:
+    """`requests` Chat calls with `concurrency` in flight: throughput and router CPU per call."""
+    remaining = requests
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await router.chat(request)
+
+    cpu_before = cpu_seconds(pid)
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await asyncio.sleep(0.05)  # work the calls left behind (span export) is theirs too
+    return {
+        "rps": requests / elapsed,
+        "router_cpu_us_per_request": (cpu_seconds(pid) - cpu_before) / requests * 1e6,
+    }
+
+
+async def measure(routers: dict[str, tuple[int, int]], requests: int, rounds: int) -> list[dict[str, Any]]:
+    """Per round: every mode's burst per pattern, modes in a fresh random order each time."""
+    import random
+
     from sekha import client as c
     from sekha.router.v1 import router_service_pb2 as rt
 
     request = rt.ChatRequest(
         messages=[c.user("Say something short about the sea.")], generation=rt.GenerationConfig(max_tokens=32)
     )
-    async with c.RouterClient(c.ConnectionConfig(f"127.0.0.1:{port}", default_timeout_s=30)) as router:
-        for _ in range(100):
-            try:
-                if await router.health(timeout_s=1) == "SERVING":
-                    break
-            except c.SekhaError:
-                await asyncio.sleep(0.1)
-        for _ in range(warmup):
-            await router.chat(request)
-        latencies: list[float] = []
-        remaining = requests
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                started = time.perf_counter()
-                await router.chat(request)
-                latencies.append(time.perf_counter() - started)
-
-        cpu_before = cpu_seconds(pid)
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-        await asyncio.sleep(0.1)  # work the requests left behind (span export) is theirs too
-        cpu = cpu_seconds(pid) - cpu_before
-    latencies.sort()
-    return {
-        "rps": requests / elapsed,
-        "router_cpu_us_per_request": cpu / requests * 1e6,
-        "p50_ms": latencies[len(latencies) // 2] * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+    shuffle = random.Random(20261122)
+    clients = {
+        mode: c.RouterClient(c.ConnectionConfig(f"127.0.0.1:{port}", default_timeout_s=30))
+        for mode, (port, _) in routers.items()
     }
+    try:
+        for router in clients.values():
+            await wait_serving(router)
+            for _ in range(300):  # warm-up: connections, caches, the first span batch
+                await router.chat(request)
+        results = []
+        for round_index in range(rounds):
+            round_result: dict[str, Any] = {pattern: {} for pattern in PATTERNS}
+            for pattern, concurrency in PATTERNS.items():
+                order = list(clients)
+                shuffle.shuffle(order)
+                for mode in order:
+                    pid = routers[mode][1]
+                    round_result[pattern][mode] = await burst(
+                        clients[mode], request, pid, requests, concurrency
+                    )
+            results.append(round_result)
+            line = "  ".join(f"{mode} {round_result['concurrency_32'][mode]['rps']:5.0f}" for mode in MODES)
+            print(f"round {round_index + 1:2d} c32 rps: {line}", flush=True)
+        return results
+    finally:
+        for router in clients.values():
+            await router.close()
 
 
-def measure(mode: str, fake_url: str, collector_port: int, workdir: Path, requests: int) -> dict[str, Any]:
-    with router_process(fake_url, mode, collector_port, workdir) as (port, pid):
-        sequential = asyncio.run(run_load(port, pid, requests, 1, warmup=200))
-        concurrent = asyncio.run(run_load(port, pid, requests, 32, warmup=50))
-    return {"sequential": sequential, "concurrency_32": concurrent}
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the raw numbers, and of each round's ratio to the same round's `off` burst."""
+    summary: dict[str, Any] = {}
+    for mode in MODES:
+        summary[mode] = {}
+        for pattern in PATTERNS:
+            runs = [r[pattern][mode] for r in results]
+            bases = [r[pattern]["off"] for r in results]
+            throughput = sorted(run["rps"] / base["rps"] - 1 for run, base in zip(runs, bases, strict=True))
+            cpu = sorted(
+                run["router_cpu_us_per_request"] / base["router_cpu_us_per_request"] - 1
+                for run, base in zip(runs, bases, strict=True)
+            )
+            quartile = len(throughput) // 4
+            summary[mode][pattern] = {
+                "rps": round(statistics.median(run["rps"] for run in runs), 1),
+                "router_cpu_us_per_request": round(
+                    statistics.median(run["router_cpu_us_per_request"] for run in runs), 1
+                ),
+                "throughput_vs_off_pct": round(100 * statistics.median(throughput), 1),
+                "throughput_vs_off_pct_iqr": [
+                    round(100 * throughput[quartile], 1),
+                    round(100 * throughput[-1 - quartile], 1),
+                ],
+                "router_cpu_vs_off_pct": round(100 * statistics.median(cpu), 1),
+            }
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=2000, help="requests per load pattern and mode")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=1000, help="Chat calls per burst")
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "tracing_overhead.json"))
     parser.add_argument("--serve-collector", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -257,55 +318,32 @@ def main(argv: list[str] | None = None) -> None:
 
     fake, fake_url = start_fake()
     collector, collector_port = start_collector()
-    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for round_index in range(args.rounds):
-                for mode in MODES:  # interleaved, so drift on a shared machine hits every mode alike
-                    result = measure(mode, fake_url, collector_port, Path(tmp), args.requests)
-                    runs[mode].append(result)
-                    print(
-                        f"round {round_index + 1} {mode:9s} "
-                        f"cpu {result['sequential']['router_cpu_us_per_request']:5.0f} us/req  "
-                        f"seq {result['sequential']['rps']:7.0f} rps  "
-                        f"c32 {result['concurrency_32']['rps']:7.0f} rps",
-                        flush=True,
-                    )
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as routers_running:
+            routers = {
+                mode: routers_running.enter_context(router_process(fake_url, mode, collector_port, Path(tmp)))
+                for mode in MODES
+            }
+            results = asyncio.run(measure(routers, args.requests, args.rounds))
     finally:
         fake.terminate()
         fake.wait()
         received = stop_collector(collector)
 
-    summary: dict[str, Any] = {}
-    for mode, results in runs.items():
-        summary[mode] = {
-            pattern: {
-                key: round(statistics.median(r[pattern][key] for r in results), 3)
-                for key in ("rps", "router_cpu_us_per_request", "p50_ms", "p99_ms")
-            }
-            for pattern in ("sequential", "concurrency_32")
-        }
-    for mode in MODES:
-        for pattern in ("sequential", "concurrency_32"):
-            base = summary["off"][pattern]["rps"]
-            change = summary[mode][pattern]["rps"] / base - 1
-            summary[mode][pattern]["throughput_vs_off_pct"] = round(100 * change, 1)
-            base_cpu = summary["off"][pattern]["router_cpu_us_per_request"]
-            cpu_change = summary[mode][pattern]["router_cpu_us_per_request"] / base_cpu - 1
-            summary[mode][pattern]["router_cpu_vs_off_pct"] = round(100 * cpu_change, 1)
     report = {
         "benchmark": "router Chat throughput vs telemetry mode (fake provider, zero latency)",
         "exporter": "OTLP/gRPC to a dummy collector process (BatchSpanProcessor defaults)",
-        "requests_per_pattern": args.requests,
+        "method": "a router per mode; bursts interleaved, shuffled; median of per-round ratios to off",
+        "requests_per_burst": args.requests,
         "rounds": args.rounds,
-        "statistic": "median over rounds",
         "spans_received_by_collector": received["spans"],
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "modes": summary,
+        "modes": summarise(results),
+        "raw": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
