@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from embedding_service.config import EmbeddingConfig
 from sekha.configloader import ConfigError
 from sekha.server.auth import ApiKeyAuthInterceptor, KeyRing
-from sekha.server.reload import changed_settings, on_sighup
+from sekha.server.reload import Reloader, changed_settings
 
 if TYPE_CHECKING:
     from embedding_service.server import EmbeddingDeps, RouterVectors
@@ -53,8 +53,10 @@ def restart_needed(running: EmbeddingConfig, new: EmbeddingConfig) -> str | None
     return changed_settings(running, new, RESTART_SETTINGS)
 
 
-class ConfigReloader:
-    """Applies a new config to a running Embedding service; see the module docstring."""
+class ConfigReloader(Reloader[EmbeddingConfig, "RouterVectors"]):
+    """Applies a new config to a running Embedding service; see the module docstring.
+
+    A retired part is a replaced router connection."""
 
     def __init__(
         self,
@@ -66,59 +68,20 @@ class ConfigReloader:
         auth_interceptor: ApiKeyAuthInterceptor | None = None,
         path: str | Path | None = None,
     ) -> None:
+        """`path` None re-reads the embedded default."""
+        super().__init__(path, log)
         self._service = service
         self._config = config
         self._deps = deps
         self._router = router
         self._auth = auth_interceptor
-        self.path = path  # the file to re-read; None: the embedded default
-        self._lock = asyncio.Lock()
-        # Replaced router channels still draining, with the channel each will close.
-        self._retiring: dict[asyncio.Task[None], RouterVectors] = {}
-        self._pending: set[asyncio.Task[bool]] = set()
-        self.generation = 0
-        self.last_error: str | None = None
 
     @property
     def config(self) -> EmbeddingConfig:
         return self._config
 
-    @property
-    def draining(self) -> int:
-        """Replaced router channels still waiting for the requests that use them."""
-        return len(self._retiring)
-
-    def reload_soon(self) -> None:
-        """Schedule a reload (what the SIGHUP handler calls)."""
-        task = asyncio.get_running_loop().create_task(self.reload(), name="config-reload")
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def reload(self, path: str | Path | None = None) -> bool:
-        """Re-read the config file and apply it; False (logged) when it was refused."""
-        source = path if path is not None else self.path
-        async with self._lock:
-            log.info("config reload requested")
-            try:
-                # Reading the file and expanding it is blocking work: keep it off the event loop.
-                config = await asyncio.to_thread(EmbeddingConfig.load, source)
-            except ConfigError as exc:
-                return self._refuse(f"the new config is invalid ({len(exc.errors)} problems)", exc.errors)
-            except OSError as exc:
-                return self._refuse(f"the config file could not be read ({type(exc).__name__})")
-            return await self._apply_locked(config)
-
-    async def apply(self, config: EmbeddingConfig) -> bool:
-        """Apply an already validated config (tests and embedders); False when refused."""
-        async with self._lock:
-            return await self._apply_locked(config)
-
-    def _refuse(self, why: str, details: list[str] | None = None) -> bool:
-        self.last_error = why
-        log.error("config reload refused, the running config keeps serving: %s", why)
-        for line in details or ():
-            log.error("config problem: %s", line)
-        return False
+    def _load(self, source: str | Path | None) -> EmbeddingConfig:
+        return EmbeddingConfig.load(source)
 
     async def _apply_locked(self, config: EmbeddingConfig) -> bool:
         from embedding_service.server import router_vectors  # server imports this module
@@ -171,23 +134,10 @@ class ConfigReloader:
         await _close(previous)
         log.info("previous router connection closed after its in-flight requests finished")
 
-    async def retired(self) -> None:
-        """Wait until every replaced router channel has been closed."""
-        while self._retiring:
-            await asyncio.gather(*list(self._retiring), return_exceptions=True)
+    async def _close_retired(self, retired: RouterVectors) -> None:
+        await _close(retired)
 
-    async def close(self) -> None:
-        """At server stop (after the grace period and the service): close every router channel."""
-        for task in list(self._pending):
-            task.cancel()
-        await asyncio.gather(*self._pending, return_exceptions=True)
-        # The server and the migrations have stopped, so nothing uses a draining channel any more.
-        draining = dict(self._retiring)
-        for retiring in draining:
-            retiring.cancel()
-        await asyncio.gather(*draining, return_exceptions=True)
-        for previous in draining.values():
-            await _close(previous)
+    async def _close_current(self) -> None:
         await _close(self._router)
 
 
@@ -202,4 +152,4 @@ async def _close(router: RouterVectors) -> None:
 
 def install_sighup(reloader: ConfigReloader) -> None:
     """Reload the config on SIGHUP (where the platform has signals)."""
-    on_sighup(reloader.reload_soon)
+    reloader.install_sighup()

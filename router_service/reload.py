@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from router_service.breaker import BreakerRegistry
 from router_service.config import RouterConfig
-from sekha.configloader import ConfigError
 from sekha.server.auth import ApiKeyAuthInterceptor, KeyRing
-from sekha.server.reload import changed_settings, on_sighup
+from sekha.server.reload import Reloader, changed_settings
 
 if TYPE_CHECKING:
     from router_service.gateway import Gateway
@@ -99,8 +98,10 @@ def restart_needed(running: RouterConfig, new: RouterConfig) -> str | None:
     return changed_settings(running, new, ("server", "state", "auth.enabled", "telemetry"))
 
 
-class ConfigReloader:
-    """Swaps the router's core for one built from a new config; see the module docstring."""
+class ConfigReloader(Reloader[RouterConfig, tuple["RouterCore", bool]]):
+    """Swaps the router's core for one built from a new config; see the module docstring.
+
+    A retired part is an old core and whether the local embedder it shares stays open."""
 
     def __init__(
         self,
@@ -112,18 +113,13 @@ class ConfigReloader:
         auth_interceptor: ApiKeyAuthInterceptor | None = None,
         path: str | Path | None = None,
     ) -> None:
+        """`path` None re-reads $SEKHA_CONFIG, else the embedded default."""
+        super().__init__(path, log)
         self._app = app
         self._servicer = servicer
         self._core = core
         self._deps = deps
         self._auth = auth_interceptor
-        self.path = path  # the file to re-read; None: $SEKHA_CONFIG, else the embedded default
-        self._lock = asyncio.Lock()
-        # Replaced cores still draining, with how to close them.
-        self._retiring: dict[asyncio.Task[None], tuple[RouterCore, bool]] = {}
-        self._pending: set[asyncio.Task[bool]] = set()
-        self.generation = 0
-        self.last_error: str | None = None
 
     @property
     def core(self) -> RouterCore:
@@ -133,42 +129,8 @@ class ConfigReloader:
     def config(self) -> RouterConfig:
         return self._core.config
 
-    @property
-    def draining(self) -> int:
-        """Replaced cores still waiting for their in-flight requests."""
-        return len(self._retiring)
-
-    def reload_soon(self) -> None:
-        """Schedule a reload (what the SIGHUP handler calls)."""
-        task = asyncio.get_running_loop().create_task(self.reload(), name="config-reload")
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def reload(self, path: str | Path | None = None) -> bool:
-        """Re-read the config file and apply it; False (logged) when it was refused."""
-        source = path if path is not None else self.path
-        async with self._lock:
-            log.info("config reload requested")
-            try:
-                # Validation may consult LiteLLM's model map: keep it off the event loop.
-                config = await asyncio.to_thread(RouterConfig.load, source, None, self._deps.model_info)
-            except ConfigError as exc:
-                return self._refuse(f"the new config is invalid ({len(exc.errors)} problems)", exc.errors)
-            except OSError as exc:
-                return self._refuse(f"the config file could not be read ({type(exc).__name__})")
-            return await self._apply_locked(config)
-
-    async def apply(self, config: RouterConfig) -> bool:
-        """Apply an already validated config (tests and embedders); False when refused."""
-        async with self._lock:
-            return await self._apply_locked(config)
-
-    def _refuse(self, why: str, details: list[str] | None = None) -> bool:
-        self.last_error = why
-        log.error("config reload refused, the running config keeps serving: %s", why)
-        for line in details or ():
-            log.error("config problem: %s", line)
-        return False
+    def _load(self, source: str | Path | None) -> RouterConfig:
+        return RouterConfig.load(source, None, self._deps.model_info)
 
     async def _apply_locked(self, config: RouterConfig) -> bool:
         from router_service.server import build_core  # server imports this module
@@ -233,26 +195,13 @@ class ConfigReloader:
         # Injected providers (tests) are shared by every core; they close with the server.
         await old.close(keep_local_embedder=keep_embedder, keep_providers=self._deps.providers is not None)
 
-    async def retired(self) -> None:
-        """Wait until every replaced core has been closed."""
-        while self._retiring:
-            await asyncio.gather(*list(self._retiring), return_exceptions=True)
+    async def _close_retired(self, retired: tuple[RouterCore, bool]) -> None:
+        await self._close_old(*retired)
 
-    async def close(self) -> None:
-        """At server stop (after the grace period): close the current and any draining core."""
-        for task in list(self._pending):
-            task.cancel()
-        await asyncio.gather(*self._pending, return_exceptions=True)
-        # The server has stopped, so nothing runs on a draining core any more: close them now.
-        draining = dict(self._retiring)
-        for retiring in draining:
-            retiring.cancel()
-        await asyncio.gather(*draining, return_exceptions=True)
-        for old, keep_embedder in draining.values():
-            await self._close_old(old, keep_embedder)
+    async def _close_current(self) -> None:
         await self._core.close()
 
 
 def install_sighup(reloader: ConfigReloader) -> None:
     """Reload the config on SIGHUP (where the platform has signals)."""
-    on_sighup(reloader.reload_soon)
+    reloader.install_sighup()
