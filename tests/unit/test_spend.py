@@ -68,7 +68,7 @@ class StoreFactory:
         self, backend: str, tmp_path: Path, request: pytest.FixtureRequest, clock: WallClock
     ) -> None:
         self.backend = backend
-        self.path = tmp_path / "state.sqlite3"
+        self.path = tmp_path / "x" / "state.sqlite3"  # the store makes missing directories
         self.prefix = f"t{uuid.uuid4().hex[:8]}"
         self.request = request
         self.clock = clock
