@@ -469,43 +469,35 @@ class Gateway:
             await call.close()
 
     async def _chat(self, request: d.ChatRequest, deadline: Deadline, call: _Call) -> d.ChatResult:
-        decision = call.decision
-        request_id = call.request_id
         max_tokens = request.generation.max_tokens or self.default_max_tokens
-        for candidate in self._plan(decision, request.routing):
-            timeout_s = await self._before_call(call, candidate, deadline)
-            if timeout_s is None:
-                continue
-            entry = self.registry.by_key(candidate.key)
-            provider = self.providers[candidate.provider_id]
-            started = self.clock()
-            scope = self.observer.attempt_started("chat", entry, request)
-            try:
-                reply = await provider.chat(entry.model, entry.litellm_model, request, max_tokens, timeout_s)
-            except (ProviderFailure, ProviderAuthError) as exc:
-                self._on_failure(call, candidate, exc, started, timeout_s, deadline, "chat", scope)
-                continue
-            except ProviderRejection as exc:
-                raise self._on_rejection(call, candidate, exc, started, "chat", scope) from None
-            except BaseException:
-                self.breakers.get(candidate.provider_id).release()
-                self.observer.attempt_cancelled(scope)
-                raise
-            usage = self._usage(entry, reply.usage, decision, reply.text)
-            cost = await self._succeed(
-                call, candidate, entry, started, scope, "chat", usage, reply.response_model, reply.text
-            )
-            return d.ChatResult(
-                request_id=request_id,
-                text=reply.text,
-                finish_reason=reply.finish_reason,
-                usage=usage,
-                cost=cost,
-                decision=decision,
-                attempts=call.attempts,
-                response_model=reply.response_model,
-            )
-        raise self._exhausted(call)
+
+        async def ask(provider: ProviderClient, entry: Any, timeout_s: float) -> Any:
+            return await provider.chat(entry.model, entry.litellm_model, request, max_tokens, timeout_s)
+
+        answer = await self._first_answer(call, request, deadline, "chat", ask)
+        reply = answer.reply
+        usage = self._usage(answer.entry, reply.usage, call.decision, reply.text)
+        cost = await self._succeed(
+            call,
+            answer.candidate,
+            answer.entry,
+            answer.started,
+            answer.scope,
+            "chat",
+            usage,
+            reply.response_model,
+            reply.text,
+        )
+        return d.ChatResult(
+            request_id=call.request_id,
+            text=reply.text,
+            finish_reason=reply.finish_reason,
+            usage=usage,
+            cost=cost,
+            decision=call.decision,
+            attempts=call.attempts,
+            response_model=reply.response_model,
+        )
 
     async def stream_chat(
         self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
@@ -637,42 +629,78 @@ class Gateway:
             await call.close()
 
     async def _embed(self, request: d.EmbedRequest, deadline: Deadline, call: _Call) -> d.EmbedResult:
-        decision = call.decision
-        request_id = call.request_id
-        for candidate in self._plan(decision, request.routing):
+        async def ask(provider: ProviderClient, entry: Any, timeout_s: float) -> Any:
+            reply = await provider.embed(entry.model, entry.litellm_model, request.inputs, timeout_s)
+            # Vectors of the wrong shape are the provider's failure, like any other bad answer.
+            return reply, _check_vectors(reply.vectors, len(request.inputs))
+
+        answer = await self._first_answer(call, request, deadline, "embeddings", ask)
+        reply, dimension = answer.reply
+        usage = reply.usage
+        if usage is None or not usage.input_tokens:
+            usage = d.Usage(call.decision.estimated_input_tokens, 0, counted_locally=True)
+        cost = await self._succeed(
+            call, answer.candidate, answer.entry, answer.started, answer.scope, "embeddings", usage
+        )
+        return d.EmbedResult(
+            request_id=call.request_id,
+            vectors=reply.vectors,
+            dimension=dimension,
+            usage=usage,
+            cost=cost,
+            decision=call.decision,
+            attempts=call.attempts,
+        )
+
+    # ------------------------------------------------------------------ the attempt loop
+
+    async def _first_answer(
+        self,
+        call: _Call,
+        request: d.ChatRequest | d.EmbedRequest,
+        deadline: Deadline,
+        operation: str,
+        ask: Callable[[ProviderClient, Any, float], Awaitable[Any]],
+    ) -> _Answer:
+        """Ask each planned candidate in turn (`ask(provider, entry, timeout_s)`) until one answers.
+
+        A provider failure is booked and the next candidate tried; a rejection of the request
+        itself ends the call at once; a cancellation releases the breaker's probe slot. The
+        caller books the success (`_succeed`), so its own accounting stays outside this loop.
+        Streams have their own loop: they may fall back only before their first chunk.
+        """
+        for candidate in self._plan(call.decision, request.routing):
             timeout_s = await self._before_call(call, candidate, deadline)
             if timeout_s is None:
                 continue
             entry = self.registry.by_key(candidate.key)
             provider = self.providers[candidate.provider_id]
             started = self.clock()
-            scope = self.observer.attempt_started("embeddings", entry, request)
+            scope = self.observer.attempt_started(operation, entry, request)
             try:
-                reply = await provider.embed(entry.model, entry.litellm_model, request.inputs, timeout_s)
-                dimension = _check_vectors(reply.vectors, len(request.inputs))
+                reply = await ask(provider, entry, timeout_s)
             except (ProviderFailure, ProviderAuthError) as exc:
-                self._on_failure(call, candidate, exc, started, timeout_s, deadline, "embeddings", scope)
+                self._on_failure(call, candidate, exc, started, timeout_s, deadline, operation, scope)
                 continue
             except ProviderRejection as exc:
-                raise self._on_rejection(call, candidate, exc, started, "embeddings", scope) from None
+                raise self._on_rejection(call, candidate, exc, started, operation, scope) from None
             except BaseException:
                 self.breakers.get(candidate.provider_id).release()
                 self.observer.attempt_cancelled(scope)
                 raise
-            usage = reply.usage
-            if usage is None or not usage.input_tokens:
-                usage = d.Usage(decision.estimated_input_tokens, 0, counted_locally=True)
-            cost = await self._succeed(call, candidate, entry, started, scope, "embeddings", usage)
-            return d.EmbedResult(
-                request_id=request_id,
-                vectors=reply.vectors,
-                dimension=dimension,
-                usage=usage,
-                cost=cost,
-                decision=decision,
-                attempts=call.attempts,
-            )
+            return _Answer(candidate, entry, started, scope, reply)
         raise self._exhausted(call)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """The attempt that answered, for the caller to book."""
+
+    candidate: d.Candidate
+    entry: Any
+    started: float
+    scope: Any
+    reply: Any
 
 
 def _too_long_or(exc: NoRouteError, field_path: str) -> GatewayError:
