@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -65,9 +69,9 @@ def test_standard_variables_name_the_service_and_pick_the_sampler(monkeypatch: p
     telemetry.shutdown()
 
 
-def test_otlp_endpoint_from_config_or_environment_turns_tracing_on() -> None:
-    configured = setup_telemetry("svc", TelemetryConfig(otlp_endpoint="http://127.0.0.1:4317"), environ={})
-    from_env = setup_telemetry("svc", environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"})
+def test_otlp_endpoint_from_config_or_environment_turns_tracing_on(collector: Collector) -> None:
+    configured = setup_telemetry("svc", TelemetryConfig(otlp_endpoint=collector.endpoint), environ={})
+    from_env = setup_telemetry("svc", environ={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint})
     try:
         assert configured.tracing_enabled and configured.metrics_enabled  # OTLP traces and metrics
         assert from_env.tracing_enabled and from_env.metrics_enabled
@@ -161,3 +165,69 @@ def test_trace_context_round_trips_through_headers_and_metadata() -> None:
     )
     assert remote.is_remote
     telemetry.shutdown()
+
+
+@dataclass
+class Collector:
+    """A real OTLP/gRPC collector on loopback that keeps what it receives, decoded."""
+
+    endpoint: str
+    metrics: list[Any] = field(default_factory=list)
+    spans: list[Any] = field(default_factory=list)
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    received = Collector(f"http://127.0.0.1:{port}")
+
+    class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:  # the generated API's name
+            received.metrics.extend(
+                m for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+            )
+            return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:  # the generated API's name
+            received.spans.extend(
+                s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans
+            )
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    server.start()
+    try:
+        yield received
+    finally:
+        server.stop(0)
+
+
+def test_otlp_push_carries_the_aggregated_metrics_and_the_spans_to_a_real_collector(
+    collector: Collector,
+) -> None:
+    telemetry = setup_telemetry("svc", TelemetryConfig(otlp_endpoint=collector.endpoint), environ={})
+    with telemetry.tracer.start_as_current_span("work"):
+        telemetry.instruments.cost.add(0.25, {"provider": "p", "model": "m"})
+        for seconds in (0.005, 0.05, 0.5):
+            telemetry.instruments.operation_duration.record(seconds, {"gen_ai.operation.name": "chat"})
+    telemetry.force_flush()
+    telemetry.shutdown()
+
+    by_name = {m.name: m for m in collector.metrics}
+    assert by_name["sekha.router.cost"].sum.data_points[0].as_double == 0.25
+    assert by_name["sekha.router.cost"].sum.is_monotonic
+    duration = by_name["gen_ai.client.operation.duration"].histogram.data_points[0]
+    assert (duration.count, round(duration.sum, 3), duration.min, duration.max) == (3, 0.555, 0.005, 0.5)
+    assert sum(duration.bucket_counts) == 3
+    assert list(duration.explicit_bounds)[:2] == [0.01, 0.02]  # the GenAI convention's buckets
+    assert "sekha.metrics.series" in by_name
+    assert [s.name for s in collector.spans] == ["work"]

@@ -365,12 +365,9 @@ def setup_telemetry(
     if exporter is None and traces_endpoint and not disabled:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        # A configured endpoint wins; otherwise the exporter reads OTEL_EXPORTER_OTLP_* itself.
-        exporter = (
-            OTLPSpanExporter(endpoint=settings.otlp_endpoint)
-            if settings.otlp_endpoint
-            else OTLPSpanExporter()
-        )
+        # The endpoint decided on above, not one the exporter would read from os.environ again
+        # (`environ` may be another mapping); headers, certificates and timeouts it reads itself.
+        exporter = OTLPSpanExporter(endpoint=traces_endpoint)
     if exporter is not None and not disabled:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -394,11 +391,7 @@ def setup_telemetry(
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        metric_exporter = (
-            OTLPMetricExporter(endpoint=settings.otlp_endpoint)
-            if settings.otlp_endpoint
-            else OTLPMetricExporter()
-        )
+        metric_exporter = OTLPMetricExporter(endpoint=metrics_endpoint)
         readers.append(PeriodicExportingMetricReader(metric_exporter))
     meter_provider: metrics.MeterProvider
     instruments: Instruments
