@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import ValidationError
 
 from router_service.config import RouterConfig
-from sekha.server.logs import resolve_log_level
+from sekha.server.logs import configure_logging, resolve_log_level
 from sekha.telemetry import TelemetryConfig, setup_telemetry
 from sekha.tracing import extract_from_metadata, inject_headers
 
@@ -174,6 +177,7 @@ class Collector:
     endpoint: str
     metrics: list[Any] = field(default_factory=list)
     spans: list[Any] = field(default_factory=list)
+    logs: list[Any] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -181,6 +185,7 @@ def collector() -> Iterator[Collector]:
     from concurrent import futures
 
     import grpc
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
     from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
@@ -202,7 +207,15 @@ def collector() -> Iterator[Collector]:
             )
             return trace_service_pb2.ExportTraceServiceResponse()
 
+    class Logs(logs_service_pb2_grpc.LogsServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:  # the generated API's name
+            received.logs.extend(
+                r for rl in request.resource_logs for sl in rl.scope_logs for r in sl.log_records
+            )
+            return logs_service_pb2.ExportLogsServiceResponse()
+
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
     server.start()
     try:
@@ -215,12 +228,17 @@ def test_otlp_push_carries_the_aggregated_metrics_and_the_spans_to_a_real_collec
     collector: Collector,
 ) -> None:
     telemetry = setup_telemetry("svc", TelemetryConfig(otlp_endpoint=collector.endpoint), environ={})
-    with telemetry.tracer.start_as_current_span("work"):
-        telemetry.instruments.cost.add(0.25, {"provider": "p", "model": "m"})
-        for seconds in (0.005, 0.05, 0.5):
-            telemetry.instruments.operation_duration.record(seconds, {"gen_ai.operation.name": "chat"})
-    telemetry.force_flush()
-    telemetry.shutdown()
+    configure_logging("INFO", stream=io.StringIO(), logger_provider=telemetry.logger_provider)
+    try:
+        with telemetry.tracer.start_as_current_span("work") as span:
+            telemetry.instruments.cost.add(0.25, {"provider": "p", "model": "m"})
+            for seconds in (0.005, 0.05, 0.5):
+                telemetry.instruments.operation_duration.record(seconds, {"gen_ai.operation.name": "chat"})
+            logging.getLogger("sekha.test").warning("provider %s failed", "p", extra={"attempt": 2})
+        telemetry.force_flush()
+    finally:
+        configure_logging("INFO")
+        telemetry.shutdown()
 
     by_name = {m.name: m for m in collector.metrics}
     assert by_name["sekha.router.cost"].sum.data_points[0].as_double == 0.25
@@ -231,3 +249,33 @@ def test_otlp_push_carries_the_aggregated_metrics_and_the_spans_to_a_real_collec
     assert list(duration.explicit_bounds)[:2] == [0.01, 0.02]  # the GenAI convention's buckets
     assert "sekha.metrics.series" in by_name
     assert [s.name for s in collector.spans] == ["work"]
+    (log,) = collector.logs
+    assert (log.body.string_value, log.severity_text) == ("provider p failed", "WARN")
+    assert log.trace_id == span.get_span_context().trace_id.to_bytes(16, "big")
+    assert {a.key: a.value.int_value for a in log.attributes} == {"attempt": 2}
+
+
+def test_logs_over_otlp_carry_the_json_line_fields_and_never_exception_text() -> None:
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+
+    exported = InMemoryLogRecordExporter()
+    telemetry = setup_telemetry("svc", log_exporter=exported, environ={})
+    lines = io.StringIO()
+    configure_logging("DEBUG", stream=lines, logger_provider=telemetry.logger_provider)
+    try:
+        try:
+            raise RuntimeError("upstream said: sk-SENTINEL-KEY in the prompt")
+        except RuntimeError:
+            logging.getLogger("sekha.test").error("attempt failed", exc_info=True, extra={"kind": "http_500"})
+        telemetry.force_flush()
+    finally:
+        configure_logging("INFO")
+        telemetry.shutdown()
+    (record,) = [r.log_record for r in exported.get_finished_logs()]
+    assert (record.body, record.severity_text, dict(record.attributes or {})) == (
+        "attempt failed",
+        "ERROR",
+        {"kind": "http_500"},
+    )
+    assert "SENTINEL" not in repr(record) and "SENTINEL" not in lines.getvalue()
+    assert json.loads(lines.getvalue())["kind"] == "http_500"  # the JSON line says the same

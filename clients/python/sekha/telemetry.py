@@ -18,10 +18,12 @@ What gets exported:
   (PeriodicExportingMetricReader) when an endpoint is set; the synchronous instruments
   aggregate in `sekha.aggregation` and join each collection there (the SDK's own instruments
   cost ten times as much per measurement);
+* logs go over OTLP too (the same JSON-line fields, never exception text) when an endpoint is
+  set: `configure_logging(..., logger_provider=telemetry.logger_provider)` adds the handler;
 * the standard variables keep working: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (through
   `Resource.create()`), OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (the SDK's default
   sampler), OTEL_EXPORTER_OTLP_* (headers, certificates, timeouts; read by the exporters),
-  OTEL_SDK_DISABLED, and OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER = none.
+  OTEL_SDK_DISABLED, and OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER / OTEL_LOGS_EXPORTER = none.
 
 Prompt and completion text are recorded only when content capture is on
 (`capture_message_content`, or OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true); keys
@@ -271,6 +273,8 @@ class Telemetry:
     metrics_enabled: bool
     capture_message_content: bool = False
     prometheus_registry: Any = None  # prometheus_client.CollectorRegistry when prometheus=True
+    # An SDK LoggerProvider when logs are exported over OTLP (`sekha.server.logs.configure_logging`).
+    logger_provider: Any = None
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -289,7 +293,7 @@ class Telemetry:
 
     def force_flush(self, timeout_millis: int = 5_000) -> None:
         """Export buffered spans (and metrics to push exporters) now."""
-        for provider in (self.tracer_provider, self.meter_provider):
+        for provider in (self.tracer_provider, self.meter_provider, self.logger_provider):
             flush = getattr(provider, "force_flush", None)
             if flush is not None:
                 flush(timeout_millis)
@@ -299,7 +303,7 @@ class Telemetry:
         if self._closed:
             return
         self._closed = True
-        for provider in (self.tracer_provider, self.meter_provider):
+        for provider in (self.tracer_provider, self.meter_provider, self.logger_provider):
             stop = getattr(provider, "shutdown", None)
             if stop is not None:
                 try:
@@ -328,6 +332,7 @@ def setup_telemetry(
     settings: TelemetryConfig | None = None,
     span_exporter: Any = None,
     metric_readers: Sequence[Any] = (),
+    log_exporter: Any = None,
     *,
     prometheus: bool = False,
     sampler: Any = None,
@@ -338,6 +343,7 @@ def setup_telemetry(
     `span_exporter` replaces the OTLP span exporter (tests: InMemorySpanExporter);
     `metric_readers` are added to the MeterProvider (tests: InMemoryMetricReader);
     `prometheus` adds a PrometheusMetricReader on a CollectorRegistry of this Telemetry's own;
+    `log_exporter` replaces the OTLP log exporter (tests: InMemoryLogRecordExporter);
     `sampler` overrides OTEL_TRACES_SAMPLER (benchmarks).
     """
     env = os.environ if environ is None else environ
@@ -356,6 +362,13 @@ def setup_telemetry(
     )
     if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
         traces_endpoint = None
+    logs_endpoint = (
+        settings.otlp_endpoint
+        or env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+        or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    if env.get("OTEL_LOGS_EXPORTER", "").strip().lower() == "none":
+        logs_endpoint = None
     if env.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "none":
         metrics_endpoint = None
 
@@ -411,6 +424,19 @@ def setup_telemetry(
         meter = meter_provider.get_meter(INSTRUMENTATION_SCOPE)
         instruments = Instruments.create(meter)
 
+    logger_provider = None
+    log_exporter_in_use = log_exporter
+    if log_exporter_in_use is None and logs_endpoint and not disabled:
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+        log_exporter_in_use = OTLPLogExporter(endpoint=logs_endpoint)
+    if log_exporter_in_use is not None and not disabled:
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+        logger_provider = LoggerProvider(resource=resource or _resource(service_name), shutdown_on_exit=False)
+        logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter_in_use))
+
     tracer = tracer_provider.get_tracer(INSTRUMENTATION_SCOPE)
     return Telemetry(
         service_name=service_name,
@@ -423,6 +449,7 @@ def setup_telemetry(
         metrics_enabled=bool(readers),
         capture_message_content=capture,
         prometheus_registry=registry,
+        logger_provider=logger_provider,
     )
 
 

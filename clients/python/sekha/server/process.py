@@ -41,11 +41,14 @@ async def serve_service(
         config: Any = load()
     except ConfigError as exc:
         return _print_config_errors(exc)
-    configure_logging(resolve_log_level(config.telemetry.log_level))
+    level = resolve_log_level(config.telemetry.log_level)
+    configure_logging(level)
     telemetry = setup_telemetry(
         f"sekha-{name}", config.telemetry, prometheus=config.server.metrics_port is not None
     )
     telemetry.set_global()
+    if telemetry.logger_provider is not None:
+        configure_logging(level, logger_provider=telemetry.logger_provider)
     try:
         try:
             app = await build(config, telemetry)
@@ -55,6 +58,8 @@ async def serve_service(
             started(app)
         await serve_until_signalled(app.serving, name)
     finally:
+        if telemetry.logger_provider is not None:
+            configure_logging(level)  # the OTLP handler goes before its provider does
         telemetry.shutdown()
     return 0
 
