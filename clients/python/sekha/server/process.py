@@ -8,6 +8,7 @@ configured, flushed on the way out); the server runs until SIGTERM or SIGINT on 
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -54,6 +55,11 @@ async def serve_service(
             app = await build(config, telemetry)
         except ConfigError as exc:  # found while wiring, e.g. an unreadable TLS certificate
             return _print_config_errors(exc)
+        # Everything made so far lives as long as the process: out of the collector's reach, a full
+        # collection (which stops the event loop) walks only what requests leave behind.
+        # bench/gc_pauses.py: generation-2 pauses 58 ms -> 17 ms (median) in a loaded router.
+        gc.collect()
+        gc.freeze()
         if started is not None:
             started(app)
         await serve_until_signalled(app.serving, name)
