@@ -145,3 +145,18 @@ def test_boundaries_must_increase() -> None:
     ours = Aggregation(meter, Resource.create({}), InstrumentationScope(SCOPE))
     with pytest.raises(ValueError, match="strictly increasing"):
         ours.create_histogram("h", explicit_bucket_boundaries_advisory=(1.0, 1.0))
+
+
+def test_list_valued_attributes_are_one_series_like_in_the_sdk() -> None:
+    meter, ours, sdk_reader, our_reader = sdk_and_ours()
+    for factory in (meter, ours):
+        counter = factory.create_counter("c")
+        counter.add(1, {"tags": ["a", "b"]})
+        counter.add(2, {"tags": ["a", "b"]})
+    (want,) = points(sdk_reader.get_metrics_data(), "c").values()
+    (have,) = points(our_reader.get_metrics_data(), "c").values()
+    assert (
+        (have.value, list(have.attributes["tags"]))
+        == (want.value, list(want.attributes["tags"]))
+        == (3, ["a", "b"])
+    )

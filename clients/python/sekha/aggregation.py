@@ -98,7 +98,13 @@ class _Instrument:
         self._series: dict[frozenset[tuple[str, Any]], tuple[Mapping[str, Any], int, list[Any]]] = {}
 
     def _state(self, attributes: Mapping[str, Any] | None) -> list[Any]:
-        key = frozenset(attributes.items()) if attributes else _NO_KEY
+        if not attributes:
+            key = _NO_KEY
+        else:
+            try:
+                key = frozenset(attributes.items())
+            except TypeError:  # OpenTelemetry allows list values; a list is not hashable
+                key = frozenset((k, tuple(v) if isinstance(v, list) else v) for k, v in attributes.items())
         series = self._series.get(key)
         if series is None:
             series = self._new_series(key, attributes or _NO_ATTRIBUTES)
@@ -113,7 +119,9 @@ class _Instrument:
                 key, attributes = _OVERFLOW_KEY, _OVERFLOW_ATTRIBUTES
             series = self._series.get(key)
             if series is None:
-                series = (dict(attributes), self._clock(), self._empty_state())
+                # Lists become tuples, as the SDK stores them.
+                kept = {k: tuple(v) if isinstance(v, list) else v for k, v in attributes.items()}
+                series = (kept, self._clock(), self._empty_state())
                 self._series[key] = series
             return series
 
