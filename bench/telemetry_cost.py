@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.tracing_overhead import start_collector, stop_collector  # noqa: E402
+from bench.tracing_overhead import fake_provider, start_collector, stop_collector  # noqa: E402
 
 SAMPLERS: dict[str, Any] = {"trace0": 0.0, "trace10": 0.1, "trace100": 1.0}
 MODES = ("off", "metrics", "trace0", "trace10", "trace100")
@@ -66,22 +66,7 @@ def router_config(fake_url: str) -> Any:
     return RouterConfig.model_validate(
         {
             "server": {"host": "127.0.0.1", "port": 0, "grace_period_s": 1},
-            "providers": [
-                {
-                    "id": "fake",
-                    "type": "openai_compatible",
-                    "base_url": f"{fake_url}/v1",
-                    "transport": "native",
-                    "models": [
-                        {
-                            "id": "bench-model",
-                            "tasks": ["chat_smart"],
-                            "context_window": 8192,
-                            "price": {"input_per_million": 1.0, "output_per_million": 2.0},
-                        }
-                    ],
-                }
-            ],
+            "providers": [fake_provider(fake_url)],
         }
     )
 

@@ -146,6 +146,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def fake_provider(fake_url: str) -> dict[str, Any]:
+    """The router config's one provider: the fake, on the lean path, one priced chat model."""
+    return {
+        "id": "fake",
+        "type": "openai_compatible",
+        "base_url": f"{fake_url}/v1",
+        "transport": "native",
+        "models": [
+            {
+                "id": "bench-model",
+                "tasks": ["chat_smart"],
+                "context_window": 8192,
+                "price": {"input_per_million": 1.0, "output_per_million": 2.0},
+            }
+        ],
+    }
+
+
 @contextlib.contextmanager
 def router_process(fake_url: str, mode: str, collector_port: int, workdir: Path) -> Iterator[tuple[int, int]]:
     settings = MODES[mode]
@@ -157,22 +175,7 @@ def router_process(fake_url: str, mode: str, collector_port: int, workdir: Path)
             "grace_period_s": 1,
             "metrics_port": free_port() if settings["metrics"] else None,
         },
-        "providers": [
-            {
-                "id": "fake",
-                "type": "openai_compatible",
-                "base_url": f"{fake_url}/v1",
-                "transport": "native",
-                "models": [
-                    {
-                        "id": "bench-model",
-                        "tasks": ["chat_smart"],
-                        "context_window": 8192,
-                        "price": {"input_per_million": 1.0, "output_per_million": 2.0},
-                    }
-                ],
-            },
-        ],
+        "providers": [fake_provider(fake_url)],
     }
     path = workdir / f"router-{mode}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -160,9 +160,9 @@ async def test_every_tool_over_stdio(stack: Stack) -> None:
         await exercise_every_tool(client, "stdio_notes")
 
 
-@contextlib.asynccontextmanager
-async def http_server(env: dict[str, str], *extra_args: str) -> AsyncIterator[str]:
-    process = await asyncio.create_subprocess_exec(
+async def spawn_http_mcp(env: dict[str, str], *extra_args: str) -> asyncio.subprocess.Process:
+    """`sekha mcp --transport http --port 0 ...` with its stderr piped (it announces the URL there)."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "sekha.cli",
@@ -175,9 +175,14 @@ async def http_server(env: dict[str, str], *extra_args: str) -> AsyncIterator[st
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **env},
+        env=env,
         cwd=REPO,
     )
+
+
+@contextlib.asynccontextmanager
+async def http_server(env: dict[str, str], *extra_args: str) -> AsyncIterator[str]:
+    process = await spawn_http_mcp({**os.environ, **env}, *extra_args)
     try:
         assert process.stderr is not None
         url = None
@@ -247,22 +252,8 @@ async def test_http_with_a_token_hash_serves_only_bearers_of_the_token(stack: St
 async def test_http_refuses_to_start_open_beyond_loopback_or_with_a_bad_hash(
     args: list[str], message: str
 ) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sekha.cli",
-        "mcp",
-        "--transport",
-        "http",
-        "--port",
-        "0",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if k != "SEKHA_MCP_TOKEN_HASH"},
-        cwd=REPO,
-    )
+    without_token = {k: v for k, v in os.environ.items() if k != "SEKHA_MCP_TOKEN_HASH"}
+    process = await spawn_http_mcp(without_token, *args)
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1
     assert message in stderr.decode()

@@ -101,6 +101,22 @@ class ServiceProcess:
                     return
                 await asyncio.sleep(0.05)
 
+    async def admin_reload(self) -> int:
+        """`python -m <module> reload --pid PID --config FILE`, the operators' command; its exit code."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            self.module,
+            "reload",
+            "--pid",
+            str(self.pid),
+            "--config",
+            str(self.config_path),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return await asyncio.wait_for(process.wait(), 30)  # a hang guard only
+
     def signal(self, signum: int) -> None:
         assert self.process is not None
         self.process.send_signal(signum)

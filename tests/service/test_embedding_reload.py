@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -125,23 +124,6 @@ def _search(query: str, top_k: int = 3) -> emb.SearchDocumentsRequest:
     return emb.SearchDocumentsRequest(base="notes", query=query, top_k=top_k)
 
 
-async def _admin_reload(service: ServiceProcess) -> int:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "embedding_service",
-        "reload",
-        "--pid",
-        str(service.pid),
-        "--config",
-        str(service.config_path),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    async with asyncio.timeout(30):  # a hang guard only
-        return await process.wait()
-
-
 async def test_sighup_rotates_keys_and_moves_to_a_new_router_without_dropping_an_in_flight_search(
     fake: FakeProvider, tmp_path: Path
 ) -> None:
@@ -208,10 +190,10 @@ async def test_invalid_and_restart_needed_configs_are_refused_and_the_admin_comm
                 )
                 invalid = "defaults: {top_k: 0}\n"
                 service.write_config(invalid)
-                assert await _admin_reload(service) == 1  # checked first, and nothing was sent
+                assert await service.admin_reload() == 1  # checked first, and nothing was sent
                 tightened = {**running, "defaults": {"top_k": 2, "max_top_k": 5}}
                 service.write_config(tightened)
-                assert await _admin_reload(service) == 0
+                assert await service.admin_reload() == 0
                 await service.wait_for_log("config reloaded")
                 # One reload reached the service: the invalid file's was never signalled.
                 assert sum("config reload requested" in m for m in service.log_messages()) == 1
@@ -231,7 +213,7 @@ async def test_invalid_and_restart_needed_configs_are_refused_and_the_admin_comm
                     "defaults": {"top_k": 10, "max_top_k": 200},
                 }
                 service.write_config(moved)
-                assert await _admin_reload(service) == 0  # the file itself is valid
+                assert await service.admin_reload() == 0  # the file itself is valid
                 await service.wait_for_log("restart needed: server, chroma changed")
 
                 with pytest.raises(c.InvalidArgumentError):  # still the tightened config

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -162,22 +161,6 @@ async def _models(router: c.RouterClient) -> set[str]:
     return {m.model for m in (await router.list_models()).models}
 
 
-async def _admin_reload(service: ServiceProcess) -> int:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "router_service",
-        "reload",
-        "--pid",
-        str(service.pid),
-        "--config",
-        str(service.config_path),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    return await process.wait()
-
-
 async def test_sighup_reloads_the_config_and_refuses_an_invalid_one(
     fake: FakeProvider, tmp_path: Path
 ) -> None:
@@ -193,7 +176,7 @@ async def test_sighup_reloads_the_config_and_refuses_an_invalid_one(
             await first.wait()
 
             service.write_config(_router_yaml(fake, ["alpha", "gamma"]))
-            assert await _admin_reload(service) == 0  # `sekha-router reload`: checks, then SIGHUP
+            assert await service.admin_reload() == 0  # `sekha-router reload`: checks, then SIGHUP
             await service.wait_for_log("config reloaded")
             assert await _models(router) == {"alpha", "gamma"}
             reply = await router.chat(
@@ -212,7 +195,7 @@ async def test_sighup_reloads_the_config_and_refuses_an_invalid_one(
             await service.wait_for_log("previous config retired")
 
             service.write_config("providers: [{id: broken, type: not-a-provider}]\n")
-            assert await _admin_reload(service) == 1  # the admin command refuses to send it...
+            assert await service.admin_reload() == 1  # the admin command refuses to send it...
             service.signal(signal.SIGHUP)  # ...and a raw SIGHUP is refused by the router itself
             await service.wait_for_log("config reload refused")
             assert await _models(router) == {"alpha", "gamma"}
