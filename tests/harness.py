@@ -20,6 +20,19 @@ from router_service.server import build_server as build_router_server
 from sekha.client import ConnectionConfig, EmbeddingClient, RouterClient
 
 
+class FakeClock:
+    """A clock tests move instead of sleeping (breakers, probes, budgets read it)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def openai_provider(
     provider_id: str,
     base_url: str,

@@ -25,7 +25,7 @@ from router_service.server import RouterDeps
 from sekha import client as c
 from sekha.router.v1 import router_service_pb2 as rt
 from tests.fakes.fake_provider import Behaviour, FakeProvider, RecordedRequest
-from tests.harness import chat_model, openai_provider, router_config, running_router
+from tests.harness import FakeClock, chat_model, openai_provider, router_config, running_router
 
 MESSAGES = "/v1/messages"
 CHAT = "/v1/chat/completions"
@@ -34,19 +34,6 @@ KEY = "sk-ant-test"
 # LiteLLM's bundled price map has no direct-Anthropic entry for this model, so the config pins one.
 CLAUDE_PRICE = (3.0, 15.0)
 BACKUP_PRICE = (10.0, 20.0)
-
-
-class FakeClock:
-    """Monotonic clock the breakers read; tests move it instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -17,23 +17,17 @@ from router_service.server import RouterDeps
 from sekha import client as c
 from sekha.router.v1 import router_service_pb2 as rt
 from tests.fakes.fake_provider import Behaviour, FakeProvider
-from tests.harness import chat_model, embedding_model, openai_provider, router_config, running_router
+from tests.harness import (
+    FakeClock,
+    chat_model,
+    embedding_model,
+    openai_provider,
+    router_config,
+    running_router,
+)
 
 CHAT = "/v1/chat/completions"
 TRANSPORTS = ["native", "litellm"]
-
-
-class FakeClock:
-    """Monotonic clock the breakers read; tests move it instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

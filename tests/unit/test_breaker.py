@@ -6,17 +6,7 @@ import pytest
 
 from router_service.breaker import BreakerRegistry, BreakerState, CircuitBreaker
 from router_service.config import CircuitBreakerConfig
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.harness import FakeClock
 
 
 def make(clock: FakeClock, **overrides: float) -> CircuitBreaker:
