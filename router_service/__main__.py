@@ -70,10 +70,13 @@ async def _serve(config_path: str | None) -> int:
         if app.metrics_port is not None:
             log.info("router metrics on port %d", app.metrics_port)
 
+    # The model loads before the server listens, so serve_service's gc.freeze() covers it too.
     return await serve_service(
         "router",
         lambda: RouterConfig.load(config_path),
-        lambda config, telemetry: build_server(config, RouterDeps(telemetry=telemetry)),
+        lambda config, telemetry: build_server(
+            config, RouterDeps(telemetry=telemetry, preload_local_model=True)
+        ),
         started,
     )
 

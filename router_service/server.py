@@ -61,6 +61,9 @@ class RouterDeps:
     # it (shuts it down); the server adds spans and metrics, and serves /metrics on
     # server.metrics_port when the telemetry has a Prometheus registry.
     telemetry: Telemetry | None = None
+    # Load the in-process embedding model before the server listens (`serve` does): the first
+    # embedding would otherwise pay the load, seconds, with every caller queued behind it.
+    preload_local_model: bool = False
 
 
 @dataclass
@@ -259,6 +262,8 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         telemetry_interceptors = (TelemetryInterceptor(telemetry, on_finish=on_finish),)
     store = deps.state_store or await open_store(config.state, deps.wall_clock)
     core = await build_core(config, deps, store)
+    if deps.preload_local_model:
+        await _preload_local_model(core)
     servicer = RouterServicer(TrackedGateway(core.gateway), core.catalog)
     options = options_from_config(
         config.server,
@@ -305,6 +310,20 @@ async def _serve_metrics(telemetry: Telemetry, host: str, port: int, serving: Se
     bound = await endpoint.start(host, port)
     serving.on_stop.append(endpoint.stop)
     return bound
+
+
+async def _preload_local_model(core: RouterCore) -> None:
+    """A model that fails to load is logged and left to its provider's probe and breaker."""
+    embedder = core.local_embedder
+    if embedder is None:
+        return
+    started = time.perf_counter()
+    try:
+        await embedder.ensure_loaded()
+    except Exception as exc:
+        log.error("local embedding model failed to load (%s); serving without it", type(exc).__name__)
+        return
+    log.info("local embedding model loaded in %.1f s", time.perf_counter() - started)
 
 
 def _auth_of(options: ServerOptions) -> ApiKeyAuthInterceptor | None:
