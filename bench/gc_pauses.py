@@ -18,7 +18,6 @@ import asyncio
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -76,6 +75,8 @@ async def _measure(freeze: bool, requests: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.machine import machine_info
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=8000)
     parser.add_argument("--runs", type=int, default=3)
@@ -116,11 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "generation-2 GC pauses in a loaded router (in process, c=32), gc.freeze() or not",
         "requests_per_run": args.requests,
         "runs": args.runs,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine_info(),
         "summary": summary,
         "raw": runs,
     }

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -122,6 +121,8 @@ async def measure(collector_port: int, requests: int, rounds: int) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.machine import machine_info
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="Chat calls per burst")
     parser.add_argument("--rounds", type=int, default=9)
@@ -156,11 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         "router_cpu_us_per_request_off": router_cpu,
         "router_cpu_source": "bench/results/tracing_overhead.json, off, concurrency_32",
         "spans_received_by_collector": received["spans"],
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine_info(),
         "off_cpu_us_per_request": round(base, 1),
         "modes": summary,
         "raw": results,

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -309,6 +308,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.machine import machine_info
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=1000, help="Chat calls per burst")
     parser.add_argument("--rounds", type=int, default=15)
@@ -340,11 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         "requests_per_burst": args.requests,
         "rounds": args.rounds,
         "spans_received_by_collector": received["spans"],
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine_info(),
         "modes": summarise(results),
         "raw": results,
     }
