@@ -6,7 +6,6 @@ behind it (a new router connection) while requests and migrations keep running.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from sekha.errors import GatewayError, UnavailableError
+from sekha.inuse import InUse
 
 _log = logging.getLogger(__name__)
 
@@ -65,27 +65,12 @@ async def embed_checked(source: VectorSource, texts: Sequence[str], model: str |
     return batch
 
 
-class TrackedSource:
+class TrackedSource(InUse):
     """A vector source with the number of calls and pinned requests using it right now."""
 
     def __init__(self, source: VectorSource) -> None:
+        super().__init__()
         self.source = source
-        self.active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def enter(self) -> None:
-        self.active += 1
-        self._idle.clear()
-
-    def exit(self) -> None:
-        self.active -= 1
-        if self.active == 0:
-            self._idle.set()
-
-    async def drained(self) -> None:
-        """Return once nothing uses this source (after it was replaced, nothing new will)."""
-        await self._idle.wait()
 
 
 @dataclass(eq=False)
@@ -129,21 +114,17 @@ class VectorSwitch:
             yield
             return
         tracked = self._current
-        tracked.enter()  # the request counts as a user until it ends, between its calls too
-        pin = _Pin(self, tracked)
-        token = _pin.set(pin)
-        try:
-            yield
-        finally:
-            pin.held = False
-            _pin.reset(token)
-            tracked.exit()
+        with tracked:  # the request counts as a user until it ends, between its calls too
+            pin = _Pin(self, tracked)
+            token = _pin.set(pin)
+            try:
+                yield
+            finally:
+                pin.held = False
+                _pin.reset(token)
 
     async def embed(self, texts: Sequence[str], model: str | None) -> EmbeddedBatch:
         pin = self._pinned_here()
         tracked = pin.tracked if pin is not None else self._current
-        tracked.enter()
-        try:
+        with tracked:
             return await tracked.source.embed(texts, model)
-        finally:
-            tracked.exit()

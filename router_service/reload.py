@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from router_service.breaker import BreakerRegistry
 from router_service.config import RouterConfig
+from sekha.inuse import InUse
 from sekha.server.auth import ApiKeyAuthInterceptor, KeyRing
 from sekha.server.reload import Reloader, changed_settings
 
@@ -37,59 +38,35 @@ __all__ = ["ConfigReloader", "TrackedGateway", "install_sighup", "restart_needed
 log = logging.getLogger(__name__)
 
 
-class TrackedGateway:
+class TrackedGateway(InUse):
     """A gateway that counts the requests running on it, so it can be retired once they end.
 
     Everything but the request methods passes straight through to the wrapped gateway.
     """
 
     def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
         self.gateway = gateway
-        self.active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.gateway, name)
 
-    def _enter(self) -> None:
-        self.active += 1
-        self._idle.clear()
-
-    def _exit(self) -> None:
-        self.active -= 1
-        if self.active == 0:
-            self._idle.set()
-
-    async def drained(self) -> None:
-        """Return once no request is running on this gateway."""
-        await self._idle.wait()
-
     async def chat(self, *args: Any, **kwargs: Any) -> Any:
-        self._enter()
-        try:
+        with self:
             return await self.gateway.chat(*args, **kwargs)
-        finally:
-            self._exit()
 
     async def embed(self, *args: Any, **kwargs: Any) -> Any:
-        self._enter()
-        try:
+        with self:
             return await self.gateway.embed(*args, **kwargs)
-        finally:
-            self._exit()
 
     async def stream_chat(self, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
-        self._enter()
-        try:
+        with self:
             events = self.gateway.stream_chat(*args, **kwargs)
             try:
                 async for event in events:
                     yield event
             finally:
                 await events.aclose()
-        finally:
-            self._exit()
 
 
 def restart_needed(running: RouterConfig, new: RouterConfig) -> str | None:
