@@ -136,6 +136,17 @@ class _ClientTracing:
         )
         return span, new_details
 
+    async def _call(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> tuple[trace.Span, Any]:
+        """Start the CLIENT span and the call; a call that cannot start ends the span at once."""
+        span, details = self._start(client_call_details)
+        try:
+            return span, await continuation(details, request)
+        except BaseException:
+            end_rpc_span(span, grpc.StatusCode.UNKNOWN, server_side=False)
+            raise
+
 
 class TracingUnaryClientInterceptor(_ClientTracing, grpc.aio.UnaryUnaryClientInterceptor):
     """A CLIENT span per unary call; the context goes out as `traceparent` metadata.
@@ -145,12 +156,7 @@ class TracingUnaryClientInterceptor(_ClientTracing, grpc.aio.UnaryUnaryClientInt
     """
 
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        span, details = self._start(client_call_details)
-        try:
-            call = await continuation(details, request)
-        except BaseException:
-            end_rpc_span(span, grpc.StatusCode.UNKNOWN, server_side=False)
-            raise
+        span, call = await self._call(continuation, client_call_details, request)
         try:
             code = await call.code()
         except asyncio.CancelledError:
@@ -165,12 +171,7 @@ class TracingStreamClientInterceptor(_ClientTracing, grpc.aio.UnaryStreamClientI
     """A CLIENT span per server-streaming call, ended when the call is done (any way it ends)."""
 
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        span, details = self._start(client_call_details)
-        try:
-            call = await continuation(details, request)
-        except BaseException:
-            end_rpc_span(span, grpc.StatusCode.UNKNOWN, server_side=False)
-            raise
+        span, call = await self._call(continuation, client_call_details, request)
         call.add_done_callback(lambda done: _end_when_known(span, done))
         return call
 
