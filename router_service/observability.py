@@ -311,18 +311,13 @@ class RouterObserver:
             scope.token = None
 
     def _record_usage(
-        self,
-        operation: str,
-        model: _Model,
-        extra: tuple[tuple[str, str], ...],
-        usage: d.Usage | None,
-        cost: d.Cost | None,
+        self, model: _Model, extra: tuple[tuple[str, str], ...], usage: d.Usage | None, cost: d.Cost | None
     ) -> None:
         if usage is not None:
             self._token_usage.record(
                 usage.input_tokens, self._with(model, *extra, ("gen_ai.token.type", "input"))
             )
-            if operation == "chat":
+            if model.operation == "chat":
                 self._token_usage.record(
                     usage.output_tokens, self._with(model, *extra, ("gen_ai.token.type", "output"))
                 )
@@ -330,10 +325,10 @@ class RouterObserver:
             self._cost.add(cost.cost_usd, model.cost_attributes)
 
     @staticmethod
-    def _set_usage(span: trace.Span, operation: str, usage: d.Usage | None) -> None:
+    def _set_usage(span: trace.Span, model: _Model, usage: d.Usage | None) -> None:
         if usage is not None:
             span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
-            if operation == "chat":
+            if model.operation == "chat":
                 span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
 
     def attempt_finished(
@@ -359,12 +354,12 @@ class RouterObserver:
         if error:
             extra.append(("error.type", error))
         self._operation_duration.record(waited, self._with(model, *extra))
-        self._record_usage(operation, model, tuple(extra), usage, cost)
+        self._record_usage(model, tuple(extra), usage, cost)
         span = scope.span
         if span is not None and span.is_recording():
             if response_model:
                 span.set_attribute("gen_ai.response.model", response_model)
-            self._set_usage(span, operation, usage)
+            self._set_usage(span, model, usage)
             if error:
                 span.set_attribute("error.type", error)
                 span.set_status(Status(StatusCode.ERROR))
@@ -384,11 +379,11 @@ class RouterObserver:
             self._operation_duration.record(waited, self._with(scope.model, ("error.type", error)))
         # Output streamed before the caller left was billed: its tokens and cost count.
         model = scope.model
-        self._record_usage(model.operation, model, (("error.type", error),), usage, cost)
+        self._record_usage(model, (("error.type", error),), usage, cost)
         span = scope.span
         if span is not None and span.is_recording():
             span.set_attribute("error.type", error)
-            self._set_usage(span, model.operation, usage)
+            self._set_usage(span, model, usage)
             if not cancelled:
                 span.set_status(Status(StatusCode.ERROR))
         self._close(scope)

@@ -43,13 +43,11 @@ async def serve_service(
     except ConfigError as exc:
         return _print_config_errors(exc)
     level = resolve_log_level(config.telemetry.log_level)
-    configure_logging(level)
     telemetry = setup_telemetry(
         f"sekha-{name}", config.telemetry, prometheus=config.server.metrics_port is not None
     )
     telemetry.set_global()
-    if telemetry.logger_provider is not None:
-        configure_logging(level, logger_provider=telemetry.logger_provider)
+    configure_logging(level, logger_provider=telemetry.logger_provider)
     try:
         try:
             app = await build(config, telemetry)
