@@ -18,15 +18,18 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Three distributions, one venv, each installed editable in one pip call (so pip resolves the
+# gateway's `sekha-client` requirement to the checkout): the client (clients/python), the CLI
+# (clients/cli) and the services with their runtime (this directory).
+$(STAMP): pyproject.toml clients/python/pyproject.toml clients/cli/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
-	$(PIP) install -q -e ".[local,dev]"
+	$(PIP) install -q -e clients/python -e clients/cli -e ".[local,dev]"
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m sekha.devserver
+	$(PY) -m sekha_runtime.devserver
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -37,7 +40,8 @@ proto: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy router_service embedding_service clients/python/sekha
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy router_service embedding_service sekha_runtime clients/python/sekha clients/cli/sekha_cli
 
 bench: $(STAMP)
 	$(PY) -m bench.run

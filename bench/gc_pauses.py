@@ -2,7 +2,7 @@
 
 A full collection walks every tracked object and stops the event loop while it does, so its
 length is a latency spike for every request in flight. The services call `gc.freeze()` once
-built (`sekha.server.process.serve_service`), which moves everything made at start-up (modules,
+built (`sekha_runtime.server.process.serve_service`), which moves everything made at start-up (modules,
 config, clients, the gRPC server) out of the collector's reach. This measures what that buys:
 one router in process (the lean path, metrics on, the fake provider at zero latency), warmed up,
 then `--requests` Chat calls with 32 in flight, once per setting in fresh processes; every

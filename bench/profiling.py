@@ -27,7 +27,7 @@ BUCKETS: tuple[tuple[str, str], ...] = (
     ("router_service/rpc/", "router: servicer + convert"),
     ("router_service/providers/", "router: provider client (lean HTTP)"),
     ("router_service/", "router: gateway, routing, pricing"),
-    ("sekha/server/", "sekha.server: interceptor, lifecycle"),
+    ("sekha/server/", "sekha_runtime.server: interceptor, lifecycle"),
     ("litellm/", "litellm (token counting)"),
     ("tiktoken", "litellm (token counting)"),
     ("tokenizers", "litellm (token counting)"),

@@ -45,7 +45,7 @@ MODES = ("off", "metrics", "trace0", "trace10", "trace100")
 def telemetry_for(mode: str, collector_port: int) -> Any:
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    from sekha.telemetry import TelemetryConfig, setup_telemetry
+    from sekha_runtime.telemetry import TelemetryConfig, setup_telemetry
 
     if mode == "off":
         return None

@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from sekha.configloader import ConfigError
+from sekha_runtime.configloader import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +65,7 @@ def reload_main(pid: int, config_path: str | None) -> int:
     The service validates again, and also refuses changes that need a restart, keeping its running
     config; checking here first tells the operator about an invalid file at once.
     """
-    from sekha.server.reload import send_sighup
+    from sekha_runtime.server.reload import send_sighup
 
     if config_path is not None and check_config_main(config_path) != 0:
         print(f"not reloading: {config_path} is invalid", file=sys.stderr)
@@ -76,7 +76,7 @@ def reload_main(pid: int, config_path: str | None) -> int:
 async def _serve(path: str | None) -> int:
     from embedding_service.reload import install_sighup
     from embedding_service.server import EmbeddingApp, EmbeddingDeps, build_server
-    from sekha.server.process import serve_service
+    from sekha_runtime.server.process import serve_service
 
     def started(app: EmbeddingApp) -> None:
         if app.reloader is not None:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return reload_main(args.pid, args.reload_config)
     if args.command == "check-config":
         return check_config_main(args.file)
-    from sekha.server.process import run
+    from sekha_runtime.server.process import run
 
     return run(_serve(getattr(args, "serve_config", None) or args.config))
 

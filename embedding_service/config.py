@@ -2,7 +2,7 @@
 
 The defaults live in `default_config.yaml` next to this module; a deployment file and
 `SEKHA_EMBEDDING__...` environment variables override them through the shared loader
-`sekha.configloader.load_config`.
+`sekha_runtime.configloader.load_config`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from sekha.server.security import AuthConfig, ClientTlsConfig, ServerSettings
-from sekha.telemetry import TelemetryConfig
+from sekha_runtime.server.security import AuthConfig, ClientTlsConfig, ServerSettings
+from sekha_runtime.telemetry import TelemetryConfig
 
 ENV_PREFIX = "SEKHA_EMBEDDING__"
 
@@ -127,7 +127,7 @@ class EmbeddingConfig(_Strict):
     ) -> EmbeddingConfig:
         """Defaults, then the YAML file at `path`, then `SEKHA_EMBEDDING__*` variables."""
         # Imported here so building a config in code never needs the YAML loader.
-        from sekha.configloader import load_config
+        from sekha_runtime.configloader import load_config
 
         return load_config(
             cls, path, env_prefix=ENV_PREFIX, default_text=default_config_text(), environ=environ

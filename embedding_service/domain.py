@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sekha.errors import FailedPreconditionError
+from sekha_runtime.errors import FailedPreconditionError
 
 MetadataValue = str | int | float | bool
 Metadata = Mapping[str, MetadataValue]

@@ -31,7 +31,7 @@ from embedding_service.locks import BaseLocks
 from embedding_service.registry import CollectionRecord, MigrationRecord, SqliteRegistry
 from embedding_service.store import ChromaStore, StoredDocument
 from embedding_service.vectors import EmbeddedBatch, VectorSource, embed_checked
-from sekha.errors import DimensionMismatchError, GatewayError, UnavailableError
+from sekha_runtime.errors import DimensionMismatchError, GatewayError, UnavailableError
 
 _log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
   `sekha.embedding.documents_ingested` (base, collection) for every upsert.
 
 The RPC's SERVER span and the CLIENT span of each call to the router come from
-`sekha.server.tracing` and `sekha.tracing`; these spans nest under them.
+`sekha_runtime.server.tracing` and `sekha.tracing`; these spans nest under them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from embedding_service.registry import SqliteRegistry
 from embedding_service.service import EmbeddingStoreService, _utc_now
 from embedding_service.store import ChromaStore
 from embedding_service.vectors import VectorSource
-from sekha.telemetry import Telemetry
+from sekha_runtime.telemetry import Telemetry
 
 __all__ = ["ObservedEmbeddingService", "TracedStore"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from embedding_service.domain import DistanceMetric, MigrationState
-from sekha.errors import AlreadyExistsError, NotFoundError
+from sekha_runtime.errors import AlreadyExistsError, NotFoundError
 
 T = TypeVar("T")
 

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedding_service.config import EmbeddingConfig
-from sekha.configloader import ConfigError
-from sekha.server.auth import ApiKeyAuthInterceptor, KeyRing
-from sekha.server.reload import Reloader, changed_settings
+from sekha_runtime.configloader import ConfigError
+from sekha_runtime.server.auth import ApiKeyAuthInterceptor, KeyRing
+from sekha_runtime.server.reload import Reloader, changed_settings
 
 if TYPE_CHECKING:
     from embedding_service.server import EmbeddingDeps, RouterVectors

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from embedding_service.vectors import EmbeddedBatch
 from sekha import client as c
-from sekha import errors as e
 from sekha.router.v1 import router_service_pb2 as rt
+from sekha_runtime import errors as e
 
 
 class RouterVectorSource:

@@ -23,12 +23,12 @@ from embedding_service.vectors import VectorSource
 from sekha.client import ConnectionConfig, RouterClient
 from sekha.embedding.v1 import embedding_service_pb2 as pb
 from sekha.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
-from sekha.server.auth import ApiKeyAuthInterceptor, warn_if_open
-from sekha.server.lifecycle import ServingServer, options_from_config, start_server
-from sekha.server.tls import client_connection
-from sekha.server.tracing import TelemetryInterceptor
-from sekha.telemetry import MetricsEndpoint, Telemetry
 from sekha.tracing import client_interceptors
+from sekha_runtime.server.auth import ApiKeyAuthInterceptor, warn_if_open
+from sekha_runtime.server.lifecycle import ServingServer, options_from_config, start_server
+from sekha_runtime.server.tls import client_connection
+from sekha_runtime.server.tracing import TelemetryInterceptor
+from sekha_runtime.telemetry import MetricsEndpoint, Telemetry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 
@@ -43,7 +43,7 @@ class EmbeddingDeps:
     router_connection: ConnectionConfig | None = None  # overrides target/TLS/key of config.router
     extra_interceptors: list[Any] = field(default_factory=list)
     server_credentials: Any = None
-    # Traces and metrics (`sekha.telemetry.setup_telemetry`); None: none at all. The caller owns it.
+    # Traces and metrics (`sekha_runtime.telemetry.setup_telemetry`); None: none at all. The caller owns it.
     telemetry: Telemetry | None = None
 
 

@@ -61,7 +61,7 @@ from embedding_service.vectors import (
     VectorSwitch,
     embed_checked,
 )
-from sekha.errors import AlreadyExistsError, DimensionMismatchError, NotFoundError
+from sekha_runtime.errors import AlreadyExistsError, DimensionMismatchError, NotFoundError
 
 _log = logging.getLogger(__name__)
 

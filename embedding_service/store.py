@@ -30,7 +30,7 @@ from chromadb.config import Settings
 
 from embedding_service.config import ChromaConfig
 from embedding_service.domain import DistanceMetric, Metadata, WhereFilter
-from sekha.errors import (
+from sekha_runtime.errors import (
     AlreadyExistsError,
     DimensionMismatchError,
     FieldViolation,

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from embedding_service.config import DefaultsConfig
 from embedding_service.domain import DocumentIn, WhereFilter
 from embedding_service.store import is_valid_where
-from sekha.errors import FieldViolation, InvalidArgumentError
+from sekha_runtime.errors import FieldViolation, InvalidArgumentError
 
 BASE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{1,50}$")
 # Chroma reserves these key prefixes for its own document/embedding fields and filter operators.

@@ -13,8 +13,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from sekha.errors import GatewayError, UnavailableError
-from sekha.inuse import InUse
+from sekha_runtime.errors import GatewayError, UnavailableError
+from sekha_runtime.inuse import InUse
 
 _log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class EmbeddedBatch:
 
 @runtime_checkable
 class VectorSource(Protocol):
-    """Turns texts into vectors. Implementations raise `sekha.errors` types only."""
+    """Turns texts into vectors. Implementations raise `sekha_runtime.errors` types only."""
 
     async def embed(self, texts: Sequence[str], model: str | None) -> EmbeddedBatch:
         """Embed `texts` with `model` (`model` or `provider_id/model`); None is the router's choice."""
@@ -44,7 +44,7 @@ class VectorSource(Protocol):
 async def embed_checked(source: VectorSource, texts: Sequence[str], model: str | None) -> EmbeddedBatch:
     """`source.embed` with its answer checked: one vector per text, all of the reported dimension.
 
-    Errors other than `sekha.errors` types become UnavailableError; their text is not kept
+    Errors other than `sekha_runtime.errors` types become UnavailableError; their text is not kept
     because it may hold provider details.
     """
     try:

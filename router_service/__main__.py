@@ -46,7 +46,7 @@ def reload_main(pid: int, config_path: str | None) -> int:
     The router validates again and keeps its running config if the file is invalid; checking
     here first tells the operator at once instead of only in the router's log.
     """
-    from sekha.server.reload import send_sighup
+    from sekha_runtime.server.reload import send_sighup
 
     if config_path is not None:
         from router_service.check_config import check_config_main
@@ -61,7 +61,7 @@ async def _serve(config_path: str | None) -> int:
     from router_service.config import RouterConfig
     from router_service.reload import install_sighup
     from router_service.server import RouterApp, RouterDeps, build_server
-    from sekha.server.process import serve_service
+    from sekha_runtime.server.process import serve_service
 
     def started(app: RouterApp) -> None:
         if app.reloader is not None:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         from router_service.check_config import check_config_main
 
         return check_config_main(args.file)
-    from sekha.server.process import run
+    from sekha_runtime.server.process import run
 
     code = run(_serve(getattr(args, "serve_config", None) or args.config))
     # The server has stopped and telemetry is flushed. Finalizing LiteLLM's module graph at

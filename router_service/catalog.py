@@ -13,7 +13,7 @@ from typing import Any
 
 from router_service import domain as d
 from router_service.probes import ProbeResult
-from sekha.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from sekha_runtime.errors import FieldViolation, InvalidArgumentError, NotFoundError
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000

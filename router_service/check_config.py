@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from router_service.config import RouterConfig
-from sekha.configloader import ConfigError
+from sekha_runtime.configloader import ConfigError
 
 __all__ = ["check_config_main"]
 

@@ -2,7 +2,7 @@
 
 A minimal file needs only ``providers:``; every other section has defaults. Unknown keys are
 errors (typos must not be silently ignored), and every problem is reported as one line naming
-its YAML path (see ``sekha.configloader``). ``RouterConfig.load`` picks the file: an explicit
+its YAML path (see ``sekha_runtime.configloader``). ``RouterConfig.load`` picks the file: an explicit
 path, else ``$SEKHA_CONFIG``, else the embedded ``default_config.yaml`` (local embeddings plus a
 local Ollama, so ``make run`` works with no setup). Environment variables prefixed
 ``SEKHA_ROUTER__`` override single values, ``__`` separating the levels.
@@ -33,9 +33,9 @@ from pydantic import (
 from router_service.domain import Capability, Price, Task
 from router_service.spend import BudgetsConfig, RateLimitsConfig
 from router_service.state.base import StateConfig
-from sekha.configloader import ConfigPathError, load_config
-from sekha.server.security import AuthConfig, ServerSettings
-from sekha.telemetry import TelemetryConfig
+from sekha_runtime.configloader import ConfigPathError, load_config
+from sekha_runtime.server.security import AuthConfig, ServerSettings
+from sekha_runtime.telemetry import TelemetryConfig
 
 __all__ = [
     "BUILTIN_PROVIDER_TYPES",

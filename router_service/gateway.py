@@ -37,7 +37,7 @@ from router_service.limits import Limits, check_chat, check_embed
 from router_service.providers.base import ProviderClient, StreamEnd, TextDelta
 from router_service.providers.errors import ProviderAuthError, ProviderFailure, ProviderRejection
 from router_service.spend import SpendGuard, SpendTicket, resolve_identity
-from sekha.errors import (
+from sekha_runtime.errors import (
     AttemptSummary,
     BudgetExhaustedError,
     DeadlineExceededError,

@@ -36,7 +36,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from router_service import domain as d
 from router_service.limits import ALLOWED_IMAGE_TYPES
-from sekha.errors import FieldViolation, InvalidArgumentError
+from sekha_runtime.errors import FieldViolation, InvalidArgumentError
 
 __all__ = [
     "FetchPolicy",

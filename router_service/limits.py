@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from router_service import domain as d
-from sekha.errors import FieldViolation, InvalidArgumentError
+from sekha_runtime.errors import FieldViolation, InvalidArgumentError
 
 ALLOWED_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 _DATA_URL = re.compile(r"^data:(?P<mime>[a-z]+/[a-z0-9.+-]+);base64,(?P<data>[A-Za-z0-9+/]*={0,2})$")

@@ -1,6 +1,6 @@
-"""The Router's traces and metrics: a `gateway.Observer` over a `sekha.telemetry.Telemetry`.
+"""The Router's traces and metrics: a `gateway.Observer` over a `sekha_runtime.telemetry.Telemetry`.
 
-Spans (children of the RPC's SERVER span, which `sekha.server.tracing` starts):
+Spans (children of the RPC's SERVER span, which `sekha_runtime.server.tracing` starts):
 
 * `sekha.router.route`: the routing decision (task, candidate count, chosen provider/model,
   why), a zero-work span dated from just before to just after the decision;
@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -43,9 +42,9 @@ from router_service.breaker import BreakerState
 from router_service.config import ProviderConfig, RouterConfig
 from router_service.providers.base import ProviderSpec
 from router_service.providers.openai_compat import OPENAI_COMPATIBLE_TYPES, resolve_base_url
-from sekha.server.tracing import RpcScope, current_rpc
-from sekha.telemetry import Telemetry
 from sekha.tracing import inject_headers
+from sekha_runtime.server.tracing import RpcScope, current_rpc
+from sekha_runtime.telemetry import Telemetry
 
 __all__ = ["RouterObserver", "gen_ai_provider_name", "inject_trace_headers"]
 
@@ -410,8 +409,8 @@ class RouterObserver:
 
     # -- RPC end -----------------------------------------------------------------------------
 
-    def rpc_finished(self, scope: RpcScope, code: grpc.StatusCode, duration_s: float) -> None:
+    def rpc_finished(self, scope: RpcScope, code: str, duration_s: float) -> None:
         """`TelemetryInterceptor` hook: the router's own share of a successful routed RPC."""
-        if code is grpc.StatusCode.OK and scope.method in _ROUTED_RPCS:
+        if code == "OK" and scope.method in _ROUTED_RPCS:
             own = max(0.0, duration_s - scope.upstream_s)
             self._overhead.record(own, self._overhead_attributes[scope.method])

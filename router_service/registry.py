@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from router_service.config import KNOWN_LOCAL_EMBEDDING_DIMENSIONS, ProviderConfig, RouterConfig
 from router_service.domain import Capability, Price, Task
 from router_service.pricing import resolve_price
-from sekha.errors import NotFoundError
+from sekha_runtime.errors import NotFoundError
 
 __all__ = [
     "LiteLLMModelInfo",

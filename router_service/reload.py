@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from router_service.breaker import BreakerRegistry
 from router_service.config import RouterConfig
-from sekha.inuse import InUse
-from sekha.server.auth import ApiKeyAuthInterceptor, KeyRing
-from sekha.server.reload import Reloader, changed_settings
+from sekha_runtime.inuse import InUse
+from sekha_runtime.server.auth import ApiKeyAuthInterceptor, KeyRing
+from sekha_runtime.server.reload import Reloader, changed_settings
 
 if TYPE_CHECKING:
     from router_service.gateway import Gateway

@@ -39,7 +39,13 @@ from router_service.domain import (
 )
 from router_service.pricing import PriceTable
 from router_service.registry import ModelEntry, Registry
-from sekha.errors import CostLimitExceededError, GatewayError, NoRouteError, NotFoundError, UnavailableError
+from sekha_runtime.errors import (
+    CostLimitExceededError,
+    GatewayError,
+    NoRouteError,
+    NotFoundError,
+    UnavailableError,
+)
 
 __all__ = ["Router"]
 

@@ -33,10 +33,10 @@ from router_service.spend import SpendGuard
 from router_service.state import StateStore, open_store
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
-from sekha.server.auth import ApiKeyAuthInterceptor, warn_if_open
-from sekha.server.lifecycle import ServerOptions, ServingServer, options_from_config, start_server
-from sekha.server.tracing import TelemetryInterceptor
-from sekha.telemetry import MetricsEndpoint, Telemetry
+from sekha_runtime.server.auth import ApiKeyAuthInterceptor, warn_if_open
+from sekha_runtime.server.lifecycle import ServerOptions, ServingServer, options_from_config, start_server
+from sekha_runtime.server.tracing import TelemetryInterceptor
+from sekha_runtime.telemetry import MetricsEndpoint, Telemetry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
 
@@ -57,7 +57,7 @@ class RouterDeps:
     wall_clock: Callable[[], float] = time.time  # budgets' periods, rate limits, shared breakers
     state_store: StateStore | None = None  # used instead of opening config.state (not closed by us)
     image_fetcher: Any = None  # image_fetch.ImageFetcher used when limits.inline_image_urls is on
-    # Traces and metrics (`sekha.telemetry.setup_telemetry`); None: none at all. The caller owns
+    # Traces and metrics (`sekha_runtime.telemetry.setup_telemetry`); None: none at all. The caller owns
     # it (shuts it down); the server adds spans and metrics, and serves /metrics on
     # server.metrics_port when the telemetry has a Prometheus registry.
     telemetry: Telemetry | None = None

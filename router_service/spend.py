@@ -58,7 +58,7 @@ from router_service.state.base import (
     nanos_to_usd,
     usd_to_nanos,
 )
-from sekha.errors import (
+from sekha_runtime.errors import (
     BudgetExhaustedError,
     NoRouteError,
     PermissionDeniedError,

@@ -20,12 +20,13 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY clients/python/ clients/python/
+COPY sekha_runtime/ sekha_runtime/
 COPY router_service/ router_service/
 COPY embedding_service/ embedding_service/
 # A non-editable install puts the application itself into the venv, so the runtime stage
 # needs nothing from /src.
 # hadolint ignore=DL3013
-RUN --mount=type=cache,target=/root/.cache/pip pip install .
+RUN --mount=type=cache,target=/root/.cache/pip pip install ./clients/python .
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 sekha \

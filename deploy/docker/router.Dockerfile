@@ -25,6 +25,7 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY clients/python/ clients/python/
+COPY sekha_runtime/ sekha_runtime/
 COPY router_service/ router_service/
 COPY embedding_service/ embedding_service/
 # A non-editable install puts the application itself into the venv, so the runtime stage
@@ -33,9 +34,9 @@ COPY embedding_service/ embedding_service/
 RUN --mount=type=cache,target=/root/.cache/pip \
     if [ "$WITH_LOCAL_MODEL" = "1" ]; then \
       pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
-      && pip install ".[local]"; \
+      && pip install ./clients/python ".[local]"; \
     else \
-      pip install .; \
+      pip install ./clients/python .; \
     fi
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -9,7 +9,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from embedding_service import domain as d
 from sekha.embedding.v1 import embedding_service_pb2 as pb
-from sekha.errors import FieldViolation, InvalidArgumentError
+from sekha_runtime.errors import FieldViolation, InvalidArgumentError
 
 FUSION_FROM_PB = {
     pb.FUSION_METHOD_UNSPECIFIED: d.FusionMethod.RECIPROCAL_RANK,

@@ -10,7 +10,7 @@ from embedding_service.rpc import convert
 from embedding_service.service import EmbeddingStoreService
 from sekha.embedding.v1 import embedding_service_pb2 as pb
 from sekha.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
-from sekha.errors import FieldViolation, InvalidArgumentError
+from sekha_runtime.errors import FieldViolation, InvalidArgumentError
 
 Context: TypeAlias = grpc.aio.ServicerContext
 

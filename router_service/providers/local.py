@@ -36,7 +36,7 @@ from router_service.providers.errors import (
     ProviderFailure,
     ProviderRejection,
 )
-from sekha.errors import OverloadedError
+from sekha_runtime.errors import OverloadedError
 
 LOCAL_EMBEDDING_DIMENSION = 384
 KIND_OVERLOADED = "overloaded"

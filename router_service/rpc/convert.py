@@ -17,8 +17,8 @@ from router_service import domain as d
 from router_service.catalog import ModelView, ProviderView
 from router_service.spend import SpendReport
 from router_service.state.base import SpendGrouping
-from sekha.errors import FieldViolation, InvalidArgumentError
 from sekha.router.v1 import router_service_pb2 as pb
+from sekha_runtime.errors import FieldViolation, InvalidArgumentError
 
 TASK_FROM_PB = {
     pb.TASK_EMBEDDING: d.Task.EMBEDDING,

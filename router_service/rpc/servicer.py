@@ -15,10 +15,10 @@ from router_service.catalog import Catalog
 from router_service.gateway import Deadline, Gateway
 from router_service.rpc import convert
 from router_service.spend import visible_caller
-from sekha.errors import UnimplementedError
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
-from sekha.server.auth import current_caller
+from sekha_runtime.errors import UnimplementedError
+from sekha_runtime.server.auth import current_caller
 
 if TYPE_CHECKING:
     from router_service.reload import TrackedGateway

@@ -120,7 +120,7 @@ class StateConfig(BaseModel):
     def _redis_needs_url(self) -> StateConfig:
         if self.backend == "redis" and self.redis_url is None:
             # Imported here: this module must stay importable without the config loader's helpers.
-            from sekha.configloader import ConfigPathError
+            from sekha_runtime.configloader import ConfigPathError
 
             raise ConfigPathError([(("redis_url",), "required when backend is 'redis'")])
         return self

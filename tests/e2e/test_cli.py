@@ -93,7 +93,7 @@ async def sekha(stack: Stack, *args: str, stdin: str | None = None, env: dict[st
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "sekha.cli",
+        "sekha_cli",
         *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,

@@ -1,7 +1,7 @@
 """`sekha mcp` driven by the MCP SDK's own client, over stdio and over streamable HTTP.
 
 Both services run in this test's event loop (fake provider at the network edge, embedded
-Chroma); the MCP server is a subprocess (`python -m sekha.cli mcp ...`) that reaches them over
+Chroma); the MCP server is a subprocess (`python -m sekha_cli mcp ...`) that reaches them over
 gRPC. Every tool is called and its structured result compared with what the services hold.
 """
 
@@ -154,7 +154,7 @@ async def exercise_every_tool(client: Client, base: str) -> None:
 
 async def test_every_tool_over_stdio(stack: Stack) -> None:
     server = StdioServerParameters(
-        command=sys.executable, args=["-m", "sekha.cli", "mcp"], env=stack.env, cwd=str(REPO)
+        command=sys.executable, args=["-m", "sekha_cli", "mcp"], env=stack.env, cwd=str(REPO)
     )
     async with Client(server, read_timeout_seconds=60) as client:
         await exercise_every_tool(client, "stdio_notes")
@@ -165,7 +165,7 @@ async def spawn_http_mcp(env: dict[str, str], *extra_args: str) -> asyncio.subpr
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "sekha.cli",
+        "sekha_cli",
         "mcp",
         "--transport",
         "http",
@@ -209,7 +209,7 @@ async def test_every_tool_over_streamable_http(stack: Stack) -> None:
 async def test_tool_results_carry_what_the_services_hold(stack: Stack) -> None:
     """Two clients, two transports, one truth: a document upserted over stdio is found over HTTP."""
     stdio = StdioServerParameters(
-        command=sys.executable, args=["-m", "sekha.cli", "mcp"], env=stack.env, cwd=str(REPO)
+        command=sys.executable, args=["-m", "sekha_cli", "mcp"], env=stack.env, cwd=str(REPO)
     )
     async with Client(stdio, read_timeout_seconds=60) as writer:
         written = await writer.call_tool(

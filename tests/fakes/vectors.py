@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedding_service.vectors import EmbeddedBatch
-from sekha.errors import NotFoundError, UnavailableError
+from sekha_runtime.errors import NotFoundError, UnavailableError
 
 DEFAULT_MODELS: dict[str, int] = {
     "fake/mini-384": 384,

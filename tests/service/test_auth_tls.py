@@ -15,13 +15,19 @@ import pytest
 from embedding_service.server import build_server as build_embedding_server
 from router_service.server import build_server as build_router_server
 from sekha import client as c
-from sekha.configloader import ConfigError
 from sekha.embedding.v1 import embedding_service_pb2 as emb
 from sekha.router.v1 import router_service_pb2 as rt
 from sekha.router.v1 import router_service_pb2_grpc as rt_grpc
-from sekha.server.auth import ANONYMOUS, ApiKeyAuthInterceptor, KeyRing, auth_interceptors, current_caller
-from sekha.server.lifecycle import ServerOptions, start_server
-from sekha.server.security import AuthConfig, hash_api_key
+from sekha_runtime.configloader import ConfigError
+from sekha_runtime.server.auth import (
+    ANONYMOUS,
+    ApiKeyAuthInterceptor,
+    KeyRing,
+    auth_interceptors,
+    current_caller,
+)
+from sekha_runtime.server.lifecycle import ServerOptions, start_server
+from sekha_runtime.server.security import AuthConfig, hash_api_key
 from tests.fakes.certs import CertificateAuthority, IssuedCertificate
 from tests.fakes.fake_provider import FakeProvider
 from tests.harness import chat_model, embedding_config, embedding_model, openai_provider, router_config

@@ -13,12 +13,12 @@ import grpc
 import pytest
 
 from sekha import client as c
-from sekha import errors as e
 from sekha.embedding.v1 import embedding_service_pb2 as emb
 from sekha.embedding.v1 import embedding_service_pb2_grpc as emb_grpc
 from sekha.router.v1 import router_service_pb2 as rt
 from sekha.router.v1 import router_service_pb2_grpc as rt_grpc
-from sekha.server.lifecycle import ServerOptions, start_server
+from sekha_runtime import errors as e
+from sekha_runtime.server.lifecycle import ServerOptions, start_server
 
 SECRET = "sk-live-SECRET-123 and the user's prompt"
 SERVICES = [

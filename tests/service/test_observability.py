@@ -33,9 +33,9 @@ from sekha import client as c
 from sekha.embedding.v1 import embedding_service_pb2 as emb
 from sekha.router.v1 import router_service_pb2 as rt
 from sekha.router.v1 import router_service_pb2_grpc as rt_grpc
-from sekha.server.logs import configure_logging, resolve_log_level
-from sekha.telemetry import Telemetry, TelemetryConfig, setup_telemetry
 from sekha.tracing import client_interceptors
+from sekha_runtime.server.logs import configure_logging, resolve_log_level
+from sekha_runtime.telemetry import Telemetry, TelemetryConfig, setup_telemetry
 from tests.fakes.fake_provider import Behaviour, FakeProvider
 from tests.harness import (
     chat_model,

@@ -1,4 +1,4 @@
-"""`sekha.aggregation` against the OpenTelemetry SDK itself: the same measurements must give a
+"""`sekha_runtime.aggregation` against the OpenTelemetry SDK itself: the same measurements must give a
 reader the same data points the SDK's own instruments would have given it."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from sekha.aggregation import Aggregation
+from sekha_runtime.aggregation import Aggregation
 
 BOUNDS = (0.01, 0.1, 1.0, 10.0)
 SCOPE = "sekha"

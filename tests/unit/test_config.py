@@ -12,7 +12,7 @@ from router_service.check_config import check_config_main
 from router_service.config import RouterConfig, default_config_text
 from router_service.domain import Capability, Task
 from router_service.registry import ModelInfo, StaticModelInfo
-from sekha.configloader import ConfigError
+from sekha_runtime.configloader import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY_CONFIGS = sorted((REPO / "deploy" / "config").glob("router.*.yaml"))

@@ -31,7 +31,7 @@ from embedding_service.domain import (
 )
 from embedding_service.service import EmbeddingStoreService
 from embedding_service.store import ChromaStore
-from sekha.errors import (
+from sekha_runtime.errors import (
     DimensionMismatchError,
     InvalidArgumentError,
     NotFoundError,

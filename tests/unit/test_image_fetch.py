@@ -25,7 +25,7 @@ from router_service.image_fetch import (
     ImageInliner,
     address_refusal,
 )
-from sekha.errors import InvalidArgumentError
+from sekha_runtime.errors import InvalidArgumentError
 from tests.fakes.certs import CertificateAuthority
 
 PNG = base64.b64decode(

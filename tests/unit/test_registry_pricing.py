@@ -32,7 +32,7 @@ from router_service.pricing import (
     real_cost,
 )
 from router_service.registry import LiteLLMModelInfo, ModelInfo, Registry, StaticModelInfo, import_litellm
-from sekha.errors import NotFoundError
+from sekha_runtime.errors import NotFoundError
 
 litellm = import_litellm()
 

@@ -13,7 +13,7 @@ from router_service.domain import Capability, Price, RoutingPreferences, Task
 from router_service.pricing import PriceTable
 from router_service.registry import Registry, StaticModelInfo
 from router_service.routing import Router
-from sekha.errors import CostLimitExceededError, NoRouteError, NotFoundError, UnavailableError
+from sekha_runtime.errors import CostLimitExceededError, NoRouteError, NotFoundError, UnavailableError
 
 VISION = Capability.VISION
 TOOLS = Capability.TOOLS

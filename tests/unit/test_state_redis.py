@@ -30,7 +30,7 @@ from router_service.state.base import (
     usd_to_nanos,
 )
 from router_service.state.redis_store import RedisStore, spend_buckets
-from sekha.errors import BudgetExhaustedError, RateLimitedError, UnavailableError
+from sekha_runtime.errors import BudgetExhaustedError, RateLimitedError, UnavailableError
 from tests.fakes.redis_server import RedisServer, redis_server_or_skip
 
 T0 = float(calendar.timegm((2025, 3, 14, 10, 0, 0)))

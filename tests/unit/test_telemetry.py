@@ -16,9 +16,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import ValidationError
 
 from router_service.config import RouterConfig
-from sekha.server.logs import configure_logging, resolve_log_level
-from sekha.telemetry import TelemetryConfig, setup_telemetry
 from sekha.tracing import extract_from_metadata, inject_headers
+from sekha_runtime.server.logs import configure_logging, resolve_log_level
+from sekha_runtime.telemetry import TelemetryConfig, setup_telemetry
 
 MINIMAL_ROUTER = """
 providers:

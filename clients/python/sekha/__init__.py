@@ -1,1 +1,1 @@
-"""Sekha: client and shared runtime of the Sekha gRPC LLM gateway."""
+"""Sekha client: the generated gRPC stubs of the Router and Embedding services and typed clients over them."""

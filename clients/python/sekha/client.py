@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import grpc
+from google.protobuf import wrappers_pb2
 from google.rpc import error_details_pb2, status_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sekha.embedding.v1 import embedding_service_pb2 as emb
 from sekha.embedding.v1 import embedding_service_pb2_grpc as emb_grpc
@@ -27,6 +27,12 @@ from sekha.router.v1 import router_service_pb2 as rt
 from sekha.router.v1 import router_service_pb2_grpc as rt_grpc
 
 Response = TypeVar("Response")
+
+# grpc.health.v1 without the grpcio-health-checking package (the client installs with grpcio and
+# protobuf alone): HealthCheckRequest {string service = 1} and HealthCheckResponse
+# {ServingStatus status = 1} have the wire format of StringValue and Int32Value.
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_HEALTH_STATUS_NAMES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
 
 
 @dataclass(frozen=True)
@@ -230,7 +236,11 @@ class _BaseClient:
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {config.api_key}"),) if config.api_key else ()
         )
-        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self._health_check = self.channel.unary_unary(
+            _HEALTH_CHECK,
+            request_serializer=wrappers_pb2.StringValue.SerializeToString,
+            response_deserializer=wrappers_pb2.Int32Value.FromString,
+        )
 
     async def __aenter__(self) -> Self:
         return self
@@ -253,10 +263,9 @@ class _BaseClient:
 
     async def health(self, service: str = "", timeout_s: float | None = 5.0) -> str:
         """The health status name (`SERVING`, `NOT_SERVING`, ...) of `service` ('' = the server)."""
-        reply = await self._unary(
-            self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout_s
-        )
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        reply = await self._unary(self._health_check, wrappers_pb2.StringValue(value=service), timeout_s)
+        status = reply.value
+        return _HEALTH_STATUS_NAMES[status] if 0 <= status < len(_HEALTH_STATUS_NAMES) else str(status)
 
 
 class RouterClient(_BaseClient):

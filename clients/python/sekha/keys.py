@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["HASH_PREFIX", "KEY_PREFIX", "generate_api_key", "hash_api_key", "verify_api_key"]
+__all__ = [
+    "HASH_PREFIX",
+    "KEY_PREFIX",
+    "check_hash_shape",
+    "generate_api_key",
+    "hash_api_key",
+    "presented_key",
+    "verify_api_key",
+]
 
 HASH_PREFIX = "sha256:"
 KEY_PREFIX = "sk-sekha-"
+_HASH_SHAPE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def hash_api_key(key: str) -> str:
@@ -31,3 +43,31 @@ def verify_api_key(key: str, expected_hash: str) -> bool:
 def generate_api_key() -> str:
     """A new random key: ``sk-sekha-`` followed by 32 random bytes, URL-safe base64."""
     return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def check_hash_shape(value: str) -> str:
+    """`value` if it is ``sha256:<64 lower-case hex>``; ValueError otherwise.
+
+    The message never echoes the value: a pasted raw key would land here.
+    """
+    if not _HASH_SHAPE.match(value):
+        raise ValueError("must be sha256:<64 lower-case hex digits> (make one with `sekha keys hash`)")
+    return value
+
+
+def presented_key(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    """The key a caller presents in `authorization: Bearer ...` or `x-api-key`, if any.
+
+    Works for gRPC metadata and for HTTP headers (names compared case-insensitively).
+    """
+    for name, value in metadata or ():
+        if isinstance(value, bytes):
+            continue
+        lowered = name.lower()
+        if lowered == "authorization":
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif lowered == "x-api-key" and value.strip():
+            return value.strip()
+    return None

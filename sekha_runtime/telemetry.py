@@ -16,7 +16,7 @@ What gets exported:
 * metrics go to every reader handed in, to a Prometheus registry of this Telemetry's own when
   `prometheus=True` (served by `MetricsEndpoint` on `server.metrics_port`), and over OTLP
   (PeriodicExportingMetricReader) when an endpoint is set; the synchronous instruments
-  aggregate in `sekha.aggregation` and join each collection there (the SDK's own instruments
+  aggregate in `sekha_runtime.aggregation` and join each collection there (the SDK's own instruments
   cost ten times as much per measurement);
 * logs go over OTLP too (the same JSON-line fields, never exception text) when an endpoint is
   set: `configure_logging(..., logger_provider=telemetry.logger_provider)` adds the handler;
@@ -42,7 +42,7 @@ from typing import Any, Protocol
 from opentelemetry import metrics, trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sekha.aggregation import Adder, Aggregation, Recorder
+from sekha_runtime.aggregation import Adder, Aggregation, Recorder
 
 __all__ = [
     "CAPTURE_CONTENT_ENV",
@@ -182,11 +182,12 @@ class Instruments:
     (`deploy/metrics.txt`) follow from name + unit: dots become `_`, unit `s` adds `_seconds`,
     counters add `_total`, and unit annotations in braces add nothing.
 
-    With metrics on they are `sekha.aggregation` instruments (about 1 us per measurement instead
+    With metrics on they are `sekha_runtime.aggregation` instruments (about 1 us per measurement instead
     of the SDK's 11 us), with metrics off the API's no-op ones. Four more are observable (read
     when collected, so they cost nothing per call): `sekha.rpc.requests` and `sekha.rpc.in_flight`
-    (`sekha.server.tracing.TelemetryInterceptor`), `sekha.router.breaker.state`
-    (`router_service.observability.RouterObserver`) and `sekha.metrics.series` (`sekha.aggregation`)."""
+    (`sekha_runtime.server.tracing.TelemetryInterceptor`), `sekha.router.breaker.state`
+    (`router_service.observability.RouterObserver`) and `sekha.metrics.series`
+    (`sekha_runtime.aggregation`)."""
 
     rpc_duration: Recorder
     token_usage: Recorder
@@ -273,7 +274,7 @@ class Telemetry:
     metrics_enabled: bool
     capture_message_content: bool = False
     prometheus_registry: Any = None  # prometheus_client.CollectorRegistry when prometheus=True
-    # An SDK LoggerProvider when logs are exported over OTLP (`sekha.server.logs.configure_logging`).
+    # An SDK LoggerProvider when logs are exported over OTLP (`sekha_runtime.server.logs.configure_logging`).
     logger_provider: Any = None
     _closed: bool = field(default=False, repr=False)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sekha.configloader import ConfigPathError
-from sekha.keys import HASH_PREFIX, hash_api_key
+from sekha.keys import HASH_PREFIX, check_hash_shape, hash_api_key
+from sekha_runtime.configloader import ConfigPathError
 
 __all__ = [
     "HASH_PREFIX",
@@ -29,7 +29,6 @@ __all__ = [
     "hash_api_key",
 ]
 
-_HASH_SHAPE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _KEY_ID_SHAPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 
@@ -56,10 +55,7 @@ class ApiKeyConfig(_Section):
     @field_validator("hash")
     @classmethod
     def _hash_shape(cls, value: str) -> str:
-        # The value is a hash, not a secret, but a pasted raw key would land here: never echo it.
-        if not _HASH_SHAPE.match(value):
-            raise ValueError("must be sha256:<64 lower-case hex digits> (make one with `sekha keys hash`)")
-        return value
+        return check_hash_shape(value)
 
 
 class AuthConfig(_Section):

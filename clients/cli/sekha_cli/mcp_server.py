@@ -28,11 +28,15 @@ from typing import Annotated, Any, Literal
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from sekha.cli import format_error
-from sekha.cli_commands import gather_status, list_all_models
-from sekha.cli_views import (
+from sekha.client import ConnectionConfig, EmbeddingClient, RouterClient, SekhaError, user
+from sekha.embedding.v1 import embedding_service_pb2 as emb
+from sekha.keys import check_hash_shape, presented_key, verify_api_key
+from sekha.router.v1 import router_service_pb2 as rt
+from sekha_cli.commands import gather_status, list_all_models
+from sekha_cli.main import format_error
+from sekha_cli.views import (
     FUSION_NAMES,
     capability_from_name,
     collection_view,
@@ -42,11 +46,6 @@ from sekha.cli_views import (
     model_view,
     task_from_name,
 )
-from sekha.client import ConnectionConfig, EmbeddingClient, RouterClient, SekhaError, user
-from sekha.embedding.v1 import embedding_service_pb2 as emb
-from sekha.router.v1 import router_service_pb2 as rt
-from sekha.server.auth import KeyRing, presented_key
-from sekha.server.security import ApiKeyConfig, AuthConfig
 
 __all__ = ["DocumentInput", "GatewayTools", "build_mcp_server", "run_mcp"]
 
@@ -225,14 +224,19 @@ class BearerTokenGate:
     and a body that says nothing about which tokens exist.
     """
 
-    def __init__(self, app: Any, keys: KeyRing) -> None:
+    def __init__(self, app: Any, token_hashes: Sequence[str]) -> None:
         self._app = app
-        self._keys = keys
+        self._token_hashes = tuple(token_hashes)
+
+    def _accepts(self, token: str | None) -> bool:
+        # Every hash is checked (no early exit), so timing says nothing about which matched.
+        matches = [verify_api_key(token, expected) for expected in self._token_hashes] if token else []
+        return any(matches)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
-            if self._keys.identify(presented_key(headers)) is None:
+            if not self._accepts(presented_key(headers)):
                 await send(
                     {
                         "type": "http.response.start",
@@ -248,8 +252,8 @@ class BearerTokenGate:
         await self._app(scope, receive, send)
 
 
-def token_keyring(token_hashes: Sequence[str], host: str) -> KeyRing | None:
-    """The tokens the HTTP transport accepts; None (open) only on loopback. Raises ValueError."""
+def token_hashes_for(token_hashes: Sequence[str], host: str) -> tuple[str, ...] | None:
+    """The token hashes the HTTP transport accepts; None (open) only on loopback. Raises ValueError."""
     if not token_hashes:
         if host not in LOOPBACK_HOSTS:
             raise ValueError(
@@ -257,23 +261,21 @@ def token_keyring(token_hashes: Sequence[str], host: str) -> KeyRing | None:
                 "or SEKHA_MCP_TOKEN_HASH (make a token with `sekha keys hash --generate`)"
             )
         return None
-    keys = []
+    checked = []
     for index, token_hash in enumerate(token_hashes):
         try:
-            keys.append(ApiKeyConfig(id=f"mcp-{index}", hash=token_hash.strip()))
-        except ValidationError as exc:  # the message never echoes the value: it may be a pasted token
-            raise ValueError(
-                f"token hash {index + 1}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
-            ) from None
-    return KeyRing.from_config(AuthConfig(enabled=True, keys=keys))
+            checked.append(check_hash_shape(token_hash.strip()))
+        except ValueError as exc:
+            raise ValueError(f"token hash {index + 1}: {exc}") from None
+    return tuple(checked)
 
 
-async def _serve_http(server: MCPServer, host: str, port: int, keys: KeyRing | None) -> None:
+async def _serve_http(server: MCPServer, host: str, port: int, token_hashes: tuple[str, ...] | None) -> None:
     import uvicorn
 
     app: Any = server.streamable_http_app(host=host)
-    if keys is not None:
-        app = BearerTokenGate(app, keys)
+    if token_hashes is not None:
+        app = BearerTokenGate(app, token_hashes)
     # Bound here, not by uvicorn, so that port 0 works and the real port can be announced.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
@@ -282,7 +284,7 @@ async def _serve_http(server: MCPServer, host: str, port: int, keys: KeyRing | N
     listener.listen(128)
     bound_port = listener.getsockname()[1]
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host
-    access = "bearer token required" if keys is not None else "no authentication, loopback only"
+    access = "bearer token required" if token_hashes is not None else "no authentication, loopback only"
     print(
         f"sekha mcp: streamable HTTP on http://{shown_host}:{bound_port}/mcp ({access})",
         file=sys.stderr,
@@ -308,11 +310,11 @@ async def run_mcp(
 
     Raises ValueError (before connecting anywhere) for HTTP on a non-loopback host without tokens,
     or for a malformed token hash."""
-    keys = token_keyring(token_hashes, host) if transport == "http" else None
+    accepted = token_hashes_for(token_hashes, host) if transport == "http" else None
     async with RouterClient(router) as router_client, EmbeddingClient(embedding) as embedding_client:
         server = build_mcp_server(GatewayTools(router_client, embedding_client))
         if transport == "stdio":
             await server.run_stdio_async()
         else:
-            await _serve_http(server, host, port, keys)
+            await _serve_http(server, host, port, accepted)
     return 0

@@ -1,7 +1,7 @@
 """Domain errors shared by both services.
 
 Domain code raises these; it never imports grpc. Each service's error
-interceptor (`sekha.server.errors`) maps them to a gRPC status with
+interceptor (`sekha_runtime.server.errors`) maps them to a gRPC status with
 google.rpc details, following the table in DESIGN.md. Every message here is
 written for the caller: it must never carry provider error text, prompts or
 keys, because it is sent over the wire verbatim.

@@ -26,8 +26,8 @@ from typing import Any
 
 import grpc
 
-from sekha.keys import hash_api_key
-from sekha.server.security import AuthConfig
+from sekha.keys import hash_api_key, presented_key
+from sekha_runtime.server.security import AuthConfig
 
 __all__ = [
     "ANONYMOUS",
@@ -61,21 +61,6 @@ _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("sekha_caller",
 def current_caller() -> Caller:
     """The caller of the RPC being handled (ANONYMOUS outside an RPC or when auth is off)."""
     return _caller.get()
-
-
-def presented_key(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
-    """The key in `authorization: Bearer ...` or `x-api-key`, if any."""
-    for name, value in metadata or ():
-        if isinstance(value, bytes):
-            continue
-        lowered = name.lower()
-        if lowered == "authorization":
-            scheme, _, token = value.strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-        elif lowered == "x-api-key" and value.strip():
-            return value.strip()
-    return None
 
 
 class KeyRing:

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from sekha.configloader import ConfigError
-from sekha.server.lifecycle import serve_until_signalled
-from sekha.server.logs import configure_logging, resolve_log_level
+from sekha_runtime.configloader import ConfigError
+from sekha_runtime.server.lifecycle import serve_until_signalled
+from sekha_runtime.server.logs import configure_logging, resolve_log_level
 
 Config = TypeVar("Config")
 
@@ -36,7 +36,7 @@ async def serve_service(
 
     `build(config, telemetry)` returns an app with `.serving`; `started(app)` runs once it serves.
     """
-    from sekha.telemetry import setup_telemetry
+    from sekha_runtime.telemetry import setup_telemetry
 
     try:
         config: Any = load()

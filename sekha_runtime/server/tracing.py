@@ -37,9 +37,9 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind
 
-from sekha.server.errors import HEALTH_PREFIX, REFLECTION_PREFIX
-from sekha.telemetry import Telemetry
 from sekha.tracing import end_rpc_span, extract_from_metadata, rpc_attributes, split_method
+from sekha_runtime.server.errors import HEALTH_PREFIX, REFLECTION_PREFIX
+from sekha_runtime.telemetry import Telemetry
 
 __all__ = ["RpcScope", "TelemetryInterceptor", "current_rpc"]
 
@@ -66,7 +66,8 @@ def current_rpc() -> RpcScope | None:
     return _CURRENT_RPC.get()
 
 
-OnFinish = Callable[[RpcScope, grpc.StatusCode, float], None]
+# Called with the status code's name ("OK", "UNAVAILABLE", ...), so hooks need not import grpc.
+OnFinish = Callable[[RpcScope, str, float], None]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -222,7 +223,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         self._finished[key] = self._finished.get(key, 0) + 1
         self._duration.record(duration, info.with_code(code))
         if self._on_finish is not None:
-            self._on_finish(scope, code, duration)
+            self._on_finish(scope, code.name, duration)
 
     def _wrap_unary(self, behavior: Behavior, info: _Method) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -180,24 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("--no-fallback", action="store_true", help="try only the first candidate")
     _json_flag(chat)
-    chat.set_defaults(handler="sekha.cli_commands:chat", default_timeout=300.0)
+    chat.set_defaults(handler="sekha_cli.commands:chat", default_timeout=300.0)
 
     route = commands.add_parser("route", parents=[conn], help="show the routing decision for a request")
     _routing_flags(route, "chat_smart")
     route.add_argument("--prompt", help="prompt text for the token estimate")
     _json_flag(route)
-    route.set_defaults(handler="sekha.cli_commands:route")
+    route.set_defaults(handler="sekha_cli.commands:route")
 
     models = commands.add_parser("models", parents=[conn], help="list the configured models")
     models.add_argument("--task", choices=TASKS, help="only models serving this task")
     models.add_argument("--provider", help="only this provider's models")
     models.add_argument("--page-size", type=int, default=100, help="models per ListModels call")
     _json_flag(models)
-    models.set_defaults(handler="sekha.cli_commands:models")
+    models.set_defaults(handler="sekha_cli.commands:models")
 
     status = commands.add_parser("status", parents=[conn], help="providers, breakers, health and spend")
     _json_flag(status)
-    status.set_defaults(handler="sekha.cli_commands:status")
+    status.set_defaults(handler="sekha_cli.commands:status")
 
     embed = commands.add_parser("embed", help="documents in the embedding service")
     embed_commands = embed.add_subparsers(dest="embed_command", metavar="SUBCOMMAND", required=True)
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     upsert.add_argument("--model", help="embedding model (default: the base's current one)")
     upsert.add_argument("--batch", type=int, default=256, help="documents per request (default 256)")
     _json_flag(upsert)
-    upsert.set_defaults(handler="sekha.cli_commands:embed_upsert")
+    upsert.set_defaults(handler="sekha_cli.commands:embed_upsert")
 
     search = embed_commands.add_parser("search", parents=[conn], help="search a base")
     search.add_argument("base")
@@ -227,13 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--rrf-k", type=int, default=0, help="reciprocal rank fusion constant (default 60)")
     search.add_argument("--filter", metavar="JSON", help='Chroma where filter, e.g. \'{"topic": "t0"}\'')
     _json_flag(search)
-    search.set_defaults(handler="sekha.cli_commands:embed_search")
+    search.set_defaults(handler="sekha_cli.commands:embed_search")
 
     collections = embed_commands.add_parser("collections", parents=[conn], help="list dimension collections")
     collections.add_argument("--base", default="", help="only this base")
     collections.add_argument("--page-size", type=int, default=100, help="collections per call")
     _json_flag(collections)
-    collections.set_defaults(handler="sekha.cli_commands:embed_collections")
+    collections.set_defaults(handler="sekha_cli.commands:embed_collections")
 
     migrate = embed_commands.add_parser(
         "migrate", parents=[conn], help="move a base to a new embedding model"
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--wait", action="store_true", help="follow the migration until it ends")
     migrate.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS")
     _json_flag(migrate)
-    migrate.set_defaults(handler="sekha.cli_commands:embed_migrate")
+    migrate.set_defaults(handler="sekha_cli.commands:embed_migrate")
 
     export = embed_commands.add_parser("export", parents=[conn], help="write a base's documents as JSONL")
     export.add_argument("base")
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--dimension", type=int, default=0, help="read this dimension's collection")
     export.add_argument("--page-size", type=int, default=500)
-    export.set_defaults(handler="sekha.cli_commands:embed_export")
+    export.set_defaults(handler="sekha_cli.commands:embed_export")
 
     imp = embed_commands.add_parser(
         "import",
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--model", help="embedding model (default: the base's current one)")
     imp.add_argument("--batch", type=int, default=256)
     _json_flag(imp)
-    imp.set_defaults(handler="sekha.cli_commands:embed_import")
+    imp.set_defaults(handler="sekha_cli.commands:embed_import")
 
     adopt = embed_commands.add_parser(
         "adopt", parents=[conn], help="register a v1 Chroma collection (no dimension suffix) in a base"
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.add_argument("--base", required=True)
     adopt.add_argument("--model", required=True, help="the model that wrote its vectors (PROVIDER/MODEL)")
     _json_flag(adopt)
-    adopt.set_defaults(handler="sekha.cli_commands:embed_adopt")
+    adopt.set_defaults(handler="sekha_cli.commands:embed_adopt")
 
     keys = commands.add_parser("keys", help="API keys")
     keys_commands = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", required=True)
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--generate", action="store_true", help="generate a new key and print it with its hash"
     )
     _json_flag(key_hash)
-    key_hash.set_defaults(handler="sekha.cli_admin:keys_hash")
+    key_hash.set_defaults(handler="sekha_cli.admin:keys_hash")
 
     config = commands.add_parser("config", help="configuration files")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="which service's config (default: detected from the top-level keys)",
     )
-    check.set_defaults(handler="sekha.cli_admin:config_check")
+    check.set_defaults(handler="sekha_cli.admin:config_check")
     config_migrate = config_commands.add_parser(
         "migrate",
         help="convert v1 settings (.env or controller TOML) to a v2 router YAML",
@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_migrate.add_argument("--force", action="store_true", help="overwrite existing output files")
     config_migrate.add_argument("--format", choices=("auto", "env", "toml", "yaml"), default="auto")
-    config_migrate.set_defaults(handler="sekha.cli_admin:config_migrate")
+    config_migrate.set_defaults(handler="sekha_cli.admin:config_migrate")
 
     mcp = commands.add_parser("mcp", parents=[conn], help="run an MCP server with the gateway's tools")
     mcp.add_argument(
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="http: accept bearer tokens with this hash (repeatable; env SEKHA_MCP_TOKEN_HASH, "
         "comma-separated); required to listen beyond loopback",
     )
-    mcp.set_defaults(handler="sekha.cli_admin:mcp")
+    mcp.set_defaults(handler="sekha_cli.admin:mcp")
     return parser
 
 
@@ -441,10 +441,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_OTHER
-
-
-if __name__ == "__main__":
-    # Through the package module, so the handlers' `sekha.cli.CliError` is the class caught here.
-    from sekha.cli import main as package_main
-
-    sys.exit(package_main())

@@ -881,7 +881,7 @@ def _backup(path: Path, now: dt.datetime) -> Path:
 
 def _validated_temp(text: str, destination: Path, load: Callable[[Path], object]) -> Path:
     """Write `text` to a temporary file next to `destination` and validate it with `load`."""
-    from sekha.configloader import ConfigError
+    from sekha_runtime.configloader import ConfigError
 
     destination.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(

@@ -20,10 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from sekha.server.auth import auth_interceptors
-from sekha.server.errors import ErrorInterceptor
-from sekha.server.security import AuthConfig, ServerSettings
-from sekha.server.tls import server_credentials
+from sekha_runtime.server.auth import auth_interceptors
+from sekha_runtime.server.errors import ErrorInterceptor
+from sekha_runtime.server.security import AuthConfig, ServerSettings
+from sekha_runtime.server.tls import server_credentials
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from sekha.configloader import ConfigError
+from sekha_runtime.configloader import ConfigError
 
 __all__ = ["Reloader", "changed_settings", "on_sighup", "send_sighup"]
 

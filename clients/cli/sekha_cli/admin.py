@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sekha.cli import EXIT_OK, EXIT_USAGE, CliError, connection_settings
-from sekha.cli_output import print_json
+from sekha_cli.main import EXIT_OK, EXIT_USAGE, CliError, connection_settings
+from sekha_cli.output import print_json
 
 __all__ = ["config_check", "config_migrate", "detect_config_kind", "keys_hash", "mcp"]
 
@@ -85,7 +85,7 @@ def config_check(args: argparse.Namespace) -> int:
 
         return check_config_main(path)
     from embedding_service.config import EmbeddingConfig
-    from sekha.configloader import ConfigError
+    from sekha_runtime.configloader import ConfigError
 
     try:
         config = EmbeddingConfig.load(path)
@@ -106,7 +106,7 @@ def config_check(args: argparse.Namespace) -> int:
 
 
 def config_migrate(args: argparse.Namespace) -> int:
-    from sekha.config_migrate import MigrationError, migrate_file
+    from sekha_cli.config_migrate import MigrationError, migrate_file
 
     try:
         report = migrate_file(
@@ -123,14 +123,14 @@ def config_migrate(args: argparse.Namespace) -> int:
 
 
 def mcp(args: argparse.Namespace) -> Any:
-    from sekha.mcp_server import run_mcp, token_keyring
+    from sekha_cli.mcp_server import run_mcp, token_hashes_for
 
     if not 0 <= args.port <= 65535:
         raise CliError("--port must be 0..65535")
     token_hashes = args.token_hash or [h for h in os.environ.get("SEKHA_MCP_TOKEN_HASH", "").split(",") if h]
     if args.transport == "http":
         try:
-            token_keyring(token_hashes, args.host)  # fail here, with a one-line error, not in the server
+            token_hashes_for(token_hashes, args.host)  # fail here, with a one-line error, not in the server
         except ValueError as exc:
             raise CliError(str(exc)) from None
     return run_mcp(

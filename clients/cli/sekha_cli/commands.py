@@ -15,9 +15,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from sekha.cli import EXIT_OK, EXIT_OTHER, CliError, connection_settings
-from sekha.cli_output import ProgressBar, format_cost, print_json, render_table
-from sekha.cli_views import (
+from sekha.client import (
+    EmbeddingClient,
+    RouterClient,
+    SekhaError,
+    UnimplementedError,
+    system,
+    user,
+)
+from sekha.embedding.v1 import embedding_service_pb2 as emb
+from sekha.router.v1 import router_service_pb2 as rt
+from sekha_cli.main import EXIT_OK, EXIT_OTHER, CliError, connection_settings
+from sekha_cli.output import ProgressBar, format_cost, print_json, render_table
+from sekha_cli.views import (
     FUSION_NAMES,
     capability_from_name,
     chat_result_view,
@@ -32,16 +42,6 @@ from sekha.cli_views import (
     spend_view,
     task_from_name,
 )
-from sekha.client import (
-    EmbeddingClient,
-    RouterClient,
-    SekhaError,
-    UnimplementedError,
-    system,
-    user,
-)
-from sekha.embedding.v1 import embedding_service_pb2 as emb
-from sekha.router.v1 import router_service_pb2 as rt
 
 __all__ = [
     "chat",

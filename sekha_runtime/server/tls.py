@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 
 from sekha.client import ConnectionConfig
-from sekha.configloader import ConfigError
-from sekha.server.security import ClientTlsConfig, ServerTlsConfig
+from sekha_runtime.configloader import ConfigError
+from sekha_runtime.server.security import ClientTlsConfig, ServerTlsConfig
 
 __all__ = ["client_connection", "read_pem", "server_credentials"]
 

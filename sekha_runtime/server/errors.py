@@ -4,7 +4,7 @@ One interceptor per server wraps every RPC handler (unary and server
 streaming). It is the only place where an exception becomes a status, so the
 rules of DESIGN.md's error table live here and nowhere else:
 
-* a `sekha.errors.GatewayError` becomes its code plus rich details
+* a `sekha_runtime.errors.GatewayError` becomes its code plus rich details
   (BadRequest, PreconditionFailure, QuotaFailure, RetryInfo, ErrorInfo,
   ResourceInfo);
 * anything else becomes INTERNAL with a fixed message and an error id; the
@@ -31,7 +31,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from sekha import errors as e
+from sekha_runtime import errors as e
 
 log = logging.getLogger(__name__)
 
