@@ -34,7 +34,7 @@ async def _measure(freeze: bool, requests: int) -> dict[str, Any]:
     from router_service.server import RouterDeps, build_server
     from sekha import client as c
     from sekha.router.v1 import router_service_pb2 as rt
-    from tests.fakes.fake_provider import FakeProvider
+    from testkit.fake_provider import FakeProvider
 
     pauses: list[float] = []
     started = [0.0]

@@ -39,7 +39,7 @@ REQUEST = ChatRequest(
 
 def start_fake() -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.fake_provider", "--port", "0"],
+        [sys.executable, "-m", "testkit.fake_provider", "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

@@ -38,8 +38,8 @@ from router_service.breaker import BreakerState
 from router_service.server import RouterDeps, build_providers, build_server
 from sekha import client as c
 from sekha.router.v1 import router_service_pb2 as rt
-from tests.fakes.fake_provider import Behaviour, FakeProvider, RecordedRequest
-from tests.harness import chat_model, openai_provider, router_config
+from testkit.fake_provider import Behaviour, FakeProvider, RecordedRequest
+from testkit.harness import chat_model, openai_provider, router_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HEALTHY = Behaviour(text="ok", usage=(12, 2), latency_s=0.002)

@@ -1,6 +1,6 @@
 """Starting each benchmark target as its own process and timing how long it takes to serve.
 
-* the fake provider (``tests.fakes.fake_provider``): the upstream of everything, and the
+* the fake provider (``testkit.fake_provider``): the upstream of everything, and the
   "direct" floor when the load generator calls it itself;
 * our router (``python -m router_service serve --config <generated yaml>``) with one
   ``openai_compatible`` provider at the fake's ``/v1`` (transport ``auto``: the lean path);
@@ -122,7 +122,7 @@ def start_fake(work_dir: Path, latency_ms: float) -> tuple[ManagedProcess, str]:
         [
             sys.executable,
             "-m",
-            "tests.fakes.fake_provider",
+            "testkit.fake_provider",
             "--port",
             str(port),
             "--latency-ms",

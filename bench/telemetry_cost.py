@@ -90,7 +90,7 @@ async def measure(collector_port: int, requests: int, rounds: int) -> dict[str, 
     from router_service.server import build_server as build_router
     from sekha import client as c
     from sekha.router.v1 import router_service_pb2 as rt
-    from tests.fakes.fake_provider import FakeProvider
+    from testkit.fake_provider import FakeProvider
 
     request = rt.ChatRequest(
         messages=[c.user("Say something short about the sea.")], generation=rt.GenerationConfig(max_tokens=32)

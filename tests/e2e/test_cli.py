@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.fakes.fake_provider import FakeProvider
-from tests.harness import (
+from testkit.fake_provider import FakeProvider
+from testkit.harness import (
     chat_model,
     embedding_config,
     embedding_model,
@@ -311,7 +311,7 @@ async def test_embed_adopt_registers_a_v1_collection_that_search_then_reads(stac
     import chromadb
     from chromadb.config import Settings
 
-    from tests.fakes.fake_provider import deterministic_vector
+    from testkit.fake_provider import deterministic_vector
 
     # A v1 collection: no dimension suffix, vectors written by the model the fake serves as mini-384.
     texts = {"v1-a": "minutes of the budget meeting", "v1-b": "holiday rota for August"}
@@ -437,7 +437,7 @@ async def test_api_key_from_keys_hash_opens_an_auth_enabled_router_and_a_wrong_o
 
 
 async def test_mutual_tls_flags_reach_a_tls_router(stack: Stack, tmp_path: Path) -> None:
-    from tests.fakes.certs import CertificateAuthority
+    from testkit.certs import CertificateAuthority
 
     ca = CertificateAuthority.create("cli test CA")
     ca_file = ca.write(tmp_path / "ca.pem")

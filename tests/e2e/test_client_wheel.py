@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.fake_provider import FakeProvider
-from tests.harness import chat_model, openai_provider, router_config, running_router
+from testkit.fake_provider import FakeProvider
+from testkit.harness import chat_model, openai_provider, router_config, running_router
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]

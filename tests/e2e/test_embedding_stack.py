@@ -13,8 +13,8 @@ import pytest
 
 from sekha import client as c
 from sekha.embedding.v1 import embedding_service_pb2 as emb
-from tests.fakes.fake_provider import FakeProvider
-from tests.harness import (
+from testkit.fake_provider import FakeProvider
+from testkit.harness import (
     embedding_config,
     embedding_model,
     openai_provider,
@@ -233,7 +233,7 @@ async def test_migration_over_grpc_with_writes_and_searches_during_it(tmp_path, 
 
 
 async def test_migration_resumes_after_a_restart(tmp_path, fake: FakeProvider) -> None:
-    from tests.fakes.fake_provider import Behaviour
+    from testkit.fake_provider import Behaviour
 
     config = router_config(
         [openai_provider("vec", fake.base_url, [embedding_model(n, d) for n, d in MODELS.items()])]

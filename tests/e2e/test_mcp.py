@@ -25,8 +25,8 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
 from sekha.keys import generate_api_key, hash_api_key
-from tests.fakes.fake_provider import FakeProvider
-from tests.harness import (
+from testkit.fake_provider import FakeProvider
+from testkit.harness import (
     chat_model,
     embedding_config,
     embedding_model,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from tests.fakes.fake_provider import FakeProvider
-from tests.harness import (
+from testkit.fake_provider import FakeProvider
+from testkit.harness import (
     chat_model,
     embedding_config,
     embedding_model,

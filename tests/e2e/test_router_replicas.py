@@ -20,8 +20,8 @@ import yaml
 
 from sekha import client as c
 from sekha.router.v1 import router_service_pb2 as rt
-from tests.fakes.fake_provider import Behaviour, FakeProvider
-from tests.fakes.redis_server import RedisServer, redis_server_or_skip
+from testkit.fake_provider import Behaviour, FakeProvider
+from testkit.redis_server import RedisServer, redis_server_or_skip
 
 CHAT = "/v1/chat/completions"
 PRICE = {"input_per_million": 1000.0, "output_per_million": 2000.0}

@@ -1,6 +1,6 @@
 """API key authentication and (mutual) TLS on both services, over real servers and channels.
 
-Certificates come from a throwaway CA made per test module (`tests.fakes.certs`); a second,
+Certificates come from a throwaway CA made per test module (`testkit.certs`); a second,
 unrelated CA provides the "wrong" client certificate.
 """
 
@@ -28,9 +28,9 @@ from sekha_runtime.server.auth import (
 )
 from sekha_runtime.server.lifecycle import ServerOptions, start_server
 from sekha_runtime.server.security import AuthConfig, hash_api_key
-from tests.fakes.certs import CertificateAuthority, IssuedCertificate
-from tests.fakes.fake_provider import FakeProvider
-from tests.harness import chat_model, embedding_config, embedding_model, openai_provider, router_config
+from testkit.certs import CertificateAuthority, IssuedCertificate
+from testkit.fake_provider import FakeProvider
+from testkit.harness import chat_model, embedding_config, embedding_model, openai_provider, router_config
 
 ALICE_KEY = "sk-sekha-alice-0123456789abcdef"
 EMBEDDER_KEY = "sk-sekha-embedding-service-fedcba9876543210"

@@ -30,9 +30,9 @@ from sekha import client as c
 from sekha.embedding.v1 import embedding_service_pb2 as emb
 from sekha.keys import hash_api_key
 from sekha.router.v1 import router_service_pb2 as rt
-from tests.fakes.fake_provider import FakeProvider
-from tests.fakes.service_process import ServiceProcess
-from tests.harness import embedding_model, openai_provider, router_config, running_embedding, running_router
+from testkit.fake_provider import FakeProvider
+from testkit.harness import embedding_model, openai_provider, router_config, running_embedding, running_router
+from testkit.service_process import ServiceProcess
 
 OLD_KEY = "sk-emb-old-0123456789"
 NEW_KEY = "sk-emb-new-9876543210"

@@ -1,4 +1,4 @@
-"""Network faults between the parts, injected by a TCP proxy (`tests.fakes.fault_proxy`).
+"""Network faults between the parts, injected by a TCP proxy (`testkit.fault_proxy`).
 
 * provider dies mid-stream -> UNAVAILABLE (STREAM_INTERRUPTED), never a silent OK;
   dies before any output -> the request falls back;
@@ -29,10 +29,9 @@ from router_service.server import build_server as build_router_server
 from sekha import client as c
 from sekha.embedding.v1 import embedding_service_pb2 as emb
 from sekha.router.v1 import router_service_pb2 as rt
-from tests.fakes.fake_provider import Behaviour, FakeProvider
-from tests.fakes.fault_proxy import FaultProxy
-from tests.fakes.vectors import FakeVectorSource
-from tests.harness import (
+from testkit.fake_provider import Behaviour, FakeProvider
+from testkit.fault_proxy import FaultProxy
+from testkit.harness import (
     chat_model,
     embedding_config,
     embedding_model,
@@ -41,6 +40,7 @@ from tests.harness import (
     running_embedding,
     running_router,
 )
+from testkit.vectors import FakeVectorSource
 
 CHAT = "/v1/chat/completions"
 CHROMA = Path(sys.executable).with_name("chroma")

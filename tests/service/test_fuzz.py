@@ -37,8 +37,8 @@ from embedding_service.server import build_server as build_embedding_server
 from router_service.server import build_server as build_router_server
 from sekha.embedding.v1 import embedding_service_pb2 as emb
 from sekha.router.v1 import router_service_pb2 as rt
-from tests.fakes.fake_provider import FakeProvider
-from tests.harness import chat_model, embedding_config, embedding_model, openai_provider, router_config
+from testkit.fake_provider import FakeProvider
+from testkit.harness import chat_model, embedding_config, embedding_model, openai_provider, router_config
 
 EXAMPLES_PER_RPC = 300
 RAW_EXAMPLES_PER_RPC = 60

@@ -25,10 +25,9 @@ from router_service.server import RouterDeps
 from sekha import client as c
 from sekha.embedding.v1 import embedding_service_pb2 as emb
 from sekha.router.v1 import router_service_pb2 as rt
-from tests.fakes.certs import CertificateAuthority
-from tests.fakes.fake_provider import Behaviour, FakeProvider
-from tests.fakes.vectors import FakeVectorSource
-from tests.harness import (
+from testkit.certs import CertificateAuthority
+from testkit.fake_provider import Behaviour, FakeProvider
+from testkit.harness import (
     chat_model,
     embedding_config,
     embedding_model,
@@ -37,6 +36,7 @@ from tests.harness import (
     running_embedding,
     running_router,
 )
+from testkit.vectors import FakeVectorSource
 
 CHAT = "/v1/chat/completions"
 PNG = base64.b64decode(

@@ -36,8 +36,8 @@ from sekha.router.v1 import router_service_pb2_grpc as rt_grpc
 from sekha.tracing import client_interceptors
 from sekha_runtime.server.logs import configure_logging, resolve_log_level
 from sekha_runtime.telemetry import Telemetry, TelemetryConfig, setup_telemetry
-from tests.fakes.fake_provider import Behaviour, FakeProvider
-from tests.harness import (
+from testkit.fake_provider import Behaviour, FakeProvider
+from testkit.harness import (
     chat_model,
     embedding_config,
     embedding_model,

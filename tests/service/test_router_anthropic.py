@@ -24,8 +24,8 @@ from router_service.config import RouterConfig
 from router_service.server import RouterDeps
 from sekha import client as c
 from sekha.router.v1 import router_service_pb2 as rt
-from tests.fakes.fake_provider import Behaviour, FakeProvider, RecordedRequest
-from tests.harness import FakeClock, chat_model, openai_provider, router_config, running_router
+from testkit.fake_provider import Behaviour, FakeProvider, RecordedRequest
+from testkit.harness import FakeClock, chat_model, openai_provider, router_config, running_router
 
 MESSAGES = "/v1/messages"
 CHAT = "/v1/chat/completions"

@@ -16,8 +16,8 @@ import pytest
 from router_service.server import RouterDeps
 from sekha import client as c
 from sekha.router.v1 import router_service_pb2 as rt
-from tests.fakes.fake_provider import Behaviour, FakeProvider
-from tests.harness import (
+from testkit.fake_provider import Behaviour, FakeProvider
+from testkit.harness import (
     FakeClock,
     chat_model,
     embedding_model,

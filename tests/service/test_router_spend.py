@@ -14,9 +14,9 @@ import pytest
 
 from sekha import client as c
 from sekha.router.v1 import router_service_pb2 as rt
-from tests.fakes.fake_provider import Behaviour, FakeProvider
-from tests.fakes.redis_server import RedisServer, redis_server_or_skip
-from tests.harness import chat_model, openai_provider, router_config, running_router
+from testkit.fake_provider import Behaviour, FakeProvider
+from testkit.harness import chat_model, openai_provider, router_config, running_router
+from testkit.redis_server import RedisServer, redis_server_or_skip
 
 CHAT = "/v1/chat/completions"
 # $1000 / $2000 per million tokens: a request estimates about $0.11 (prompt + 50 max_tokens)

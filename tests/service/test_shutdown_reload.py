@@ -22,9 +22,9 @@ from router_service.server import RouterDeps
 from sekha import client as c
 from sekha.embedding.v1 import embedding_service_pb2 as emb
 from sekha.router.v1 import router_service_pb2 as rt
-from tests.fakes.fake_provider import Behaviour, FakeProvider
-from tests.fakes.service_process import ServiceProcess
-from tests.harness import embedding_model, openai_provider, router_config, running_router
+from testkit.fake_provider import Behaviour, FakeProvider
+from testkit.harness import embedding_model, openai_provider, router_config, running_router
+from testkit.service_process import ServiceProcess
 
 GRACE_S = 2.0
 

@@ -6,7 +6,7 @@ import pytest
 
 from router_service.breaker import BreakerRegistry, BreakerState, CircuitBreaker
 from router_service.config import CircuitBreakerConfig
-from tests.harness import FakeClock
+from testkit.harness import FakeClock
 
 
 def make(clock: FakeClock, **overrides: float) -> CircuitBreaker:

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from embedding_service.config import EmbeddingConfig
+from router_service.check_config import check_config_main
+from router_service.config import RouterConfig
 from sekha_cli.config_migrate import (
     MigrationError,
     migrate_file,
     parse_dotenv,
     plan_migration,
 )
-
-from embedding_service.config import EmbeddingConfig
-from router_service.check_config import check_config_main
-from router_service.config import RouterConfig
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "v1"
 SECRET_MARK = "DO-NOT-COPY"

@@ -1,6 +1,6 @@
 """The Embedding domain against real Chroma (embedded, and a `chroma run` server for a subset).
 
-Vectors come from the fake VectorSource in tests/fakes/vectors.py; everything else is real:
+Vectors come from the fake VectorSource in testkit/vectors.py; everything else is real:
 Chroma collections, the SQLite registry, fusion.
 """
 
@@ -37,7 +37,7 @@ from sekha_runtime.errors import (
     NotFoundError,
     UnavailableError,
 )
-from tests.fakes.vectors import FakeVectorSource
+from testkit.vectors import FakeVectorSource
 
 CHROMA_BIN = Path(sys.executable).with_name("chroma")
 

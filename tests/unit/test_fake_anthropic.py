@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fakes import Behaviour, FakeProvider
+from testkit import Behaviour, FakeProvider
 
 MESSAGES = "/v1/messages"
 HEADERS = {"x-api-key": "sk-ant-unit", "anthropic-version": "2023-06-01"}

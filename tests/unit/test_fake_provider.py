@@ -18,8 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.fakes import Behaviour, FakeProvider
-from tests.fakes.fake_provider import deterministic_vector
+from testkit import Behaviour, FakeProvider
+from testkit.fake_provider import deterministic_vector
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHAT = "/v1/chat/completions"
@@ -232,7 +232,7 @@ def test_runs_in_a_background_thread_for_blocking_clients():
 
 def test_command_line_serves_until_terminated():
     with subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.fake_provider", "--port", "0", "--latency-ms", "1"],
+        [sys.executable, "-m", "testkit.fake_provider", "--port", "0", "--latency-ms", "1"],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         text=True,

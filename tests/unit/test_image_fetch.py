@@ -26,7 +26,7 @@ from router_service.image_fetch import (
     address_refusal,
 )
 from sekha_runtime.errors import InvalidArgumentError
-from tests.fakes.certs import CertificateAuthority
+from testkit.certs import CertificateAuthority
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="

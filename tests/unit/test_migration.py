@@ -18,7 +18,7 @@ from embedding_service.domain import CollectionInUseError, DocumentIn, Migration
 from embedding_service.service import EmbeddingStoreService
 from embedding_service.store import ChromaStore
 from sekha_runtime.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
-from tests.fakes.vectors import FakeVectorSource
+from testkit.vectors import FakeVectorSource
 
 SMALL = "fake/mini-384"
 LARGE = "fake/large-1536"

@@ -36,8 +36,8 @@ from router_service.providers.errors import parse_retry_after
 from router_service.providers.litellm_provider import LiteLLMProvider
 from router_service.providers.local import LocalEmbedder, LocalEmbeddingProvider
 from router_service.providers.openai_compat import resolve_base_url
-from tests.fakes import Behaviour, FakeProvider
-from tests.fakes.fake_provider import deterministic_vector, image_data_url
+from testkit import Behaviour, FakeProvider
+from testkit.fake_provider import deterministic_vector, image_data_url
 
 SECRET_BODY = "SECRET-BODY-TEXT"
 SECRET_PROMPT = "SECRET-PROMPT-TEXT"

@@ -31,7 +31,7 @@ from router_service.state import MemoryStore, SpendGrouping, SpendRecord, Sqlite
 from router_service.state.base import BudgetKey, usd_to_nanos
 from router_service.state.redis_store import RedisStore
 from sekha_runtime.errors import BudgetExhaustedError, NoRouteError, RateLimitedError
-from tests.fakes.redis_server import RedisServer, redis_server_or_skip
+from testkit.redis_server import RedisServer, redis_server_or_skip
 
 T0 = float(calendar.timegm((2025, 3, 14, 10, 0, 0)))  # a Friday, 10:00 UTC
 HOUR = 3600.0

@@ -31,7 +31,7 @@ from router_service.state.base import (
 )
 from router_service.state.redis_store import RedisStore, spend_buckets
 from sekha_runtime.errors import BudgetExhaustedError, RateLimitedError, UnavailableError
-from tests.fakes.redis_server import RedisServer, redis_server_or_skip
+from testkit.redis_server import RedisServer, redis_server_or_skip
 
 T0 = float(calendar.timegm((2025, 3, 14, 10, 0, 0)))
 HOUR = 3600.0

@@ -26,7 +26,7 @@ Use it in a test's event loop (``async with FakeProvider() as fake``), in a back
 thread (``with FakeProvider() as fake``; needed when the client under test makes blocking
 calls), or as a process for benchmarks::
 
-    python -m tests.fakes.fake_provider --port 8001 --latency-ms 20
+    python -m testkit.fake_provider --port 8001 --latency-ms 20
 """
 
 from __future__ import annotations

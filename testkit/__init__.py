@@ -1,6 +1,6 @@
 """Fakes at the network edge: real servers on loopback that tests and benchmarks script.
 
-Names are loaded lazily so that ``python -m tests.fakes.fake_provider`` does not import the
+Names are loaded lazily so that ``python -m testkit.fake_provider`` does not import the
 module twice.
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tests.fakes.fake_provider import Behaviour, FakeProvider, RecordedRequest
+    from testkit.fake_provider import Behaviour, FakeProvider, RecordedRequest
 
 __all__ = ["Behaviour", "FakeProvider", "RecordedRequest"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from tests.fakes import fake_provider
+        from testkit import fake_provider
 
         return getattr(fake_provider, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

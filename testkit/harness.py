@@ -2,7 +2,7 @@
 
 Everything here runs the production `build_server` on 127.0.0.1 port 0 and
 talks to it through the generated client; providers are the fake HTTP server
-in `tests.fakes.fake_provider`, so LiteLLM's and our own HTTP code run for real.
+in `testkit.fake_provider`, so LiteLLM's and our own HTTP code run for real.
 """
 
 from __future__ import annotations
