@@ -52,6 +52,11 @@ async def main() -> None:
             print("error", exc.details.field_violations[0][0])
 
 asyncio.run(main())
+
+from sekha.sync import SyncRouterClient
+
+with SyncRouterClient(ConnectionConfig(sys.argv[1])) as router:
+    print("sync", router.chat(rt.ChatRequest(messages=[user("hello again")])).text)
 """
 
 
@@ -112,3 +117,4 @@ async def test_client_wheel_installs_alone_and_chats_with_a_running_router(tmp_p
     assert "health SERVING" in text
     assert "text hi from the fake" in text
     assert "error messages" in text
+    assert "sync hi from the fake" in text

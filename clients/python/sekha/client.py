@@ -31,8 +31,13 @@ Response = TypeVar("Response")
 # grpc.health.v1 without the grpcio-health-checking package (the client installs with grpcio and
 # protobuf alone): HealthCheckRequest {string service = 1} and HealthCheckResponse
 # {ServingStatus status = 1} have the wire format of StringValue and Int32Value.
-_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 _HEALTH_STATUS_NAMES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
+
+
+def health_status_name(status: int) -> str:
+    """`SERVING`, `NOT_SERVING`, ... for a grpc.health.v1 ServingStatus number."""
+    return _HEALTH_STATUS_NAMES[status] if 0 <= status < len(_HEALTH_STATUS_NAMES) else str(status)
 
 
 @dataclass(frozen=True)
@@ -190,8 +195,8 @@ def parse_details(trailing_metadata: Any) -> ErrorDetails:
     )
 
 
-def error_from_rpc(exc: grpc.aio.AioRpcError) -> SekhaError:
-    """The typed error for a failed call."""
+def error_from_rpc(exc: grpc.aio.AioRpcError | grpc.RpcError) -> SekhaError:
+    """The typed error for a failed call (async or blocking: both carry code, details, trailers)."""
     code = exc.code()
     error_type = _ERROR_TYPES.get(code, SekhaError)
     return error_type(code, exc.details() or "", parse_details(exc.trailing_metadata()))
@@ -201,22 +206,34 @@ def _read_optional(path: Path | None) -> bytes | None:
     return path.read_bytes() if path is not None else None
 
 
-def open_channel(config: ConnectionConfig, interceptors: Sequence[Any] = ()) -> grpc.aio.Channel:
-    """A channel for `config`, secure when TLS is asked for."""
-    options = [
+def channel_options(config: ConnectionConfig) -> list[tuple[str, Any]]:
+    """The channel arguments `config` asks for (message size limits first, then its own)."""
+    return [
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_receive_message_length", config.max_message_bytes),
         *config.channel_options,
     ]
+
+
+def channel_credentials(config: ConnectionConfig) -> grpc.ChannelCredentials | None:
+    """TLS credentials when any certificate path is set or `tls` is true; None for plaintext."""
     secure = config.tls or any(
         p is not None for p in (config.root_certificates, config.client_certificate, config.client_key)
     )
-    if secure:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=_read_optional(config.root_certificates),
-            private_key=_read_optional(config.client_key),
-            certificate_chain=_read_optional(config.client_certificate),
-        )
+    if not secure:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_optional(config.root_certificates),
+        private_key=_read_optional(config.client_key),
+        certificate_chain=_read_optional(config.client_certificate),
+    )
+
+
+def open_channel(config: ConnectionConfig, interceptors: Sequence[Any] = ()) -> grpc.aio.Channel:
+    """A channel for `config`, secure when TLS is asked for."""
+    credentials = channel_credentials(config)
+    options = channel_options(config)
+    if credentials is not None:
         return grpc.aio.secure_channel(config.target, credentials, options=options, interceptors=interceptors)
     return grpc.aio.insecure_channel(config.target, options=options, interceptors=interceptors)
 
@@ -237,7 +254,7 @@ class _BaseClient:
             (("authorization", f"Bearer {config.api_key}"),) if config.api_key else ()
         )
         self._health_check = self.channel.unary_unary(
-            _HEALTH_CHECK,
+            HEALTH_CHECK_METHOD,
             request_serializer=wrappers_pb2.StringValue.SerializeToString,
             response_deserializer=wrappers_pb2.Int32Value.FromString,
         )
@@ -264,8 +281,7 @@ class _BaseClient:
     async def health(self, service: str = "", timeout_s: float | None = 5.0) -> str:
         """The health status name (`SERVING`, `NOT_SERVING`, ...) of `service` ('' = the server)."""
         reply = await self._unary(self._health_check, wrappers_pb2.StringValue(value=service), timeout_s)
-        status = reply.value
-        return _HEALTH_STATUS_NAMES[status] if 0 <= status < len(_HEALTH_STATUS_NAMES) else str(status)
+        return health_status_name(reply.value)
 
 
 class RouterClient(_BaseClient):
