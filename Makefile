@@ -11,6 +11,9 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 PROTO_OUT := clients/python
+# Go code: Debian's protoc-gen-go and protoc-gen-go-grpc (see clients/go/README.md).
+GO_PROTO_OUT := clients/go
+GO_MODULE := sekha.dev/gateway/clients/go
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
 
@@ -37,6 +40,10 @@ test: $(STAMP)
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
 		--pyi_out=$(PROTO_OUT) $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iprotos --plugin=protoc-gen-go=$$(command -v protoc-gen-go) \
+		--plugin=protoc-gen-go-grpc=$$(command -v protoc-gen-go-grpc) \
+		--go_out=$(GO_PROTO_OUT) --go_opt=module=$(GO_MODULE) \
+		--go-grpc_out=$(GO_PROTO_OUT) --go-grpc_opt=module=$(GO_MODULE) $(PROTOS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
