@@ -17,7 +17,7 @@ GO_MODULE := sekha.dev/gateway/clients/go
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: install run test proto proto-check lint bench bench-quick clean
+.PHONY: install run test proto proto-baseline proto-check lint bench bench-quick clean
 
 install: $(STAMP)
 
@@ -44,6 +44,11 @@ proto: $(STAMP)
 		--plugin=protoc-gen-go-grpc=$$(command -v protoc-gen-go-grpc) \
 		--go_out=$(GO_PROTO_OUT) --go_opt=module=$(GO_MODULE) \
 		--go-grpc_out=$(GO_PROTO_OUT) --go-grpc_opt=module=$(GO_MODULE) $(PROTOS)
+
+# The released contract `buf breaking` holds the protos to (tests/unit/test_proto_breaking.py):
+# refresh it when a contract version is released, and only while that test passes.
+proto-baseline: $(STAMP)
+	$(VENV)/bin/buf build protos --exclude-source-info -o protos/baseline/contract.binpb
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
