@@ -136,6 +136,8 @@ def test_a_first_go_package_is_exempt_and_only_that(tmp_path: Path) -> None:
         proto.write_text(re.sub(r'^option go_package = "[^"]+";\n', "", proto.read_text(), flags=re.M))
     published = _build_image(str(copy), tmp_path / "published.binpb")
     assert _files_without_go_package(published) >= {str(ROUTER_PROTO)}
+    raw = _buf("breaking", str(PROTOS), "--against", str(published), "--error-format", "json")
+    assert raw.returncode == 100 and "FILE_SAME_GO_PACKAGE" in raw.stdout, "buf itself reports it"
     assert breaking_changes(PROTOS, published) == []
     # The exemption hides nothing else: a field removed as well is still reported.
     removed = _edited_protos(tmp_path, r"^  FinishReason finish_reason = 3;$", "")
