@@ -11,10 +11,13 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 PROTO_OUT := clients/python
+# Go code: Debian's protoc-gen-go and protoc-gen-go-grpc (see clients/go/README.md).
+GO_PROTO_OUT := clients/go
+GO_MODULE := sekha.dev/gateway/clients/go
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: install run test proto proto-check lint bench bench-quick clean
+.PHONY: install run test proto proto-baseline proto-check lint bench bench-quick clean
 
 install: $(STAMP)
 
@@ -37,6 +40,15 @@ test: $(STAMP)
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
 		--pyi_out=$(PROTO_OUT) $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iprotos --plugin=protoc-gen-go=$$(command -v protoc-gen-go) \
+		--plugin=protoc-gen-go-grpc=$$(command -v protoc-gen-go-grpc) \
+		--go_out=$(GO_PROTO_OUT) --go_opt=module=$(GO_MODULE) \
+		--go-grpc_out=$(GO_PROTO_OUT) --go-grpc_opt=module=$(GO_MODULE) $(PROTOS)
+
+# The released contract `buf breaking` holds the protos to (tests/unit/test_proto_breaking.py):
+# refresh it when a contract version is released, and only while that test passes.
+proto-baseline: $(STAMP)
+	$(VENV)/bin/buf build protos --exclude-source-info -o protos/baseline/contract.binpb
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
