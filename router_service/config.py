@@ -97,9 +97,17 @@ class _Section(BaseModel):
 
 
 class ServerConfig(ServerSettings):
-    """Where and how the gRPC server listens."""
+    """Where and how the gRPC server listens, and the OpenAI-compatible HTTP door beside it."""
 
     port: int = Field(default=50051, ge=0, le=65535)
+    http_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="OpenAI-compatible HTTP door (/v1/chat/completions, /v1/embeddings, /v1/models); "
+        "off when unset, 0 picks a free port",
+    )
+    http_host: str | None = Field(default=None, description="the HTTP door's address; default: `host`")
 
 
 class CircuitBreakerConfig(_Section):

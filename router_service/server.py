@@ -17,6 +17,7 @@ from router_service.breaker import BreakerRegistry
 from router_service.catalog import Catalog
 from router_service.config import ProviderConfig, RouterConfig
 from router_service.gateway import Gateway, Observer, RetryPolicy
+from router_service.http.app import HttpDoor
 from router_service.image_fetch import image_inliner_for
 from router_service.limits import Limits
 from router_service.observability import RouterObserver, inject_trace_headers
@@ -79,6 +80,7 @@ class RouterApp:
     store: StateStore
     reloader: ConfigReloader | None = None  # set by build_server; `await app.reloader.reload(path)`
     metrics_port: int | None = None  # the bound /metrics port when one is served
+    http_port: int | None = None  # the bound OpenAI-compatible HTTP door's port when it is on
 
     @property
     def port(self) -> int:
@@ -288,7 +290,10 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         spend=core.spend,
         store=store,
     )
-    app.reloader = ConfigReloader(app, servicer, core, deps, auth_interceptor=_auth_of(options))
+    auth = _auth_of(options)
+    app.reloader = ConfigReloader(app, servicer, core, deps, auth_interceptor=auth)
+    if config.server.http_port is not None:
+        app.http_port = await _serve_http(config, servicer, auth, telemetry, serving)
     if telemetry is not None and config.server.metrics_port is not None:
         app.metrics_port = await _serve_metrics(
             telemetry, config.server.host, config.server.metrics_port, serving
@@ -300,6 +305,28 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
     serving.on_stop.append(app.reloader.close)
     core.probes.start()
     return app
+
+
+async def _serve_http(
+    config: RouterConfig,
+    servicer: RouterServicer,
+    auth: ApiKeyAuthInterceptor | None,
+    telemetry: Telemetry | None,
+    serving: ServingServer,
+) -> int:
+    """Start the OpenAI-compatible door on the servicer's gateway and the gRPC server's keys."""
+    door = HttpDoor(
+        servicer,
+        keys=lambda: auth.keys if auth is not None else None,
+        serving=lambda: serving.accepting,
+        telemetry=telemetry,
+        max_body_bytes=config.server.max_message_bytes,
+    )
+    port = await door.start(config.server.http_host or config.server.host, config.server.http_port or 0)
+    # Stopped after the gRPC server's grace period, so in-flight HTTP requests drain alongside.
+    serving.on_stop.append(door.stop)
+    log.info("router HTTP door (OpenAI-compatible) on port %d", port)
+    return port
 
 
 async def _serve_metrics(telemetry: Telemetry, host: str, port: int, serving: ServingServer) -> int | None:

@@ -199,6 +199,7 @@ class Instruments:
     overhead: Recorder
     documents_ingested: Adder
     search_duration: Recorder
+    http_duration: Recorder
 
     @classmethod
     def create(cls, meter: _InstrumentFactory) -> Instruments:
@@ -256,6 +257,12 @@ class Instruments:
                 unit="s",
                 description="SearchDocuments latency, embedding the query included",
                 explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+            ),
+            http_duration=meter.create_histogram(
+                "http.server.request.duration",
+                unit="s",
+                description="Requests to the Router's OpenAI-compatible HTTP door, by route and status",
+                explicit_bucket_boundaries_advisory=RPC_BUCKETS_S,
             ),
         )
 

@@ -61,7 +61,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /var/lib/sekha
 USER 10001:10001
 # 50051 gRPC, 9464 Prometheus metrics (server.metrics_port in the deploy configs).
-EXPOSE 50051 9464
+EXPOSE 50051 8080 9464
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "/opt/sekha/healthcheck.py"]

@@ -53,8 +53,11 @@ class ServingServer:
     errors: ErrorInterceptor
     grace_period_s: float
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # What health says, for doors other than gRPC (the router's HTTP /readyz).
+    accepting: bool = False
 
     async def set_serving(self, serving: bool) -> None:
+        self.accepting = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
