@@ -6,6 +6,7 @@ tests pass `RouterDeps` to inject a clock, static model info or providers.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -173,6 +174,10 @@ async def build_core(config: RouterConfig, deps: RouterDeps, store: StateStore) 
     registry = Registry.from_config(config, deps.model_info)
     prices = PriceTable(registry)
     estimator = TokenEstimator()
+    # Everything a request needs is loaded before health says SERVING (and before a reload swaps
+    # this core in): a load on the first request would stall the event loop with every caller,
+    # health checks included, behind it.
+    await asyncio.to_thread(estimator.preload)
     breakers: BreakerRegistry | SharedBreakerRegistry
     if store.shared and config.state.shared_breakers:
         breakers = SharedBreakerRegistry.from_config(config, store, wall_clock=deps.wall_clock)

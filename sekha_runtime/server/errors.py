@@ -180,6 +180,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self._max_in_flight = max_concurrent_rpcs
         self._retry_after_s = retry_after_s
         self.in_flight = 0
+        # Set by `begin_drain` at shutdown: new RPCs are refused, in-flight ones may finish, and
+        # health (never counted here) keeps answering NOT_SERVING meanwhile.
+        self.draining = False
+        self._drained = asyncio.Event()
         # method -> (the handler it was made from, the wrapped handler). The wrapping depends only
         # on the method and its registered handler, so it is built once, not on every call.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -218,9 +222,33 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return handler  # client streaming RPCs are not part of our contracts
 
     def _admit(self) -> None:
+        if self.draining:
+            raise e.UnavailableError(
+                "the server is shutting down; retry on another replica", reason="SHUTTING_DOWN"
+            )
         if self._max_in_flight and self.in_flight >= self._max_in_flight:
             raise e.OverloadedError(retry_after_s=self._retry_after_s)
         self.in_flight += 1
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        if self.draining and self.in_flight == 0:
+            self._drained.set()
+
+    def begin_drain(self) -> None:
+        """Refuse new RPCs (UNAVAILABLE) from now on; health and reflection stay answered."""
+        self.draining = True
+        if self.in_flight == 0:
+            self._drained.set()
+
+    async def wait_drained(self, timeout_s: float) -> bool:
+        """Wait until no admitted RPC is running (True) or `timeout_s` passed (False)."""
+        try:
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                await self._drained.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def _wrap_unary(self, behavior: Behavior, method: str, limited: bool) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -237,7 +265,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 await self._abort(exc, method, context)
             finally:
                 if admitted:
-                    self.in_flight -= 1
+                    self._release()
 
         return wrapped
 
@@ -262,7 +290,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 await self._abort(exc, method, context)
             finally:
                 if admitted:
-                    self.in_flight -= 1
+                    self._release()
 
         return wrapped
 

@@ -65,10 +65,20 @@ class ServingServer:
             await self.health.set(name, status)
 
     async def stop(self, grace_period_s: float | None = None) -> None:
-        """NOT_SERVING first, then let in-flight RPCs finish within the grace period, then close deps."""
+        """NOT_SERVING first, then let in-flight RPCs finish within the grace period, then close deps.
+
+        While in-flight RPCs drain, the server still listens: health checks are answered with
+        NOT_SERVING (a load balancer polling them sees a draining replica, not a dead one) and new
+        RPCs are refused with UNAVAILABLE. Once they are done, or the grace period is over, the
+        server stops and cancels what is left.
+        """
         await self.set_serving(False)
         grace = self.grace_period_s if grace_period_s is None else grace_period_s
-        await self.server.stop(grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self.errors.begin_drain()
+        await self.errors.wait_drained(grace)
+        await self.server.stop(max(deadline - loop.time(), 0.0))
         for close in reversed(self.on_stop):
             try:
                 await close()
