@@ -74,7 +74,8 @@ def http_error(exc: BaseException, route: str = "") -> HttpError:
             openai_param(first.field) if first else None,
         )
     if isinstance(exc, e.ProviderRejectedError):
-        return HttpError(400, exc.message, "invalid_request_error", exc.kind, openai_param(exc.field_path))
+        param = openai_param(exc.field_path) if exc.field_path else None
+        return HttpError(400, exc.message, "invalid_request_error", exc.kind, param)
     if isinstance(exc, e.CostLimitExceededError):
         return HttpError(
             400, exc.message, "invalid_request_error", exc.reason.lower(), "x-sekha-max-cost-usd"

@@ -85,12 +85,16 @@ def _classify(exc: BaseException, domain: str) -> tuple[int | None, list[Any]]:
         ]
         return code_pb2.INVALID_ARGUMENT, [error_details_pb2.BadRequest(field_violations=violations)]
     if isinstance(exc, e.ProviderRejectedError):
+        metadata = {"provider_code": exc.provider_code} if exc.provider_code else {}
+        info = _error_info(exc.kind.upper(), domain, metadata)
+        if not exc.field_path:  # the provider named no field we know: blame none
+            return code_pb2.INVALID_ARGUMENT, [info]
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=exc.field_path, description=exc.message)
             ]
         )
-        return code_pb2.INVALID_ARGUMENT, [bad, _error_info(exc.kind.upper(), domain)]
+        return code_pb2.INVALID_ARGUMENT, [bad, info]
     if isinstance(exc, e.NoRouteError):  # includes CostLimitExceededError
         failure = error_details_pb2.PreconditionFailure(
             violations=[

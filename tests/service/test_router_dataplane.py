@@ -132,8 +132,41 @@ async def test_caller_errors_do_not_fall_back_or_feed_the_breaker(fake: FakeProv
     assert fake.count(CHAT, "alpha") == 2 and fake.count(CHAT, "beta") == 0
     assert too_long.value.details.reason == "CONTEXT_LENGTH"
     assert "context window" in too_long.value.message
-    assert bad.value.details.field_violations
+    assert not bad.value.details.field_violations  # the provider named no field: none is blamed
+    assert bad.value.message.startswith("rejected by the provider")
     assert snapshot.consecutive_failures == 0 and snapshot.window_calls == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_providers_400_names_the_field_it_objected_to_or_none(
+    fake: FakeProvider, transport: str
+) -> None:
+    def rejection(param: str | None, code: str) -> dict[str, dict[str, str | None]]:
+        message = "Invalid value: the prompt said 'hello there'"  # free text: never passed on
+        return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+
+    fake.script(
+        "alpha",
+        Behaviour(status=400, error_body=rejection("temperature", "invalid_value")),
+        Behaviour(status=400, error_body=rejection("stop", "invalid_value")),
+        Behaviour(status=400, error_body=rejection("response_format", "unsupported_parameter")),
+    )
+    async with running_router(two_providers(fake, transport)) as (_, router):
+        refusals = []
+        for _ in range(3):
+            with pytest.raises(c.InvalidArgumentError) as refused:
+                await router.chat(ask())
+            refusals.append(refused.value)
+    temperature, stop, unknown = refusals
+    assert [f for f, _ in temperature.details.field_violations] == ["generation.temperature"]
+    assert [f for f, _ in stop.details.field_violations] == ["generation.stop_sequences"]
+    assert not unknown.details.field_violations  # a parameter we never send: no field of ours is blamed
+    assert "rejected by the provider" in unknown.message and "unsupported_parameter" in unknown.message
+    assert unknown.details.metadata["provider_code"] == "unsupported_parameter"
+    for refusal in refusals:
+        assert refusal.details.reason == "BAD_REQUEST"
+        assert "hello there" not in refusal.message and "Invalid value" not in refusal.message
+    assert fake.count(CHAT, "beta") == 0
 
 
 async def test_breaker_opens_skips_dead_provider_then_half_open_probe_recovers(fake: FakeProvider) -> None:
