@@ -17,6 +17,7 @@ from embedding_service.config import EmbeddingConfig
 from embedding_service.observability import ObservedEmbeddingService
 from embedding_service.reload import ConfigReloader
 from embedding_service.router_vectors import RouterVectorSource
+from embedding_service.rpc import convert
 from embedding_service.rpc.servicer import EmbeddingServicer
 from embedding_service.service import EmbeddingStoreService
 from embedding_service.vectors import VectorSource
@@ -113,6 +114,7 @@ async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = Non
         telemetry=(TelemetryInterceptor(telemetry),) if telemetry is not None else (),
         extra=deps.extra_interceptors,
         credentials=deps.server_credentials,
+        request_check=convert.check_request,
     )
     warn_if_open(config.auth, config.server.host, "embedding service")
     serving = await start_server(

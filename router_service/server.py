@@ -29,6 +29,7 @@ from router_service.providers.factory import make_provider
 from router_service.registry import Registry
 from router_service.reload import ConfigReloader, TrackedGateway
 from router_service.routing import Router
+from router_service.rpc import convert
 from router_service.rpc.servicer import RouterServicer
 from router_service.shared_breaker import SharedBreakerRegistry
 from router_service.spend import SpendGuard
@@ -278,6 +279,7 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         telemetry=telemetry_interceptors,
         extra=deps.extra_interceptors,
         credentials=deps.server_credentials,
+        request_check=convert.check_request,
     )
     warn_if_open(config.auth, config.server.host, "router")
     serving = await start_server(

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sekha_runtime import errors as e
+from sekha_runtime.server.errors import MAX_MESSAGE_CHARS
+from sekha_runtime.server.messages import bound
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,9 @@ class HttpError:
     headers: dict[str, str] = field(default_factory=dict)
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        # A message may echo the caller's input: bounded like every gRPC status message.
+        message = bound(self.message, MAX_MESSAGE_CHARS)
+        return {"error": {"message": message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def openai_param(field_path: str) -> str:

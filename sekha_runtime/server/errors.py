@@ -32,10 +32,16 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from sekha_runtime import errors as e
+from sekha_runtime.server.messages import bound, bound_strings
 
 log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal error"
+# An error may echo the caller's input (a name it did not find): bounded here, for every error of
+# both services, so a status and its details always fit a client's default 16 KiB metadata limit.
+MAX_MESSAGE_CHARS = 512
+MAX_DETAIL_CHARS = 512
+MAX_DETAILS_BYTES = 8192
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."
 
@@ -73,7 +79,19 @@ def status_for(exc: BaseException, domain: str) -> tuple[status_pb2.Status, str 
         )
         return status, error_id
     assert isinstance(exc, e.GatewayError)
-    return status_pb2.Status(code=code, message=exc.message, details=_pack(*details)), None
+    return _bounded_status(code, exc.message, details), None
+
+
+def _bounded_status(code: int, message: str, details: list[Any]) -> status_pb2.Status:
+    """The status with its message and every string of its details cut to a bounded size."""
+    for detail in details:
+        bound_strings(detail, MAX_DETAIL_CHARS)
+    packed = _pack(*details)
+    if sum(holder.ByteSize() for holder in packed) > MAX_DETAILS_BYTES:
+        for detail in details:  # many long strings (twenty violations): shorter still
+            bound_strings(detail, MAX_DETAIL_CHARS // 8)
+        packed = _pack(*details)
+    return status_pb2.Status(code=code, message=bound(message, MAX_MESSAGE_CHARS), details=packed)
 
 
 def _classify(exc: BaseException, domain: str) -> tuple[int | None, list[Any]]:
@@ -179,8 +197,17 @@ Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every RPC: concurrency limit first, then domain error -> status mapping."""
 
-    def __init__(self, domain: str, max_concurrent_rpcs: int = 0, retry_after_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        domain: str,
+        max_concurrent_rpcs: int = 0,
+        retry_after_s: float = 1.0,
+        request_check: Callable[[Any], None] | None = None,
+    ) -> None:
+        """`request_check` sees every decoded request before its handler (the service's checks
+        that hold for all of its RPCs, such as declared enum values); it raises a domain error."""
         self._domain = domain
+        self._request_check = request_check
         self._max_in_flight = max_concurrent_rpcs
         self._retry_after_s = retry_after_s
         self.in_flight = 0
@@ -225,6 +252,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler  # client streaming RPCs are not part of our contracts
 
+    def _check(self, request: Any, limited: bool) -> None:
+        _require_decoded(request)
+        if limited and self._request_check is not None:  # health and reflection are not ours
+            self._request_check(request)
+
     def _admit(self) -> None:
         if self.draining:
             raise e.UnavailableError(
@@ -258,7 +290,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             admitted = False
             try:
-                _require_decoded(request)
+                self._check(request, limited)
                 if limited:
                     self._admit()
                     admitted = True
@@ -282,7 +314,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             admitted = False
             try:
-                _require_decoded(request)
+                self._check(request, limited)
                 if limited:
                     self._admit()
                     admitted = True

@@ -14,6 +14,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -40,6 +41,8 @@ class ServerOptions:
     grace_period_s: float = 10.0
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = field(default_factory=tuple)
     server_credentials: grpc.ServerCredentials | None = None
+    # Runs on every decoded request of the service before its handler (see ErrorInterceptor).
+    request_check: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -93,6 +96,7 @@ def options_from_config(
     telemetry: Sequence[grpc.aio.ServerInterceptor] = (),
     extra: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
+    request_check: Callable[[Any], None] | None = None,
 ) -> ServerOptions:
     """ServerOptions from a service's `server` and `auth` config sections (both services share them).
 
@@ -108,6 +112,7 @@ def options_from_config(
         grace_period_s=server.grace_period_s,
         extra_interceptors=(*telemetry, *extra, *auth_interceptors(auth)),
         server_credentials=credentials or server_credentials(server.tls),
+        request_check=request_check,
     )
 
 
@@ -118,7 +123,9 @@ async def start_server(
     service_names: Sequence[str],
 ) -> ServingServer:
     """Create, register, bind and start a server; health says SERVING once it listens."""
-    errors = ErrorInterceptor(domain, max_concurrent_rpcs=options.max_concurrent_rpcs)
+    errors = ErrorInterceptor(
+        domain, max_concurrent_rpcs=options.max_concurrent_rpcs, request_check=options.request_check
+    )
     server = grpc.aio.server(
         interceptors=[*options.extra_interceptors, errors],
         options=[
