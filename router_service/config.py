@@ -161,6 +161,9 @@ class LimitsConfig(_Section):
     default_max_tokens: int = Field(default=512, ge=1, description="max_tokens when the request gives none")
     max_embed_inputs: int = Field(default=2048, ge=1)
     max_input_chars: int = Field(default=100_000, ge=1)
+    max_stop_sequences: int = Field(default=16, ge=0, description="stop sequences in one request")
+    max_stop_sequence_chars: int = Field(default=256, ge=1, description="characters of one stop sequence")
+    max_metadata_value_chars: int = Field(default=1024, ge=1, description="characters of one metadata value")
     inline_image_urls: bool = Field(
         default=False,
         description="fetch https image URLs in the router and send the bytes inline; off: URLs go to the "

@@ -212,6 +212,9 @@ async def build_core(config: RouterConfig, deps: RouterDeps, store: StateStore) 
         max_output_tokens=config.limits.max_output_tokens,
         max_embed_inputs=config.limits.max_embed_inputs,
         max_input_chars=config.limits.max_input_chars,
+        max_stop_sequences=config.limits.max_stop_sequences,
+        max_stop_sequence_chars=config.limits.max_stop_sequence_chars,
+        max_metadata_value_chars=config.limits.max_metadata_value_chars,
     )
     gateway = Gateway(
         registry=registry,
