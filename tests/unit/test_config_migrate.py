@@ -331,4 +331,4 @@ def test_default_model_becomes_the_preferred_chat_model(tmp_path: Path) -> None:
     assert model(openai, "gpt-4o")["tasks"] == ["chat_small", "chat_smart"]
     assert openai["priority"] < provider(written, "ollama")["priority"]  # tried first
     loaded = RouterConfig.load(new, environ={"OPENAI_API_KEY": "x"})
-    assert [p.id for p in sorted(loaded.providers, key=lambda p: p.priority)][0] == "openai"
+    assert min(loaded.providers, key=lambda p: p.priority).id == "openai"
