@@ -25,7 +25,7 @@ from sekha.client import ConnectionConfig, RouterClient
 from sekha.embedding.v1 import embedding_service_pb2 as pb
 from sekha.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
 from sekha.tracing import client_interceptors
-from sekha_runtime.server.auth import ApiKeyAuthInterceptor, warn_if_open
+from sekha_runtime.server.auth import ApiKeyAuthInterceptor, refuse_if_open
 from sekha_runtime.server.lifecycle import ServingServer, options_from_config, start_server
 from sekha_runtime.server.tls import client_connection
 from sekha_runtime.server.tracing import TelemetryInterceptor
@@ -98,6 +98,7 @@ def router_vectors(config: EmbeddingConfig, deps: EmbeddingDeps) -> RouterVector
 
 
 async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = None) -> EmbeddingApp:
+    refuse_if_open(config.auth, [config.server.host], "embedding service")
     deps = deps or EmbeddingDeps()
     telemetry = _telemetry(deps)
     router = router_vectors(config, deps)
@@ -116,7 +117,6 @@ async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = Non
         credentials=deps.server_credentials,
         request_check=convert.check_request,
     )
-    warn_if_open(config.auth, config.server.host, "embedding service")
     serving = await start_server(
         options,
         domain="embedding.sekha.dev",

@@ -36,7 +36,7 @@ from router_service.spend import SpendGuard
 from router_service.state import StateStore, open_store
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
-from sekha_runtime.server.auth import ApiKeyAuthInterceptor, warn_if_open
+from sekha_runtime.server.auth import ApiKeyAuthInterceptor, refuse_if_open
 from sekha_runtime.server.lifecycle import ServerOptions, ServingServer, options_from_config, start_server
 from sekha_runtime.server.tracing import TelemetryInterceptor
 from sekha_runtime.telemetry import MetricsEndpoint, Telemetry
@@ -262,6 +262,7 @@ async def build_core(config: RouterConfig, deps: RouterDeps, store: StateStore) 
 
 
 async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> RouterApp:
+    refuse_if_open(config.auth, config.listen_hosts(), "router")
     deps = deps or RouterDeps()
     telemetry = deps.telemetry if deps.telemetry is not None and deps.telemetry.enabled else None
     telemetry_interceptors: tuple[Any, ...] = ()
@@ -284,7 +285,6 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         credentials=deps.server_credentials,
         request_check=convert.check_request,
     )
-    warn_if_open(config.auth, config.server.host, "router")
     serving = await start_server(
         options,
         domain="router.sekha.dev",

@@ -109,3 +109,16 @@ async def test_health_answers_not_serving_during_the_grace_period(fake: FakeProv
         assert await service.wait(within_s=GRACE_S + 5) == 0
     finally:
         await service.stop()
+
+
+async def test_a_router_refuses_to_start_without_auth_on_a_non_loopback_address(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    config = _router_yaml(fake)
+    config["server"]["host"] = "0.0.0.0"
+    service = ServiceProcess("router_service", config, tmp_path, "router")
+    with pytest.raises(AssertionError, match="exited with 2"):
+        await service.start()
+    log = service.log_text()
+    assert "auth.allow_unauthenticated_non_loopback" in log and "Traceback" not in log
+    await service.stop()
