@@ -152,8 +152,10 @@ class ReferenceServicer(pb_grpc.RouterServiceServicer):
                         continue
                     payload = line[5:].strip()
                     if payload == b"[DONE]":
+                        # Read on to the end of the body: a connection released before its
+                        # chunked terminator is closed, not pooled.
                         done = True
-                        break
+                        continue
                     chunk = json.loads(payload)
                     if chunk.get("usage"):
                         usage = _usage(chunk["usage"])
