@@ -248,17 +248,27 @@ def run_gateway(settings: GatewaySettings, work_dir: Path, out_dir: Path) -> dic
     loadgen = LoadGenProcess(work_dir)
     running: dict[str, Running] = {}
     try:
-        portkey = prepare_portkey(work_dir, settings, report)
-        if settings.startup_runs > 0:
-            report["startup"] = measure_startup(work_dir, fake_url, settings, portkey)
-        for name in settings.targets:
+        portkey: portkey_gateway.PortkeyInstall | None = None
+
+        def start(name: str) -> None:
             try:
                 target = _start(name, work_dir, fake, fake_url, settings, report, portkey)
             except Exception as exc:
                 report["unavailable"][name] = f"failed to start: {exc}"
-                continue
+                return
             if target is not None:
                 running[name] = Running(target)
+
+        # "direct" is the fake itself, its first answer timed from the fake's start: before any
+        # install and the start-up runs; the other targets after them, so none runs meanwhile.
+        if "direct" in settings.targets:
+            start("direct")
+        portkey = prepare_portkey(work_dir, settings, report)
+        if settings.startup_runs > 0:
+            report["startup"] = measure_startup(work_dir, fake_url, settings, portkey)
+        for name in settings.targets:
+            if name != "direct":
+                start(name)
         for workload in settings.workloads:
             for concurrency in settings.concurrencies:
                 for name, run in running.items():
