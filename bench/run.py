@@ -1,6 +1,6 @@
 """All benchmarks in one command; results as JSON (one file per section), PNG plots and a summary.
 
-    python -m bench.run                 # the full run (about 15 to 25 minutes on 2 cores)
+    python -m bench.run                 # the full run (about 20 to 30 minutes on 2 cores)
     python -m bench.run --quick         # CI: tiny counts, checks the harness end to end
     python -m bench.run --quick --skip-proxy --output-dir /tmp/out
 
