@@ -216,7 +216,7 @@ def test_images_are_multi_stage_non_root_and_health_checked(
     assert f'ENTRYPOINT ["{entrypoint}"]' in runtime
     healthcheck = next(i for i in runtime if i.startswith("HEALTHCHECK"))
     assert '"python", "/opt/sekha/healthcheck.py"' in healthcheck
-    assert any(f"SEKHA_HEALTHCHECK_TARGET=127.0.0.1:{grpc_port}" in i for i in runtime)
+    assert any(f"SEKHA_HEALTHCHECK_TARGET=127.0.0.1:{ports.split()[0]}" in i for i in runtime)
 
 
 def test_dockerignore_keeps_every_copied_path_in_the_context() -> None:
