@@ -48,6 +48,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             documents=[convert.document_to_pb(doc) for doc in result.documents],
             collection=result.collection,
             next_page_token=result.next_page_token,
+            collections=result.collections,
         )
 
     async def DeleteDocuments(

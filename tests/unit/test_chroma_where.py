@@ -4,14 +4,14 @@ Chroma 1.5.9 truncates a fractional filter number to an integer when it compares
 integer metadata value (chroma-core/chroma#7491). The first test shows that on a raw Chroma
 collection; the others run every operator with fractional values through `ChromaStore` (get,
 query and delete, which rewrite the filter with `embedding_service.chroma_where`) and check the
-result against a plain-Python evaluation of the filter.
+result against a plain-Python evaluation of the filter (tests/where_oracle.py).
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,95 +22,9 @@ from chromadb.config import Settings
 
 from embedding_service.config import ChromaConfig
 from embedding_service.store import ChromaStore, is_valid_where
+from tests.where_oracle import ALL_IDS, expected, filters, metadata_of
 
-# Integers, floats (integral and not), a numeric-looking string, booleans, a missing field.
-VALUES: dict[str, object] = {
-    "i-3": -3,
-    "i-2": -2,
-    "i-1": -1,
-    "i0": 0,
-    "i1": 1,
-    "i2": 2,
-    "i3": 3,
-    "i4": 4,
-    "f-2.5": -2.5,
-    "f-2.0": -2.0,
-    "f-0.5": -0.5,
-    "f0.5": 0.5,
-    "f1.999": 1.999,
-    "f2.0": 2.0,
-    "f2.5": 2.5,
-    "f2.7": 2.7,
-    "f3.0": 3.0,
-    "f3.25": 3.25,
-    "s2.5": "2.5",
-    "btrue": True,
-    "bfalse": False,
-}
-MISSING = "missing"
-ALL_IDS = sorted([*VALUES, MISSING])
-
-FRACTIONS = (2.5, -2.5, 0.5, -0.5, 3.25, 1.75)
-COMPARISONS = ("$eq", "$ne", "$lt", "$lte", "$gt", "$gte")
-LISTS: tuple[list[float | int], ...] = ([2.5], [2.5, 3], [-0.5, 0.5, 7], [1.75, -2.5, 2])
-
-
-def _filters() -> list[dict[str, Any]]:
-    filters: list[dict[str, Any]] = [{"n": value} for value in FRACTIONS]  # the $eq shorthand
-    filters += [{"n": {op: value}} for op in COMPARISONS for value in FRACTIONS]
-    filters += [{"n": {op: values}} for op in ("$in", "$nin") for values in LISTS]
-    filters += [
-        {"$and": [{"n": {"$gt": 1.5}}, {"n": {"$lt": 3.5}}]},
-        {"$or": [{"n": {"$lte": -0.5}}, {"n": {"$gte": 2.5}}]},
-        {"$and": [{"n": {"$ne": 2.5}}, {"m": 1}]},
-    ]
-    return filters
-
-
-FILTERS = _filters()
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _compare(value: object, op: str, operand: Any) -> bool:
-    """Chroma's semantics: numbers compare as numbers; other types never equal a number."""
-    present = value is not None
-    if op in ("$in", "$nin"):
-        found = _number(value) and any(value == item for item in operand)
-        return found if op == "$in" else not found
-    if op == "$eq":
-        return present and _number(value) and value == operand
-    if op == "$ne":
-        return not (present and _number(value) and value == operand)
-    if not _number(value):
-        return False
-    assert isinstance(value, int | float)
-    return {
-        "$lt": value < operand,
-        "$lte": value <= operand,
-        "$gt": value > operand,
-        "$gte": value >= operand,
-    }[op]
-
-
-def matches(metadata: Mapping[str, object], where: Mapping[str, Any]) -> bool:
-    ((key, value),) = where.items()
-    if key == "$and":
-        return all(matches(metadata, part) for part in value)
-    if key == "$or":
-        return any(matches(metadata, part) for part in value)
-    ((op, operand),) = value.items() if isinstance(value, Mapping) else (("$eq", value),)
-    return _compare(metadata.get(key), op, operand)
-
-
-def metadata_of(doc_id: str) -> dict[str, object]:
-    return {"m": 1} if doc_id == MISSING else {"n": VALUES[doc_id], "m": 1}
-
-
-def expected(where: Mapping[str, Any]) -> list[str]:
-    return sorted(doc_id for doc_id in ALL_IDS if matches(metadata_of(doc_id), where))
+FILTERS = filters()
 
 
 def test_the_oracle_is_not_trivially_agreeing() -> None:
