@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
+from embedding_service.batching import BatchSizer
 from embedding_service.config import DefaultsConfig, EmbeddingConfig
 from embedding_service.domain import (
     CollectionInfo,
@@ -159,7 +160,8 @@ class EmbeddingStoreService:
         self._registry = registry
         # Replaceable on a config reload (a new router connection) without touching the requests
         # and migrations running on the old one.
-        self._vectors = VectorSwitch(vectors)
+        self._batches = BatchSizer(config.batching, config.router.timeout_s)
+        self._vectors = VectorSwitch(vectors, observe=self._batches.observe)
         self._clock = clock
         self._locks = BaseLocks()
         # Dimension per model key, learnt from the vectors the source returns, never configured.
@@ -171,6 +173,7 @@ class EmbeddingStoreService:
             vectors=self._vectors,
             locks=self._locks,
             sleep=sleep,
+            batches=self._batches,
         )
 
     @classmethod
@@ -204,6 +207,7 @@ class EmbeddingStoreService:
         """
         self._config = config
         self._limits = config.defaults
+        self._batches.reconfigure(config.batching, config.router.timeout_s)
         self._migrations.reconfigure(config.migration)
         return self._vectors.replace(vectors) if vectors is not None else None
 
@@ -230,12 +234,16 @@ class EmbeddingStoreService:
         documents: Sequence[DocumentIn],
         model: str | None = None,
         request_id: str = "",
+        deadline_s: float | None = None,
     ) -> UpsertResult:
         """Embed and write documents to the base's write collections; idempotent by id.
 
-        Batches of `write_batch_size` are pipelined: batch n+1 is embedded while batch n is
-        written. Returns after Chroma has written everything. A failure after some batches were
-        written leaves those batches stored (retrying the request is safe).
+        Batches are pipelined: batch n+1 is embedded while batch n is written. A batch holds
+        at most `write_batch_size` documents, fewer while the model is slow: one embedding call
+        should take a share of the router timeout, or of `deadline_s` (the seconds the caller
+        has left) when shorter (`batching.BatchSizer`). Returns after Chroma has written
+        everything. A failure after some batches were written leaves those batches stored
+        (retrying the request is safe).
         """
         limits = self._limits  # one request, one set of limits, even across a config reload
         check_base(base)
@@ -246,25 +254,33 @@ class EmbeddingStoreService:
         _log.debug("upsert request=%s base=%s documents=%d", request_id, base, len(documents))
         # Every batch embeds with the vector source the request started on: after a reload the
         # new router may resolve "no model" differently, and one upsert must not mix the two.
+        deadline = self._batches.deadline(deadline_s)
         with self._vectors.pinned():
-            written = await self._upsert_batches(base, requested, documents, limits)
+            written = await self._upsert_batches(base, requested, documents, limits, deadline)
         infos = await asyncio.gather(*(self._info(record) for record in written.values()))
         return UpsertResult(upserted_count=len(documents), collections=sorted(infos, key=lambda i: i.name))
 
     async def _upsert_batches(
-        self, base: str, requested: str | None, documents: Sequence[DocumentIn], limits: DefaultsConfig
+        self,
+        base: str,
+        requested: str | None,
+        documents: Sequence[DocumentIn],
+        limits: DefaultsConfig,
+        deadline: float | None,
     ) -> dict[str, CollectionRecord]:
         """The pipeline of `upsert`; the collections written, by name."""
-        step = limits.write_batch_size
         written: dict[str, CollectionRecord] = {}
         pending: asyncio.Task[list[CollectionRecord]] | None = None
+        start = 0
         try:
-            for start in range(0, len(documents), step):
-                batch = list(documents[start : start + step])
+            while start < len(documents):
                 plan = await self._write_plan(base, requested)
                 models: list[str | None] = (
                     list(dict.fromkeys(c.model for c in plan)) if plan else [requested or limits.model]
                 )
+                step = self._batches.size(models, limits.write_batch_size, deadline)
+                batch = list(documents[start : start + step])
+                start += len(batch)
                 embedded = await self._embed_many([doc.text for doc in batch], models)
                 if pending is not None:
                     written.update((c.name, c) for c in await pending)

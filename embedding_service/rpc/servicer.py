@@ -27,6 +27,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             convert.documents_from_pb(request.documents),
             request.model or None,
             request.request_id,
+            deadline_s=context.time_remaining(),
         )
         return pb.UpsertDocumentsResponse(
             upserted_count=result.upserted_count,
