@@ -6,13 +6,14 @@ router call's 30 s timeout. So a call is sized by time: it should take at most
 `call_fraction` of the router timeout, or of the request's remaining deadline when that is
 shorter.
 
-Per model, the sizer keeps an estimate of seconds per text, learnt from the calls the service
-makes (`observe`). The estimate follows a slower call at once and a faster one half way, so
-load is felt immediately and a lucky call does not swing the size up. A model's first call
-carries `initial_size` texts; later ones as many as the estimate lets fit in the budget, but
-never more than twice the largest call measured so far (the estimate comes from smaller
-calls, and a model may not scale linearly), never fewer than `min_size` and never more than
-the caller's own maximum (`defaults.write_batch_size`, a migration's `batch_size`).
+Per model, the sizer keeps the seconds per text of the last call the service made
+(`observe`), so load is felt at the next call, and so is its end (a first call that also
+warmed the model up does not hold sizes down for long). A model's first call carries
+`initial_size` texts; later ones as many as fit in the budget at that speed, but never more
+than twice the largest call measured so far (the speed comes from smaller calls, and a model
+may not scale linearly; a lucky fast call can at most double the next), never fewer than
+`min_size` and never more than the caller's own maximum (`defaults.write_batch_size`, a
+migration's `batch_size`).
 
 Calls much smaller than the size the sizer would choose (a search's one-text query, a small
 upsert) say little about a big call, whose time is mostly per text rather than per call, so
@@ -31,9 +32,6 @@ from dataclasses import dataclass
 from embedding_service.config import BatchingConfig
 
 _log = logging.getLogger(__name__)
-
-# A faster call moves the estimate this share of the way towards it.
-_SPEED_UP_WEIGHT = 0.5
 
 
 @dataclass
@@ -83,7 +81,7 @@ class BatchSizer:
         return self._config.initial_size if speed is None else _fit(speed, budget)
 
     def seconds_per_text(self, model: str | None) -> float | None:
-        """The current estimate for `model`, None before its first measured call."""
+        """The speed sizes are chosen by for `model`, None before its first measured call."""
         speed = self._speeds.get(_key(model))
         return None if speed is None else speed.seconds_per_text
 
@@ -109,10 +107,8 @@ class BatchSizer:
         if speed is None:
             # A timed-out call took longer than measured: its size is not known to fit, half of it may.
             speed = self._speeds[key] = _Speed(measured, max(1, texts // 2) if timed_out else texts)
-        elif measured >= speed.seconds_per_text:
+        elif not timed_out or measured > speed.seconds_per_text:
             speed.seconds_per_text = measured
-        elif not timed_out:
-            speed.seconds_per_text += (measured - speed.seconds_per_text) * _SPEED_UP_WEIGHT
         if not timed_out:
             speed.largest_call = max(speed.largest_call, texts)
             return

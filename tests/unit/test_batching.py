@@ -54,18 +54,24 @@ def test_a_fast_model_reaches_the_callers_limit(sizer: BatchSizer) -> None:
     assert sizer.size([REMOTE], 256) == 256
 
 
-def test_a_slower_call_shrinks_the_next_at_once_and_a_faster_one_grows_it_gradually(
-    sizer: BatchSizer,
-) -> None:
+def test_a_slower_call_shrinks_the_next_and_a_faster_one_grows_it_back(sizer: BatchSizer) -> None:
     for size in (16, 32, 64, 128, 150):
         call(sizer, CPU, size, 0.05)
     assert sizer.size([CPU], 256) == 150
     call(sizer, CPU, 150, 0.125)  # under load: 256 texts would take 32 s
     assert sizer.seconds_per_text(CPU) == pytest.approx(0.125)
     assert sizer.size([CPU], 256) == 60
-    call(sizer, CPU, 60, 0.05)  # the load is gone: half way back
-    assert sizer.seconds_per_text(CPU) == pytest.approx(0.0875)
-    assert sizer.size([CPU], 256) == 85
+    call(sizer, CPU, 60, 0.05)  # the load is gone
+    assert sizer.size([CPU], 256) == 150
+
+
+def test_a_slow_first_call_that_warmed_the_model_up_holds_sizes_down_briefly(sizer: BatchSizer) -> None:
+    sizes = []
+    for seconds_per_text in (0.5, 0.05, 0.05, 0.05, 0.05, 0.05):  # 8 s for the first 16 texts
+        size = sizer.size([CPU], 256)
+        sizes.append(size)
+        call(sizer, CPU, size, seconds_per_text)
+    assert sizes == [16, 15, 32, 64, 128, 150]  # growth is capped by the largest call, 16
 
 
 def test_the_remaining_deadline_shrinks_calls_as_it_approaches(sizer: BatchSizer, clock: FakeClock) -> None:

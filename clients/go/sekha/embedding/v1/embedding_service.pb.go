@@ -1745,7 +1745,9 @@ type StartMigrationRequest struct {
 	Base string `protobuf:"bytes,1,opt,name=base,proto3" json:"base,omitempty"`
 	// The new embedding model (`model` or `provider_id/model`).
 	TargetModel string `protobuf:"bytes,2,opt,name=target_model,json=targetModel,proto3" json:"target_model,omitempty"`
-	// Documents per backfill batch; 0 means the server default.
+	// The most documents per backfill batch; 0 means the server default. A
+	// batch is smaller while the target model is slow, so that one embedding
+	// call fits well within the router timeout.
 	BatchSize int32 `protobuf:"varint,3,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
 }
 
