@@ -79,6 +79,8 @@ class Behaviour:
         stream_error_after_chunks: Anthropic streams only: after this many chunks send an
             ``event: error`` (its type from ``error_body``, default ``overloaded_error``) and end
             the stream cleanly, as Anthropic does when it is overloaded mid-answer.
+        latency_per_input_s: embeddings only (OpenAI, Ollama): a further delay per input text, so a
+            bigger batch takes longer, as on a model running on a CPU.
     """
 
     status: int = 200
@@ -96,6 +98,7 @@ class Behaviour:
     raw_body: str | None = None
     finish_reason: str = "stop"
     stream_error_after_chunks: int | None = None
+    latency_per_input_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -579,6 +582,8 @@ class FakeProvider:
         ) -> web.StreamResponse:
             inputs = body.get("input", [])
             texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs]
+            if behaviour.latency_per_input_s > 0:
+                await asyncio.sleep(behaviour.latency_per_input_s * len(texts))
             model = str(body.get("model", ""))
             dimension = self._dimension(model)
             payload: dict[str, Any] = {
@@ -687,6 +692,8 @@ class FakeProvider:
         ) -> web.StreamResponse:
             inputs = body.get("input", [])
             texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs]
+            if behaviour.latency_per_input_s > 0:
+                await asyncio.sleep(behaviour.latency_per_input_s * len(texts))
             model = str(body.get("model", ""))
             dimension = self._dimension(model)
             payload: dict[str, Any] = {
