@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 from embedding_service import domain as d
 from sekha.embedding.v1 import embedding_service_pb2 as pb
 from sekha_runtime.errors import FieldViolation, InvalidArgumentError
-from sekha_runtime.server.messages import long_string_violations, unknown_enum_violations
+from sekha_runtime.server.messages import RequestChecker
 
 FUSION_FROM_PB = {
     pb.FUSION_METHOD_UNSPECIFIED: d.FusionMethod.RECIPROCAL_RANK,
@@ -46,10 +46,13 @@ IDENTIFIER_LIMITS = {
 }
 
 
+_REQUEST_CHECKER = RequestChecker(IDENTIFIER_LIMITS)
+
+
 def check_request(request: Message) -> None:
     """What holds for every Embedding request, whatever the RPC: each enum field at any depth holds
     a declared value, and identifiers fit their caps. Raises InvalidArgumentError naming the fields."""
-    violations = unknown_enum_violations(request) + long_string_violations(request, IDENTIFIER_LIMITS)
+    violations = _REQUEST_CHECKER.violations(request)
     if violations:
         raise InvalidArgumentError(violations)
 

@@ -20,7 +20,7 @@ from router_service.spend import SpendReport
 from router_service.state.base import SpendGrouping
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha_runtime.errors import FieldViolation, InvalidArgumentError
-from sekha_runtime.server.messages import long_string_violations, unknown_enum_violations
+from sekha_runtime.server.messages import RequestChecker
 
 TASK_FROM_PB = {
     pb.TASK_EMBEDDING: d.Task.EMBEDDING,
@@ -75,10 +75,13 @@ IDENTIFIER_LIMITS = {
 }
 
 
+_REQUEST_CHECKER = RequestChecker(IDENTIFIER_LIMITS)
+
+
 def check_request(request: Message) -> None:
     """What holds for every Router request, whatever the RPC: each enum field at any depth holds a
     declared value, and identifiers fit their caps. Raises InvalidArgumentError naming the fields."""
-    violations = unknown_enum_violations(request) + long_string_violations(request, IDENTIFIER_LIMITS)
+    violations = _REQUEST_CHECKER.violations(request)
     if violations:
         raise InvalidArgumentError(violations)
 

@@ -1,9 +1,7 @@
 """Checks and bounds that hold for every protobuf message, written once over the descriptors.
 
-* `unknown_enum_violations`: proto3 enums are open, so a caller can send any number (`detail = 99`)
-  and protobuf keeps it; every enum field of a request, at any depth, must hold a declared value.
-* `long_string_violations`: identifiers a service may echo in an error (a provider id, a
-  collection name) are capped by field name, so an error never carries a megabyte of input.
+* `RequestChecker`: every enum of a request holds a declared value, and identifiers a service may
+  echo in an error fit their caps.
 * `bound_strings`: shortens every string of a message in place (the details of an error status).
 
 Violations name the field by its proto path (`messages[0].parts[1].image.detail`) and never
@@ -12,7 +10,8 @@ repeat the offending value.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -39,63 +38,91 @@ def _is_repeated(field: FieldDescriptor) -> bool:
     return bool(field.is_repeated)
 
 
-def _values(message: Message, field: FieldDescriptor, value: Any, path: str) -> Iterator[tuple[str, Any]]:
-    """(path, value) of each element a set field holds: one, each of a list, each of a map."""
-    if _is_map(field):
-        for key in value:
-            yield f"{path}[{bound(str(key), 64)}]", value[key]
-    elif _is_repeated(field):
-        for index, item in enumerate(value):
-            yield f"{path}[{index}]", item
-    else:
-        yield path, value
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One field of a message type that can hold something to check, directly or below it."""
+
+    name: str
+    is_map: bool
+    is_repeated: bool
+    enum: Any = None  # the EnumDescriptor of an enum field
+    limit: int | None = None  # the character limit of a capped string field
+    children: tuple[_Step, ...] | None = None  # the plan of a message field's type
 
 
-def _element_type(field: FieldDescriptor) -> FieldDescriptor:
-    """The descriptor of what one element is: a map's value field, or the field itself."""
-    return field.message_type.fields_by_name["value"] if _is_map(field) else field
+class RequestChecker:
+    """What holds for every request of a service, whatever the RPC, checked over the descriptors:
 
+    * every enum field, at any depth, holds a number its enum declares (proto3 enums are open: a
+      caller can send `detail = 99` and protobuf keeps it);
+    * identifiers a service may echo in an error (a provider id, a collection name) fit their caps,
+      so an error never carries a megabyte of input. `limits` is keyed by `Message.field`
+      (`GetMigrationRequest.id`) or by a field name alone (`provider_id`, wherever it occurs).
 
-def _walk(message: Message, prefix: str = "") -> Iterator[tuple[FieldDescriptor, str, Any]]:
-    """Every set scalar element of `message` at any depth: (its element descriptor, path, value)."""
-    for field, value in message.ListFields():
-        path = f"{prefix}{field.name}"
-        element = _element_type(field)
-        for item_path, item in _values(message, field, value, path):
-            if element.type == FieldDescriptor.TYPE_MESSAGE:
-                yield from _walk(item, f"{item_path}.")
-            else:
-                yield element, item_path, item
+    Which fields of a message type need looking at is worked out once per type, so a request costs
+    a visit to those fields only (never to its texts). Well-known types (Struct, Timestamp) hold
+    nothing of ours and are skipped.
+    """
 
+    def __init__(self, limits: Mapping[str, int]) -> None:
+        self._limits = dict(limits)
+        self._plans: dict[str, tuple[_Step, ...]] = {}
 
-def unknown_enum_violations(message: Message) -> list[FieldViolation]:
-    """A violation for every enum field (at any depth) holding a number its enum does not declare."""
-    violations: list[FieldViolation] = []
-    for field, path, value in _walk(message):
-        if field.type != FieldDescriptor.TYPE_ENUM or value in field.enum_type.values_by_number:
-            continue
-        known = ", ".join(v.name for v in field.enum_type.values)
-        violations.append(
-            FieldViolation(path, f"unknown {field.enum_type.name} value {value}; one of {known}")
-        )
-        if len(violations) >= _MAX_VIOLATIONS:
-            break
-    return violations
+    def violations(self, message: Message) -> list[FieldViolation]:
+        out: list[FieldViolation] = []
+        self._check(message, self._plan(message.DESCRIPTOR), "", out)
+        return out[:_MAX_VIOLATIONS]
 
+    def _plan(self, descriptor: Any) -> tuple[_Step, ...]:
+        plan = self._plans.get(descriptor.full_name)
+        if plan is not None:
+            return plan
+        self._plans[descriptor.full_name] = ()  # a recursive type sees itself as empty meanwhile
+        steps = []
+        for field in descriptor.fields:
+            element = field.message_type.fields_by_name["value"] if _is_map(field) else field
+            common = {"name": field.name, "is_map": _is_map(field), "is_repeated": _is_repeated(field)}
+            if element.type == FieldDescriptor.TYPE_ENUM:
+                steps.append(_Step(**common, enum=element.enum_type))
+            elif element.type == FieldDescriptor.TYPE_STRING:
+                limit = self._limits.get(f"{descriptor.name}.{field.name}", self._limits.get(field.name))
+                if limit is not None:
+                    steps.append(_Step(**common, limit=limit))
+            elif (
+                element.type == FieldDescriptor.TYPE_MESSAGE
+                and not element.message_type.full_name.startswith("google.protobuf.")
+            ):
+                children = self._plan(element.message_type)
+                if children:
+                    steps.append(_Step(**common, children=children))
+        plan = self._plans[descriptor.full_name] = tuple(steps)
+        return plan
 
-def long_string_violations(message: Message, limits: Mapping[str, int]) -> list[FieldViolation]:
-    """A violation for every string field (at any depth) that is longer than its limit. `limits` is
-    keyed by `Message.field` (`GetMigrationRequest.id`) or by a field name alone (`provider_id`,
-    wherever it occurs). The value is never repeated: it is what is too long to echo."""
-    violations: list[FieldViolation] = []
-    for field, path, value in _walk(message):
-        limit = limits.get(f"{field.containing_type.name}.{field.name}", limits.get(field.name))
-        if limit is None or field.type != FieldDescriptor.TYPE_STRING or len(value) <= limit:
-            continue
-        violations.append(FieldViolation(path, f"{len(value)} characters, limit {limit}"))
-        if len(violations) >= _MAX_VIOLATIONS:
-            break
-    return violations
+    def _check(
+        self, message: Message, plan: tuple[_Step, ...], prefix: str, out: list[FieldViolation]
+    ) -> None:
+        for step in plan:
+            if len(out) >= _MAX_VIOLATIONS:
+                return
+            value = getattr(message, step.name)
+            if step.is_map:
+                for key in value:
+                    self._element(step, value[key], f"{prefix}{step.name}[{bound(str(key), 64)}]", out)
+            elif step.is_repeated:
+                for index, item in enumerate(value):
+                    self._element(step, item, f"{prefix}{step.name}[{index}]", out)
+            elif step.children is None or message.HasField(step.name):
+                self._element(step, value, prefix + step.name, out)
+
+    def _element(self, step: _Step, value: Any, path: str, out: list[FieldViolation]) -> None:
+        if step.children is not None:
+            self._check(value, step.children, path + ".", out)
+        elif step.enum is not None:
+            if value not in step.enum.values_by_number:
+                known = ", ".join(v.name for v in step.enum.values)
+                out.append(FieldViolation(path, f"unknown {step.enum.name} value {value}; one of {known}"))
+        elif step.limit is not None and len(value) > step.limit:
+            out.append(FieldViolation(path, f"{len(value)} characters, limit {step.limit}"))
 
 
 def bound_strings(message: Message, limit: int) -> None:
