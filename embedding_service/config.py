@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from sekha_runtime.server.security import AuthConfig, ClientTlsConfig, ServerSettings
+from sekha_runtime.configloader import ConfigPathError
+from sekha_runtime.server.security import AuthConfig, ClientTlsConfig, ServerSettings, open_listener_problem
 from sekha_runtime.telemetry import TelemetryConfig
 
 ENV_PREFIX = "SEKHA_EMBEDDING__"
@@ -137,6 +138,13 @@ class EmbeddingConfig(_Strict):
     batching: BatchingConfig = BatchingConfig()
     migration: MigrationConfig = MigrationConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+
+    @model_validator(mode="after")
+    def _auth_beyond_loopback(self) -> EmbeddingConfig:
+        problem = open_listener_problem(self.auth, [self.server.host])
+        if problem is not None:
+            raise ConfigPathError([(("auth", "enabled"), problem)])
+        return self
 
     @classmethod
     def load(

@@ -34,7 +34,7 @@ from router_service.domain import Capability, Price, Task
 from router_service.spend import BudgetsConfig, RateLimitsConfig
 from router_service.state.base import StateConfig
 from sekha_runtime.configloader import ConfigPathError, load_config
-from sekha_runtime.server.security import AuthConfig, ServerSettings
+from sekha_runtime.server.security import AuthConfig, ServerSettings, open_listener_problem
 from sekha_runtime.telemetry import TelemetryConfig
 
 __all__ = [
@@ -168,6 +168,9 @@ class LimitsConfig(_Section):
     default_max_tokens: int = Field(default=512, ge=1, description="max_tokens when the request gives none")
     max_embed_inputs: int = Field(default=2048, ge=1)
     max_input_chars: int = Field(default=100_000, ge=1)
+    max_stop_sequences: int = Field(default=16, ge=0, description="stop sequences in one request")
+    max_stop_sequence_chars: int = Field(default=256, ge=1, description="characters of one stop sequence")
+    max_metadata_value_chars: int = Field(default=1024, ge=1, description="characters of one metadata value")
     inline_image_urls: bool = Field(
         default=False,
         description="fetch https image URLs in the router and send the bytes inline; off: URLs go to the "
@@ -339,6 +342,9 @@ class RouterConfig(_Section):
                 )
             else:
                 first_index[provider.id] = index
+        open_listener = open_listener_problem(self.auth, self.listen_hosts())
+        if open_listener is not None:
+            problems.append((("auth", "enabled"), open_listener))
         model_info = (info.context or {}).get("model_info") if info is not None else None
         for p_index, provider in enumerate(self.providers):
             for m_index, model in enumerate(provider.models):
@@ -356,6 +362,13 @@ class RouterConfig(_Section):
         if problems:
             raise ConfigPathError(problems)
         return self
+
+    def listen_hosts(self) -> list[str]:
+        """Every address the router listens on for callers: gRPC, and the HTTP door when on."""
+        hosts = [self.server.host]
+        if self.server.http_port is not None:
+            hosts.append(self.server.http_host or self.server.host)
+        return hosts
 
     def breaker_config_for(self, provider_id: str) -> CircuitBreakerConfig:
         """The provider's own breaker settings, else the global ones."""

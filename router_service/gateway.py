@@ -57,6 +57,20 @@ _REJECTION_MESSAGES = {
 }
 
 
+def _rejected(exc: ProviderRejection) -> ProviderRejectedError:
+    """The caller's view of a provider's refusal: the field it named (ours), its error code, and
+    never its free text, which may echo the prompt."""
+    field = exc.field_path
+    if not field and exc.kind in ("context_length", "content_policy"):
+        field = "messages"  # what a context window or a content policy is about
+    message = _REJECTION_MESSAGES.get(exc.kind)
+    if message is None:
+        message = f"{field} was rejected by the provider" if field else "rejected by the provider"
+        if exc.provider_code:
+            message += f" (provider error code: {exc.provider_code})"
+    return ProviderRejectedError(message, kind=exc.kind, field_path=field, provider_code=exc.provider_code)
+
+
 @dataclass(frozen=True)
 class Deadline:
     """The caller's deadline as an absolute monotonic time (None = no deadline)."""
@@ -384,8 +398,7 @@ class Gateway:
         self.observer.attempt_finished(
             operation, self.registry.by_key(candidate.key), attempt, None, None, scope=scope
         )
-        message = _REJECTION_MESSAGES.get(exc.kind, "the provider rejected the request as invalid")
-        return ProviderRejectedError(message, kind=exc.kind, field_path="messages")
+        return _rejected(exc)
 
     def _exhausted(self, call: _Call) -> GatewayError:
         if call.refusal is not None and call.calls == 0:

@@ -32,7 +32,11 @@ class Limits:
     max_embed_inputs: int = 2048
     max_input_chars: int = 100_000
     max_metadata_entries: int = 64
+    max_metadata_key_chars: int = 256
+    max_metadata_value_chars: int = 1024
     max_request_id_chars: int = 128
+    max_stop_sequences: int = 16
+    max_stop_sequence_chars: int = 256
 
 
 def _check_metadata(
@@ -42,10 +46,45 @@ def _check_metadata(
         out.append(
             FieldViolation("metadata", f"{len(metadata)} entries, limit {limits.max_metadata_entries}")
         )
+    for key, value in metadata.items():
+        if len(out) >= 20:
+            break
+        if len(key) > limits.max_metadata_key_chars:
+            # The key itself is what is too long: the path cannot name it.
+            out.append(
+                FieldViolation(
+                    "metadata", f"a key of {len(key)} characters, limit {limits.max_metadata_key_chars}"
+                )
+            )
+        elif len(value) > limits.max_metadata_value_chars:
+            out.append(
+                FieldViolation(
+                    f"metadata[{key}]", f"{len(value)} characters, limit {limits.max_metadata_value_chars}"
+                )
+            )
     if len(request_id) > limits.max_request_id_chars:
         out.append(
             FieldViolation("request_id", f"{len(request_id)} characters, limit {limits.max_request_id_chars}")
         )
+
+
+def _check_stop_sequences(stops: tuple[str, ...], limits: Limits, out: list[FieldViolation]) -> None:
+    # Every stop sequence goes to the provider with every request: bounded like the messages.
+    if len(stops) > limits.max_stop_sequences:
+        out.append(
+            FieldViolation(
+                "generation.stop_sequences", f"{len(stops)} sequences, limit {limits.max_stop_sequences}"
+            )
+        )
+        return
+    for i, stop in enumerate(stops):
+        if len(stop) > limits.max_stop_sequence_chars:
+            out.append(
+                FieldViolation(
+                    f"generation.stop_sequences[{i}]",
+                    f"{len(stop)} characters, limit {limits.max_stop_sequence_chars}",
+                )
+            )
 
 
 def _check_image(image: d.ImagePart, path: str, limits: Limits, out: list[FieldViolation]) -> int:
@@ -111,6 +150,7 @@ def check_chat(request: d.ChatRequest, limits: Limits) -> None:
     max_tokens = request.generation.max_tokens
     if max_tokens is not None and max_tokens > limits.max_output_tokens:
         out.append(FieldViolation("generation.max_tokens", f"{max_tokens}, limit {limits.max_output_tokens}"))
+    _check_stop_sequences(request.generation.stop_sequences, limits, out)
     _check_metadata(request.metadata, request.request_id, limits, out)
     if out:
         raise InvalidArgumentError(out)

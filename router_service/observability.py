@@ -48,8 +48,20 @@ from sekha_runtime.telemetry import Telemetry
 
 __all__ = ["RouterObserver", "gen_ai_provider_name", "inject_trace_headers"]
 
-# Provider types whose GenAI convention name differs from ours.
+# gen_ai.provider.name per provider type: the OpenTelemetry GenAI registry's well-known value
+# where one applies. An `openai_compatible` server (vLLM, LM Studio, llama.cpp, ...) speaks the
+# OpenAI API and is reported as `openai`, as the convention says for systems reached through the
+# OpenAI API (server.address and the model attributes tell which one). Types the registry does not
+# list report their own name as a custom value: `ollama`, `openrouter`, `moonshot`, and `local`
+# (the router's in-process embedding model); so does any other LiteLLM provider name.
 _GEN_AI_PROVIDER_NAMES: Mapping[str, str] = {
+    "openai": "openai",
+    "openai_compatible": "openai",
+    "anthropic": "anthropic",
+    "deepseek": "deepseek",
+    "cohere": "cohere",
+    "groq": "groq",
+    "perplexity": "perplexity",
     "gemini": "gcp.gemini",
     "vertex_ai": "gcp.vertex_ai",
     "bedrock": "aws.bedrock",

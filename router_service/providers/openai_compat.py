@@ -13,6 +13,7 @@ unread bytes never goes back to the pool and the upstream sees the hang-up at on
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
@@ -117,6 +118,52 @@ class _StreamState:
         self.response_model = model
         self.done = False
         self.saw_data = False
+
+
+class _SSELines:
+    """The lines of a streamed body, including those that arrived together with a broken connection.
+
+    aiohttp's StreamReader raises the stored connection error as soon as one is set, before it
+    returns bytes it has already buffered: when a provider sends its last chunks back to back and
+    then resets, those chunks (generated, and billed by the provider) would never reach the
+    caller. After such an error the complete lines still in the buffer are handed out first, then
+    the error is raised. An incomplete last line is dropped: it was never fully sent.
+    """
+
+    __slots__ = ("_content", "_error", "_salvaged")
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self._content = content
+        self._salvaged: collections.deque[bytes] | None = None
+        self._error: BaseException | None = None
+
+    async def readline(self) -> bytes:
+        if self._salvaged is None:
+            try:
+                return await self._content.readline(max_line_length=_MAX_SSE_LINE)
+            except Exception as exc:
+                if self._content.exception() is None:
+                    raise  # not a broken connection (a line too long): nothing to salvage
+                self._error = exc
+                self._salvaged = collections.deque(_complete_lines(_buffered(self._content)))
+        if self._salvaged:
+            return self._salvaged.popleft()
+        assert self._error is not None
+        raise self._error
+
+
+def _buffered(content: aiohttp.StreamReader) -> bytes:
+    """What the reader holds unread. Every public read raises once an error is stored, so this
+    uses aiohttp's own unchecked read (pinned by the lean-path stream tests, which fail if it goes)."""
+    read_buffered = getattr(content, "_read_nowait", None)
+    if read_buffered is None or not getattr(content, "_buffer", None):
+        return b""
+    return bytes(read_buffered(-1))
+
+
+def _complete_lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    return [line + b"\n" for line in lines[:-1]]  # the last piece has no newline: incomplete
 
 
 class OpenAICompatProvider:
@@ -293,9 +340,10 @@ class OpenAICompatProvider:
                         raw = await response.read()
                     raise classify_http(response.status, response.headers, decode_error_body(raw))
                 content = response.content
+                lines = _SSELines(content)
                 while True:
                     async with asyncio.timeout_at(deadline):
-                        text = await self._next_text(content, state)
+                        text = await self._next_text(lines, state)
                     if text is None:
                         break
                     yield TextDelta(text)
@@ -316,10 +364,10 @@ class OpenAICompatProvider:
         yield StreamEnd(state.finish_reason, state.usage, state.response_model)
 
     @staticmethod
-    async def _next_text(content: aiohttp.StreamReader, state: _StreamState) -> str | None:
+    async def _next_text(lines: _SSELines, state: _StreamState) -> str | None:
         """Read SSE lines until a non-empty text delta (returned) or the end (None)."""
         while True:
-            line = await content.readline(max_line_length=_MAX_SSE_LINE)
+            line = await lines.readline()
             if not line:
                 if state.finish_reason is FinishReason.UNSPECIFIED:
                     # A complete body without any SSE event was no stream at all; EOF after

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from router_service import domain as d
 from router_service.catalog import ModelView, ProviderView
@@ -19,6 +20,7 @@ from router_service.spend import SpendReport
 from router_service.state.base import SpendGrouping
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha_runtime.errors import FieldViolation, InvalidArgumentError
+from sekha_runtime.server.messages import RequestChecker
 
 TASK_FROM_PB = {
     pb.TASK_EMBEDDING: d.Task.EMBEDDING,
@@ -60,6 +62,28 @@ OUTCOME_TO_PB = {
     d.AttemptOutcome.REJECTED: pb.ATTEMPT_OUTCOME_REJECTED,
     d.AttemptOutcome.SKIPPED: pb.ATTEMPT_OUTCOME_SKIPPED,
 }
+
+
+# Identifiers an error may echo (a provider or model it did not find), capped before any handler
+# sees them. Longer than any real one: config ids and model names are far shorter.
+IDENTIFIER_LIMITS = {
+    "provider_id": 128,
+    "preferred_model": 256,
+    "caller": 256,
+    "request_id": 128,
+    "page_token": 1024,
+}
+
+
+_REQUEST_CHECKER = RequestChecker(IDENTIFIER_LIMITS)
+
+
+def check_request(request: Message) -> None:
+    """What holds for every Router request, whatever the RPC: each enum field at any depth holds a
+    declared value, and identifiers fit their caps. Raises InvalidArgumentError naming the fields."""
+    violations = _REQUEST_CHECKER.violations(request)
+    if violations:
+        raise InvalidArgumentError(violations)
 
 
 def routing_from_pb(msg: pb.RoutingPreferences, violations: list[FieldViolation]) -> d.RoutingPreferences:

@@ -16,7 +16,8 @@ P:s:h:<YYYYMMDDHH> / P:s:d:<YYYYMMDD>  hash    spend per UTC hour / day; field
 P:s:log                             stream     raw ledger rows, capped (MAXLEN ~ spend_log_max_rows)
 P:s:done:<reservation id>           string     settle marker (SET NX, 15 min): a settle replayed
                                                after an outage is not counted twice
-P:r:<limit key>                     string     GCRA theoretical arrival time (us), PX-expiring
+P:r:<limit key>                     string     GCRA theoretical arrival time (us on the Redis server's
+                                               clock, read by the script: TIME), PX-expiring
 P:k:<breaker>                       hash       state, open_until, opened_at, consec, gen
 P:k:<breaker>:w                     list       the breaker's sliding window, '1' = failure
 P:k:<breaker>:p:<gen>               string     half-open probe permits taken in generation `gen`
@@ -53,7 +54,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import redis.asyncio as redis_asyncio
 from redis.asyncio.retry import Retry
@@ -224,16 +225,31 @@ return out
 """
 )
 
+# The time of the Redis server in microseconds, unless the caller gave one (ARGV[1] ~= '').
+# Every replica then measures a rate limit on the same clock, at the moment its script runs:
+# a timestamp taken by a replica before its call can be older than one already applied (it
+# queued behind other calls) or skewed (another host's clock), and a refusal's wait computed
+# from it can be shorter than the real one.
+_LUA_NOW = """
+local function now_us()
+  if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+"""
+
 # GCRA over several limits, all or none. KEYS: limit keys.
-# ARGV: now_us, then per key: period_us, increment_us, oversize(0|1)
-_LUA_RATE = """
-local now = tonumber(ARGV[1])
+# ARGV: now_us ('' = the server's time), then per key: period_us, increment_us, oversize(0|1)
+_LUA_RATE = (
+    _LUA_NOW
+    + """
+local now = now_us()
 local tats = {}
 for i = 1, #KEYS do
   local period = tonumber(ARGV[3 * i - 1])
   local increment = tonumber(ARGV[3 * i])
   local oversize = ARGV[3 * i + 1] == '1'
-  local tat = tonumber(redis.call('GET', KEYS[i]) or ARGV[1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
   local new_tat = tat + increment
   if new_tat - period > now and not (oversize and tat <= now) then
@@ -249,10 +265,13 @@ for i = 1, #KEYS do
 end
 return {1, 0, '0'}
 """
+)
 
-# KEYS: limit keys; ARGV: now_us, then per key: decrement_us
-_LUA_REFUND = """
-local now = tonumber(ARGV[1])
+# KEYS: limit keys; ARGV: now_us ('' = the server's time), then per key: decrement_us
+_LUA_REFUND = (
+    _LUA_NOW
+    + """
+local now = now_us()
 for i = 1, #KEYS do
   local tat = redis.call('GET', KEYS[i])
   if tat then
@@ -267,6 +286,7 @@ for i = 1, #KEYS do
 end
 return 1
 """
+)
 
 _LUA_BREAKER_READ = """
 local function read(h, w)
@@ -428,7 +448,10 @@ class RedisStore(StateStore):
         hourly_retention_days: int = 35,
         daily_retention_days: int = 400,
         wall_clock: Callable[[], float] = time.time,
+        rate_clock: Literal["redis", "caller"] = "redis",
     ) -> None:
+        """`rate_clock` is the clock rate limits are measured on: the Redis server's, shared by
+        every replica (the default), or the `now` each call passes (tests that move time)."""
         super().__init__()
         if client is None:
             if url is None:
@@ -449,6 +472,7 @@ class RedisStore(StateStore):
         self._hour_retention_s = hourly_retention_days * _DAY
         self._day_retention_s = daily_retention_days * _DAY
         self._wall_clock = wall_clock
+        self._rate_clock = rate_clock
         self._fallback = MemoryStore()
         self._local_reservations: set[str] = set()
         self._last_known: dict[str, tuple[BudgetKey, int]] = {}  # budget key -> spent + reserved
@@ -761,7 +785,7 @@ class RedisStore(StateStore):
             return RateDecision(True)
         if self._healthy:
             keys = [f"{self._p}:r:{limit.key}" for limit in limits]
-            args: list[Any] = [f"{now * 1e6:.0f}"]
+            args: list[Any] = [self._rate_now(now)]
             for limit in limits:
                 args += [
                     f"{limit.period_s * 1e6:.0f}",
@@ -778,13 +802,17 @@ class RedisStore(StateStore):
                 return RateDecision(False, int(reply[2]) / 1e6, limits[int(reply[1]) - 1])
         return await self._fallback.acquire_rate(limits, now)
 
+    def _rate_now(self, now: float) -> str:
+        """The scripts' ARGV[1]: '' makes them read the Redis server's clock."""
+        return "" if self._rate_clock == "redis" else f"{now * 1e6:.0f}"
+
     async def refund_rate(self, limits: Sequence[RateLimit], now: float) -> None:
         limits = [limit for limit in limits if limit.cost > 0]
         if not limits:
             return
         if self._healthy:
             keys = [f"{self._p}:r:{limit.key}" for limit in limits]
-            args = [f"{now * 1e6:.0f}", *(f"{gcra_interval_us(lim) * lim.cost:.0f}" for lim in limits)]
+            args = [self._rate_now(now), *(f"{gcra_interval_us(lim) * lim.cost:.0f}" for lim in limits)]
             try:
                 await self._remote(lambda: self._refund_script(keys=keys, args=args))
                 return

@@ -14,6 +14,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -41,6 +42,8 @@ class ServerOptions:
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = field(default_factory=tuple)
     server_credentials: grpc.ServerCredentials | None = None
     reuse_port: bool = False
+    # Runs on every decoded request of the service before its handler (see ErrorInterceptor).
+    request_check: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -66,10 +69,20 @@ class ServingServer:
             await self.health.set(name, status)
 
     async def stop(self, grace_period_s: float | None = None) -> None:
-        """NOT_SERVING first, then let in-flight RPCs finish within the grace period, then close deps."""
+        """NOT_SERVING first, then let in-flight RPCs finish within the grace period, then close deps.
+
+        While in-flight RPCs drain, the server still listens: health checks are answered with
+        NOT_SERVING (a load balancer polling them sees a draining replica, not a dead one) and new
+        RPCs are refused with UNAVAILABLE. Once they are done, or the grace period is over, the
+        server stops and cancels what is left.
+        """
         await self.set_serving(False)
         grace = self.grace_period_s if grace_period_s is None else grace_period_s
-        await self.server.stop(grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self.errors.begin_drain()
+        await self.errors.wait_drained(grace)
+        await self.server.stop(max(deadline - loop.time(), 0.0))
         for close in reversed(self.on_stop):
             try:
                 await close()
@@ -84,6 +97,7 @@ def options_from_config(
     telemetry: Sequence[grpc.aio.ServerInterceptor] = (),
     extra: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
+    request_check: Callable[[Any], None] | None = None,
 ) -> ServerOptions:
     """ServerOptions from a service's `server` and `auth` config sections (both services share them).
 
@@ -100,6 +114,7 @@ def options_from_config(
         reuse_port=server.reuse_port,
         extra_interceptors=(*telemetry, *extra, *auth_interceptors(auth)),
         server_credentials=credentials or server_credentials(server.tls),
+        request_check=request_check,
     )
 
 
@@ -110,7 +125,9 @@ async def start_server(
     service_names: Sequence[str],
 ) -> ServingServer:
     """Create, register, bind and start a server; health says SERVING once it listens."""
-    errors = ErrorInterceptor(domain, max_concurrent_rpcs=options.max_concurrent_rpcs)
+    errors = ErrorInterceptor(
+        domain, max_concurrent_rpcs=options.max_concurrent_rpcs, request_check=options.request_check
+    )
     server = grpc.aio.server(
         interceptors=[*options.extra_interceptors, errors],
         options=[

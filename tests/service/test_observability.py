@@ -235,7 +235,7 @@ async def test_one_trace_runs_client_embedding_router_provider(tmp_path: Path, f
         )
     } == {
         "gen_ai.operation.name": "embeddings",
-        "gen_ai.provider.name": "openai_compatible",
+        "gen_ai.provider.name": "openai",  # the registry's value for an OpenAI-compatible API
         "gen_ai.request.model": "vec-8",
         "gen_ai.usage.input_tokens": USAGE[0],
         "server.address": "127.0.0.1",
@@ -271,6 +271,28 @@ async def test_every_transport_sends_the_attempt_span_as_the_providers_parent(
         attempt = only(router_t.finished_spans(), f"{operation} {model}")
     (upstream,) = [r for r in fake.requests if r.path == path]
     assert_sent_as_parent(upstream.headers, attempt)
+
+
+@pytest.mark.parametrize(
+    ("provider_type", "name"),
+    [
+        ("openai_compatible", "openai"),  # an OpenAI-API server: the convention says openai
+        ("openai", "openai"),
+        ("deepseek", "deepseek"),  # the registry's own values
+        ("ollama", "ollama"),  # not in the registry: its own name, documented in observability.py
+    ],
+)
+async def test_gen_ai_provider_name_is_the_registrys_value(
+    fake: FakeProvider, provider_type: str, name: str
+) -> None:
+    config = router_config(
+        [openai_provider("p", fake.base_url, [chat_model("alpha")], provider_type=provider_type)]
+    )
+    with traced("sekha-router") as router_t:
+        async with running_router(config, RouterDeps(telemetry=router_t.telemetry)) as (_, router):
+            await router.chat(ask())
+        attempt = only(router_t.finished_spans(), "chat alpha")
+    assert attempt.attributes["gen_ai.provider.name"] == name
 
 
 # ---------------------------------------------------------------------------------- secrets

@@ -84,7 +84,10 @@ class StoreFactory:
             store = SqliteStore(self.path)
         else:
             server: RedisServer = self.request.getfixturevalue("redis_server")
-            store = RedisStore(server.url, prefix=self.prefix, timeout_s=5.0, wall_clock=self.clock)
+            # Time moves by the test's clock: rate limits measured on it, not on Redis's own.
+            store = RedisStore(
+                server.url, prefix=self.prefix, timeout_s=5.0, wall_clock=self.clock, rate_clock="caller"
+            )
         await store.start()
         self.opened.append(store)
         return store

@@ -475,6 +475,18 @@ async def embed_import(args: argparse.Namespace) -> int:
     return await _upload(args, documents)
 
 
+# What the two numbers of a search hit are: the fusion score orders hits across collections (and
+# models) whose distances cannot be compared; the distance is the similarity a user expects.
+_FUSION_LEGEND = {
+    "rrf": "fusion: reciprocal-rank fusion score, the sum over collections of 1/(k + rank); it orders "
+    "the hits and is not a similarity. distance: vector distance in the closest collection "
+    "(lower is closer, 0 = identical).",
+    "minmax": "fusion: min-max fused score, each collection's similarities rescaled to 0..1 (1 = its "
+    "best hit) and summed; it orders the hits and is not a similarity. distance: vector distance in the "
+    "closest collection (lower is closer, 0 = identical).",
+}
+
+
 async def embed_search(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise CliError("--top-k must be at least 1")
@@ -504,11 +516,20 @@ async def embed_search(args: argparse.Namespace) -> int:
     for rank, hit in enumerate(hits, start=1):
         text = " ".join(hit["text"].split())
         shown = text if len(text) <= _MAX_SHOWN_TEXT else text[: _MAX_SHOWN_TEXT - 3] + "..."
+        distances = [m["distance"] for m in hit["matches"]]
         rows.append(
-            (rank, f"{hit['score']:.4f}", hit["id"], ",".join(m["collection"] for m in hit["matches"]), shown)
+            (
+                rank,
+                f"{hit['score']:.4f}",
+                f"{min(distances):.4f}" if distances else "-",
+                hit["id"],
+                ",".join(m["collection"] for m in hit["matches"]),
+                shown,
+            )
         )
     print(f"searched: {', '.join(reply.collections) or '-'}")
-    print(render_table(("rank", "score", "id", "collections", "text"), rows))
+    print(render_table(("rank", "fusion", "distance", "id", "collections", "text"), rows))
+    print(_FUSION_LEGEND[args.fusion], file=sys.stderr)
     return EXIT_OK
 
 
