@@ -136,6 +136,7 @@ class HttpDoor:
         started = time.perf_counter()
         parent = extract_from_metadata(request.headers.items())
         span = None
+        active: otel_context.Context | None
         if self._tracer is not None and route not in _OPEN_PATHS:
             span = self._tracer.start_span(
                 f"{request.method} {route}",
