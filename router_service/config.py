@@ -161,6 +161,20 @@ class LimitsConfig(_Section):
     default_max_tokens: int = Field(default=512, ge=1, description="max_tokens when the request gives none")
     max_embed_inputs: int = Field(default=2048, ge=1)
     max_input_chars: int = Field(default=100_000, ge=1)
+    max_tools: int = Field(default=128, ge=0, description="tools in one chat request")
+    max_tool_schema_chars: int = Field(
+        default=65_536, ge=1, description="one tool's parameters schema, as compact JSON"
+    )
+    max_tool_description_chars: int = Field(default=8192, ge=1)
+    max_response_schema_chars: int = Field(
+        default=65_536, ge=1, description="the response_format JSON schema, as compact JSON"
+    )
+    max_tool_call_argument_chars: int = Field(
+        default=200_000, ge=1, description="one tool call's arguments in the conversation"
+    )
+    max_stop_sequences: int = Field(default=16, ge=0)
+    max_stop_sequence_chars: int = Field(default=256, ge=1)
+    max_user_chars: int = Field(default=256, ge=1, description="the end-user id (`user`)")
     inline_image_urls: bool = Field(
         default=False,
         description="fetch https image URLs in the router and send the bytes inline; off: URLs go to the "
