@@ -235,7 +235,9 @@ class Gateway:
         input_tokens = self.estimator.count_messages(request.messages)
         started = self.observer.route_started()
         try:
-            decision = self.router.decide(task, request.routing, input_tokens, output_tokens, has_images)
+            decision = self.router.decide(
+                task, request.routing, input_tokens, output_tokens, has_images, request.needed_capabilities
+            )
         except NoRouteError as exc:
             raise _too_long_or(exc, "messages") from None
         self.observer.routed(decision, started)

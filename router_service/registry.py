@@ -110,6 +110,10 @@ class LiteLLMModelInfo:
             capabilities.add(Capability.TOOLS)
         if raw.get("supports_audio_input"):
             capabilities.add(Capability.AUDIO)
+        if raw.get("supports_response_schema"):
+            capabilities.add(Capability.STRUCTURED_OUTPUT)
+        if raw.get("supports_reasoning"):
+            capabilities.add(Capability.REASONING)
         return ModelInfo(
             context_window=_positive_int(raw.get("max_input_tokens") or raw.get("max_tokens")),
             max_output_tokens=_positive_int(raw.get("max_output_tokens")),

@@ -357,3 +357,128 @@ async def test_seed_penalties_and_user_go_upstream(fake: FakeProvider, transport
     # LiteLLM sends `user` only to OpenAI itself (other compatible servers may refuse it); the
     # Anthropic tests check its `metadata.user_id`.
     assert sent.get("user") == ("end-user-7" if transport == "native" else None)
+
+
+# --------------------------------------------------------------------------- capability routing
+
+
+def two_models(fake: FakeProvider, transport: str, plain_caps: list[str], capable_caps: list[str]):  # type: ignore[no-untyped-def]
+    """`plain` (priority 10) lacks what `capable` (priority 20) has; both on the same fake."""
+    return router_config(
+        [
+            openai_provider(
+                "plain",
+                fake.base_url,
+                [chat_model("basic", capabilities=plain_caps)],
+                priority=10,
+                transport=transport,
+            ),
+            openai_provider(
+                "capable",
+                fake.base_url,
+                [chat_model("clever", capabilities=capable_caps, price=(10.0, 20.0))],
+                priority=20,
+                transport=transport,
+            ),
+        ]
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(
+    ("capability", "request_fields", "why"),
+    [
+        ("tools", {"tools": [weather_tool()]}, "lacks tools (the request has tools)"),
+        (
+            "structured_output",
+            {
+                "response_format": rt.ResponseFormat(
+                    type=rt.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
+                    json_schema=rt.JsonSchema(schema=struct(PERSON_SCHEMA)),
+                )
+            },
+            "lacks structured_output (the request asks for a JSON schema)",
+        ),
+        (
+            "reasoning",
+            {"generation": rt.GenerationConfig(max_tokens=64, reasoning_effort=rt.REASONING_EFFORT_LOW)},
+            "lacks reasoning (the request sets a reasoning effort)",
+        ),
+    ],
+    ids=["tools", "json-schema", "reasoning-effort"],
+)
+async def test_capability_routing_refuses_models_without_the_capability(
+    fake: FakeProvider, transport: str, capability: str, request_fields: dict[str, Any], why: str
+) -> None:
+    async with running_router(two_models(fake, transport, [], [capability])) as (_, router):
+        plain = await router.chat(ask())  # without the feature the cheaper, preferred model serves
+        reply = await router.chat(ask(**request_fields))
+        fake.script("clever", Behaviour(status=503), Behaviour(status=503), Behaviour(status=503))
+        # A fallback never drops what the caller asked for: the model without it is not tried.
+        with pytest.raises(c.UnavailableError):
+            await router.chat(ask(**request_fields))
+    assert [a.provider_id for a in plain.attempts] == ["plain"]
+    assert [a.provider_id for a in reply.attempts] == ["capable"]
+    assert [(r.provider_id, r.reason) for r in reply.routing.rejected] == [("plain", why)]
+    assert fake.count(CHAT, "basic") == 1 and fake.count(CHAT, "clever") == 4
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_tool_request_with_no_tool_model_is_refused_naming_the_cause(
+    fake: FakeProvider, transport: str
+) -> None:
+    async with running_router(config(fake, transport, capabilities=[])) as (_, router):
+        with pytest.raises(c.FailedPreconditionError) as exc:
+            await router.chat(ask(tools=[weather_tool()]))
+    assert "tools (the request has tools)" in exc.value.message
+    assert fake.count() == 0
+
+
+# --------------------------------------------------------------------------- fallback on non-conformance
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_nonconforming_answer_falls_back_only_when_the_caller_asks(
+    fake: FakeProvider, transport: str
+) -> None:
+    caps = ["structured_output"]
+    good = '{"name": "Ada", "age": 36}'
+    fake.set_default(Behaviour(text='{"name": "Ada"}', usage=(10, 5)), model="basic")
+    fake.set_default(Behaviour(text=good, usage=(10, 5)), model="clever")
+    async with running_router(two_models(fake, transport, caps, caps)) as (_, router):
+        default = await router.chat(json_schema_request())
+        retried = await router.chat(
+            json_schema_request(routing=rt.RoutingPreferences(fallback_on_nonconforming=True))
+        )
+        stream_request = streamed(
+            json_schema_request(routing=rt.RoutingPreferences(fallback_on_nonconforming=True))
+        )
+        messages = [m async for m in router.stream_chat(stream_request)]
+    assert not default.conformance.conforms and [a.provider_id for a in default.attempts] == ["plain"]
+    assert retried.text == good and retried.conformance.conforms
+    assert [(a.provider_id, a.outcome, a.error_kind) for a in retried.attempts] == [
+        ("plain", rt.ATTEMPT_OUTCOME_FAILED, "nonconforming"),
+        ("capable", rt.ATTEMPT_OUTCOME_SUCCEEDED, ""),
+    ]
+    assert retried.cost.cost_usd == pytest.approx((10 * 10.0 + 5 * 20.0) / 1e6)  # the answer returned
+    # A stream's text went out before it could be checked: reported, never retried.
+    assert not messages[-1].summary.conformance.conforms
+    assert [a.provider_id for a in messages[-1].summary.attempts] == ["plain"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_when_no_answer_conforms_the_last_is_returned_as_nonconforming(
+    fake: FakeProvider, transport: str
+) -> None:
+    caps = ["structured_output"]
+    fake.set_default(Behaviour(text="not json at all"))
+    request = json_schema_request(routing=rt.RoutingPreferences(fallback_on_nonconforming=True))
+    async with running_router(two_models(fake, transport, caps, caps)) as (_, router):
+        reply = await router.chat(request)
+    assert not reply.conformance.conforms and reply.conformance.reason == "not JSON"
+    assert [(a.provider_id, a.outcome) for a in reply.attempts] == [
+        ("plain", rt.ATTEMPT_OUTCOME_FAILED),
+        ("capable", rt.ATTEMPT_OUTCOME_FAILED),
+        ("plain", rt.ATTEMPT_OUTCOME_SUCCEEDED),
+    ]  # retry.max_attempts (3) calls, the last answer returned
+    assert fake.count(CHAT) == 3

@@ -101,6 +101,18 @@ def test_litellm_supplies_capabilities_and_context_window(litellm_registry: Regi
     assert entry.context_window == 128000
 
 
+def test_litellm_supplies_structured_output_and_reasoning() -> None:
+    # supports_function_calling / supports_response_schema / supports_reasoning in LiteLLM's map
+    cfg = config([{"id": "openai", "type": "openai", "models": [{"id": "o3-mini", "tasks": ["chat_smart"]}]}])
+    entry = Registry.from_config(cfg).by_key("openai/o3-mini")
+    assert {Capability.TOOLS, Capability.STRUCTURED_OUTPUT, Capability.REASONING} <= entry.capabilities
+    no_tools = config(
+        [{"id": "ds", "type": "deepseek", "models": [{"id": "deepseek-reasoner", "tasks": ["chat_smart"]}]}]
+    )
+    reasoner = Registry.from_config(no_tools).by_key("ds/deepseek-reasoner")
+    assert Capability.REASONING in reasoner.capabilities and Capability.TOOLS not in reasoner.capabilities
+
+
 def test_litellm_supplies_the_embedding_dimension(litellm_registry: Registry) -> None:
     assert litellm_registry.by_key("openai/text-embedding-3-small").embedding_dimension == 1536
 
