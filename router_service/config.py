@@ -201,13 +201,29 @@ class RoutingConfig(_Section):
 
 
 class PriceConfig(_Section):
-    """US dollars per million tokens; overrides LiteLLM's bundled price map."""
+    """US dollars per million tokens; replaces LiteLLM's bundled price for the model, all rates
+    at once (a rate left out here is unknown, not taken from the map)."""
 
     input_per_million: float = Field(ge=0)
     output_per_million: float = Field(default=0.0, ge=0)
+    cached_input_per_million: float | None = Field(
+        default=None, ge=0, description="input read from the prompt cache; unset: priced at the input rate"
+    )
+    cache_write_per_million: float | None = Field(
+        default=None, ge=0, description="input written to the prompt cache; unset: priced at the input rate"
+    )
+    reasoning_per_million: float | None = Field(
+        default=None, ge=0, description="reasoning output; unset: priced at the output rate"
+    )
 
     def to_price(self) -> Price:
-        return Price(input_per_million=self.input_per_million, output_per_million=self.output_per_million)
+        return Price(
+            input_per_million=self.input_per_million,
+            output_per_million=self.output_per_million,
+            cached_input_per_million=self.cached_input_per_million,
+            cache_write_per_million=self.cache_write_per_million,
+            reasoning_per_million=self.reasoning_per_million,
+        )
 
 
 class ModelConfig(_Section):

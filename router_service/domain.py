@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Task(enum.StrEnum):
@@ -214,12 +214,16 @@ class Price:
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         """US dollars for plain input and output tokens (the routing estimate)."""
-        return price_tokens(self, input_tokens, output_tokens).total_usd
+        priced = price_tokens(self, input_tokens, output_tokens)
+        return priced[0] + priced[3]  # the cache and reasoning parts are 0 without such tokens
 
 
-@dataclass(frozen=True, slots=True)
-class PricedTokens:
-    """A price applied to token counts: US dollars per part and the parts priced at a base rate."""
+class PricedTokens(NamedTuple):
+    """A price applied to token counts: US dollars per part and the parts priced at a base rate.
+
+    A tuple rather than a dataclass: routing prices every eligible model of every request, and
+    a tuple is the cheapest immutable record Python builds.
+    """
 
     input_usd: float = 0.0
     cached_input_usd: float = 0.0
@@ -240,6 +244,7 @@ class PricedTokens:
 
 
 _NO_PARTS: frozenset[CostPart] = frozenset()
+_new_tuple = tuple.__new__
 
 
 def price_tokens(
@@ -257,9 +262,9 @@ def price_tokens(
     part is priced once: uncached input at the input rate, cache reads and writes at their
     own rates, non-reasoning output at the output rate, reasoning at its own rate.
     """
-    cached = max(0, min(cached_input_tokens, input_tokens))
-    written = max(0, min(cache_write_input_tokens, input_tokens - cached))
-    reasoning = max(0, min(reasoning_tokens, output_tokens))
+    cached = min(cached_input_tokens, input_tokens) if cached_input_tokens > 0 else 0
+    written = min(cache_write_input_tokens, input_tokens - cached) if cache_write_input_tokens > 0 else 0
+    reasoning = min(reasoning_tokens, output_tokens) if reasoning_tokens > 0 else 0
     unknown = _NO_PARTS
     cached_rate = price.cached_input_per_million
     if cached_rate is None:
@@ -276,13 +281,18 @@ def price_tokens(
         reasoning_rate = price.output_per_million
         if reasoning:
             unknown = unknown | {CostPart.REASONING}
-    return PricedTokens(
-        input_usd=(input_tokens - cached - written) * price.input_per_million / 1e6,
-        cached_input_usd=cached * cached_rate / 1e6,
-        cache_write_input_usd=written * write_rate / 1e6,
-        output_usd=(output_tokens - reasoning) * price.output_per_million / 1e6,
-        reasoning_usd=reasoning * reasoning_rate / 1e6,
-        unknown_rate_parts=unknown,
+    # tuple.__new__ directly: NamedTuple's own constructor is a Python function, and this one
+    # runs for every eligible model of every routing decision.
+    return _new_tuple(
+        PricedTokens,
+        (
+            (input_tokens - cached - written) * price.input_per_million / 1e6,
+            cached * cached_rate / 1e6,
+            written * write_rate / 1e6,
+            (output_tokens - reasoning) * price.output_per_million / 1e6,
+            reasoning * reasoning_rate / 1e6,
+            unknown,
+        ),
     )
 
 

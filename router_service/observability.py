@@ -320,6 +320,17 @@ class RouterObserver:
                 self._token_usage.record(
                     usage.output_tokens, self._with(model, *extra, ("gen_ai.token.type", "output"))
                 )
+                # Parts of the totals above, each under its own token type (sum input and
+                # output only): only when the provider reported them, so most calls add nothing.
+                for token_type, count in (
+                    ("cache_read_input", usage.cached_input_tokens),
+                    ("cache_creation_input", usage.cache_write_input_tokens),
+                    ("reasoning_output", usage.reasoning_tokens),
+                ):
+                    if count:
+                        self._token_usage.record(
+                            count, self._with(model, *extra, ("gen_ai.token.type", token_type))
+                        )
         if cost is not None and cost.cost_usd is not None:
             self._cost.add(cost.cost_usd, model.cost_attributes)
 
@@ -329,6 +340,14 @@ class RouterObserver:
             span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
             if model.operation == "chat":
                 span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+                if usage.cached_input_tokens:
+                    span.set_attribute("gen_ai.usage.cache_read.input_tokens", usage.cached_input_tokens)
+                if usage.cache_write_input_tokens:
+                    span.set_attribute(
+                        "gen_ai.usage.cache_creation.input_tokens", usage.cache_write_input_tokens
+                    )
+                if usage.reasoning_tokens:
+                    span.set_attribute("sekha.usage.reasoning_tokens", usage.reasoning_tokens)
 
     def attempt_finished(
         self,

@@ -65,11 +65,10 @@ class _Slot:
         "entry",
         "fixed_candidate",
         "index",
-        "input_per_million",
         "key",
         "lacks_cache",
         "model",
-        "output_per_million",
+        "price",
         "price_known",
         "priority",
         "provider_id",
@@ -90,8 +89,7 @@ class _Slot:
         self.caps = entry.capabilities
         self.context = entry.context_window or _NO_CONTEXT_LIMIT
         self.price_known = price is not None
-        self.input_per_million = price.input_per_million if price is not None else 0.0
-        self.output_per_million = price.output_per_million if price is not None else 0.0
+        self.price = price
         # Candidates are immutable, so one whose estimate never changes (free, or price unknown)
         # is built once and shared by every decision.
         fixed: Candidate | None = None
@@ -125,9 +123,9 @@ class _Slot:
         return rejection
 
     def cost(self, input_tokens: int, output_tokens: int) -> float | None:
-        if not self.price_known:
-            return None
-        return (input_tokens * self.input_per_million + output_tokens * self.output_per_million) / 1e6
+        """The estimate (`Price.cost`, the router's one cost formula); None when the price is unknown."""
+        price = self.price
+        return None if price is None else price.cost(input_tokens, output_tokens)
 
 
 _Group = tuple[tuple[_Slot, ...], tuple[str, ...]]  # slots of one priority, and their provider ids
@@ -245,10 +243,8 @@ class Router:
                 if total_tokens > slot.context:
                     rejected.append(slot.rejected_context)
                     continue
-                if slot.price_known:
-                    cost = (
-                        input_tokens * slot.input_per_million + output_tokens * slot.output_per_million
-                    ) / 1e6
+                if slot.price is not None:
+                    cost = slot.price.cost(input_tokens, output_tokens)
                     if max_cost is not None and cost > max_cost:
                         rejected.append(slot.rejected_over_cost)
                         continue

@@ -501,6 +501,9 @@ def spend_report_to_pb(report: SpendReport) -> pb.GetSpendResponse:
                 input_tokens=r.input_tokens,
                 output_tokens=r.output_tokens,
                 price_unknown_count=r.price_unknown_count,
+                cached_input_tokens=r.cached_input_tokens,
+                cache_write_input_tokens=r.cache_write_input_tokens,
+                reasoning_tokens=r.reasoning_tokens,
             )
             for r in report.rows
         ],

@@ -482,3 +482,76 @@ async def test_when_no_answer_conforms_the_last_is_returned_as_nonconforming(
         ("plain", rt.ATTEMPT_OUTCOME_SUCCEEDED),
     ]  # retry.max_attempts (3) calls, the last answer returned
     assert fake.count(CHAT) == 3
+
+
+# --------------------------------------------------------------------------- prices of the new token kinds
+
+RATES = {
+    "input_per_million": 2.0,
+    "output_per_million": 8.0,
+    "cached_input_per_million": 0.5,
+    "cache_write_per_million": 2.5,
+    "reasoning_per_million": 10.0,
+}
+
+
+def priced(fake: FakeProvider, transport: str, **price: float):  # type: ignore[no-untyped-def]
+    model = chat_model("alpha", price=None, capabilities=ALL_CAPABILITIES)
+    model["price"] = price
+    return router_config([openai_provider("primary", fake.base_url, [model], transport=transport)])
+
+
+def parts(cost: rt.Cost) -> tuple[float, float, float, float, float]:
+    return (
+        cost.input_cost_usd,
+        cost.cached_input_cost_usd,
+        cost.cache_write_input_cost_usd,
+        cost.output_cost_usd,
+        cost.reasoning_cost_usd,
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_reasoning_and_cached_tokens_are_priced_at_their_own_rates(
+    fake: FakeProvider, transport: str
+) -> None:
+    behaviour = Behaviour(
+        text="42", reasoning="think", usage=(1000, 300), cached_tokens=600, reasoning_tokens=200
+    )
+    fake.script("alpha", behaviour, behaviour)
+    request = ask(
+        c.user("6*7?"),
+        generation=rt.GenerationConfig(max_tokens=500, reasoning_effort=rt.REASONING_EFFORT_MEDIUM),
+    )
+    async with running_router(priced(fake, transport, **RATES)) as (_, router):
+        reply = await router.chat(request)
+        messages = [m async for m in router.stream_chat(streamed(request))]
+        spend = await router.get_spend(rt.GetSpendRequest(grouping=rt.SPEND_GROUPING_MODEL))
+    expected = (400 * 2.0 / 1e6, 600 * 0.5 / 1e6, 0.0, 100 * 8.0 / 1e6, 200 * 10.0 / 1e6)
+    for cost in (reply.cost, messages[-1].summary.cost):
+        assert parts(cost) == pytest.approx(expected)
+        assert cost.cost_usd == pytest.approx(sum(expected))
+        assert not cost.unknown_rate_parts and not cost.price_unknown
+    (row,) = spend.rows
+    assert row.cost_usd == pytest.approx(2 * sum(expected))
+    assert (row.input_tokens, row.cached_input_tokens, row.output_tokens, row.reasoning_tokens) == (
+        2000,
+        1200,
+        600,
+        400,
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_parts_without_a_rate_of_their_own_are_priced_at_the_base_rate_and_named(
+    fake: FakeProvider, transport: str
+) -> None:
+    fake.script("alpha", Behaviour(usage=(1000, 300), cached_tokens=600, reasoning_tokens=200))
+    async with running_router(priced(fake, transport, input_per_million=2.0, output_per_million=8.0)) as (
+        _,
+        router,
+    ):
+        reply = await router.chat(ask())
+    assert reply.cost.cost_usd == pytest.approx((1000 * 2.0 + 300 * 8.0) / 1e6)
+    assert sorted(reply.cost.unknown_rate_parts) == [rt.COST_PART_CACHED_INPUT, rt.COST_PART_REASONING]
+    assert reply.cost.cached_input_cost_usd == pytest.approx(600 * 2.0 / 1e6)

@@ -209,11 +209,20 @@ async def test_anthropic_cache_tokens_are_reported_with_input_totals(fake: FakeP
     # The fake reports Anthropic's split: input_tokens 120 = 1000 - 800 read - 80 written.
     behaviour = Behaviour(usage=(1000, 10), cached_tokens=800, cache_write_tokens=80)
     fake.script(CLAUDE, behaviour, behaviour)
-    async with running_router(anthropic(fake)) as (_, router):
+    price = {
+        "input_per_million": 3.0,
+        "output_per_million": 15.0,
+        "cached_input_per_million": 0.3,
+        "cache_write_per_million": 3.75,
+    }
+    async with running_router(anthropic(fake, price)) as (_, router):
         reply = await router.chat(ask())
         messages = [m async for m in router.stream_chat(streamed(ask()))]
     usage = reply.usage
     assert (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_input_tokens) == (1000, 800, 80)
+    expected = (120 * 3.0 + 800 * 0.3 + 80 * 3.75 + 10 * 15.0) / 1e6
+    assert reply.cost.cost_usd == pytest.approx(expected)
+    assert reply.cost.cache_write_input_cost_usd == pytest.approx(80 * 3.75 / 1e6)
     streamed_usage = messages[-1].summary.usage
     assert (streamed_usage.input_tokens, streamed_usage.cached_input_tokens) == (1000, 800)
     first = calls_to(fake, MESSAGES)[0]
