@@ -261,3 +261,20 @@ async def test_ollama_tool_calls_through_its_chat_api(fake: FakeProvider) -> Non
     history = sent[-1].json["messages"]
     assert history[1]["tool_calls"] == [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]
     assert (history[2]["role"], history[2]["content"]) == ("tool", "21C")
+
+
+async def test_anthropic_error_inside_a_tool_call_ends_unavailable_without_a_summary(
+    fake: FakeProvider,
+) -> None:
+    call = FakeToolCall(
+        name="get_weather", arguments='{"city": "Paris"}', id="toolu_a", chunks=['{"ci', 'ty": "Paris"}']
+    )
+    fake.script(CLAUDE, Behaviour(tool_calls=[call], stream_error_after_chunks=1))
+    received: list[rt.StreamChatResponse] = []
+    async with running_router(anthropic(fake)) as (_, router):
+        with pytest.raises(c.UnavailableError) as exc:
+            async for message in router.stream_chat(streamed(ask(tools=[weather_tool()]))):
+                received.append(message)
+    assert exc.value.details.reason == "STREAM_INTERRUPTED"
+    assert [m.WhichOneof("event") for m in received] == ["tool_call", "tool_call"]
+    assert (received[0].tool_call.id, received[1].tool_call.arguments) == ("toolu_a", '{"ci')
