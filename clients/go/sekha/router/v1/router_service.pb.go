@@ -1135,12 +1135,21 @@ func (x *ChatMessage) GetToolCallId() string {
 
 // Tool is a function the model may call.
 //
-// For example, in Python:
+// For example, in Python (sekha.client helpers):
 //
-//	Tool(name="get_weather", description="Current weather in a city",
-//	     parameters=struct_from({"type": "object",
-//	                             "properties": {"city": {"type": "string"}},
-//	                             "required": ["city"]}))
+//	weather = tool("get_weather", {"type": "object",
+//	                               "properties": {"city": {"type": "string"}},
+//	                               "required": ["city"]}, "Current weather")
+//	reply = await router.chat(ChatRequest(messages=[user("Paris?")],
+//	                                      tools=[weather]))
+//	for call in reply.tool_calls: ...  # call.name, tool_arguments(call)
+//	append_tool_results(request.messages, reply, {call.id: result})
+//
+// and in Node (clients/node):
+//
+//	const weather = toolFromSchema('get_weather', schema, 'Current weather');
+//	const reply = await router.chat({ messages, tools: [weather] });
+//	appendToolResults(messages, reply, { [reply.toolCalls[0].id]: result });
 type Tool struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
@@ -1454,11 +1463,18 @@ func (x *JsonSchema) GetStrict() bool {
 
 // ResponseFormat is the shape the answer's text must have.
 //
-// For example, in Python:
+// For example, in Python (sekha.client helpers):
 //
-//	ResponseFormat(type=RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
-//	               json_schema=JsonSchema(name="person", strict=True,
-//	                                      schema=struct_from(schema)))
+//	reply = await router.chat(ChatRequest(
+//	    messages=[user("Ada Lovelace, 36")],
+//	    response_format=json_schema_format(person_schema, "person")))
+//	if reply.conformance.conforms: person = json.loads(reply.text)
+//
+// and in Node (clients/node):
+//
+//	const reply = await router.chat({ messages,
+//	    responseFormat: jsonSchemaFormat(personSchema, 'person') });
+//	if (reply.conformance.conforms) person = JSON.parse(reply.text);
 type ResponseFormat struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
