@@ -117,6 +117,8 @@ class Observer(Protocol):
         scope: Any = None,
         response_model: str = "",
         output_text: str | None = None,
+        output_tool_calls: Any = (),
+        output_reasoning: str = "",
     ) -> None: ...
 
     def attempt_cancelled(
@@ -452,6 +454,8 @@ class Gateway:
         response_model: str = "",
         output_text: str = "",
         error_kind: str = "",
+        output_tool_calls: tuple[d.ToolCall, ...] = (),
+        output_reasoning: str = "",
     ) -> d.Cost:
         """Book a successful attempt: breaker, upstream time, real cost, spend, attempt list, observer.
 
@@ -466,7 +470,14 @@ class Gateway:
         outcome = d.AttemptOutcome.FAILED if error_kind else d.AttemptOutcome.SUCCEEDED
         attempt = d.Attempt(candidate.provider_id, candidate.model, outcome, error_kind, latency)
         call.attempts.append(attempt)
-        extra = {"response_model": response_model, "output_text": output_text} if operation == "chat" else {}
+        extra: dict[str, Any] = {}
+        if operation == "chat":
+            extra = {
+                "response_model": response_model,
+                "output_text": output_text,
+                "output_tool_calls": output_tool_calls,
+                "output_reasoning": output_reasoning,
+            }
         self.observer.attempt_finished(operation, entry, attempt, usage, cost, scope=scope, **extra)
         return cost
 
@@ -514,6 +525,8 @@ class Gateway:
                     reply.response_model,
                     reply.text,
                     error_kind="nonconforming",
+                    output_tool_calls=reply.tool_calls,
+                    output_reasoning=reply.reasoning,
                 )
                 nonconforming[:] = [_chat_result(call, reply, usage, cost, conformance)]
 
@@ -539,6 +552,8 @@ class Gateway:
             usage,
             reply.response_model,
             reply.text,
+            output_tool_calls=reply.tool_calls,
+            output_reasoning=reply.reasoning,
         )
         return _chat_result(call, reply, usage, cost, check_conformance(request.response_format, reply.text))
 
@@ -574,6 +589,7 @@ class Gateway:
             started = self.clock()
             sent: list[str] = []  # the text that reached the caller
             generated: list[str] = []  # all output that reached the caller (text, arguments, reasoning)
+            reasoning: list[str] = []
             end: StreamEnd | None = None
             scope = self.observer.attempt_started("chat", entry, request)
             stream = provider.stream_chat(entry.model, entry.litellm_model, request, max_tokens, timeout_s)
@@ -590,10 +606,11 @@ class Gateway:
                     if isinstance(output, str):
                         sent.append(output)
                         generated.append(output)
+                    elif isinstance(output, d.ToolCallDelta):
+                        generated.append(output.arguments)
                     else:
-                        generated.append(
-                            output.arguments if isinstance(output, d.ToolCallDelta) else output.text
-                        )
+                        reasoning.append(output.text)
+                        generated.append(output.text)
                     yield output
             except (ProviderFailure, ProviderAuthError) as exc:
                 if generated:
@@ -654,7 +671,17 @@ class Gateway:
             usage = self._usage(entry, end.usage if end else None, decision, "".join(generated))
             response_model = end.response_model if end else ""
             cost = await self._succeed(
-                call, candidate, entry, started, scope, "chat", usage, response_model, text
+                call,
+                candidate,
+                entry,
+                started,
+                scope,
+                "chat",
+                usage,
+                response_model,
+                text,
+                output_tool_calls=end.tool_calls if end else (),
+                output_reasoning="".join(reasoning),
             )
             yield d.ChatResult(
                 request_id=request_id,
