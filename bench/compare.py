@@ -1,4 +1,11 @@
-"""Side by side: our router, the LiteLLM proxy, the fake provider called directly, and a bare gRPC echo.
+"""Side by side: our router, a reference gateway, the LiteLLM proxy, Portkey, the fake direct, a gRPC echo.
+
+The targets (``bench.targets``): ``direct`` (the fake provider called by the load generator:
+the floor), ``echo`` (bare grpc.aio answering from the request: the ceiling of gRPC alone),
+``reference`` (grpc.aio forwarding to the same fake over one pooled aiohttp session and
+nothing else: the ceiling of a Python gRPC gateway), ``router`` (ours), ``litellm_proxy`` and
+``portkey`` (the peers, HTTP). Before any of them starts, ``bench.startup`` times fresh starts
+of the router, the reference and Portkey: process start to serving, and the first chat.
 
 All targets are started one after the other (each timed to SERVING while nothing else runs),
 then driven by the same load generator process, cell by cell: for every workload (unary
@@ -10,9 +17,12 @@ hour apart.
 
 Per cell the target's CPU (utime + stime of its process tree, from ``/proc``) is read around
 the measured job only, and its RSS right after. "Added latency" is the target's percentile
-minus the direct call's percentile for the same workload and concurrency.
+minus the direct call's percentile for the same workload and concurrency. For streams, CPU per
+text chunk is the CPU around the measured job divided by the chunks the load generator received.
+Portkey's stream handler waits 25 ms before its first chunk by design, so its time to first
+token carries those 25 ms.
 
-    python -m bench.compare [--quick] [--skip-proxy] [--output bench/results/gateway.json]
+    python -m bench.compare [--quick] [--skip-proxy] [--skip-portkey] [--output bench/results/gateway.json]
 """
 
 from __future__ import annotations
@@ -24,13 +34,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench import litellm_venv, profiling, targets
+from bench import litellm_venv, portkey_gateway, profiling, startup, targets
 from bench.machine import machine_info
 from bench.procs import LoadGenProcess, ManagedProcess, cpu_seconds, free_port, memory_kib
 from bench.stats import method_text
 
 RESULTS = Path(__file__).parent / "results"
-TARGET_ORDER = ("direct", "echo", "router", "litellm_proxy")
+TARGET_ORDER = ("direct", "echo", "reference", "router", "router_http", "litellm_proxy", "portkey")
+STARTUP_TARGETS = ("router", "reference", "portkey")
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,10 @@ class GatewaySettings:
     upstream_latency_ms: float = 0.0
     include_proxy: bool = True
     install_proxy: bool = True
+    include_portkey: bool = True
+    install_portkey: bool = True
+    startup_runs: int = 5  # fresh starts per target for start-up and first request (0: skip)
+    quick_install: bool = False  # npm gives up fast without a registry (the quick run)
     profile_seconds: float = 0.0
     profile_concurrency: int = 32
     targets: tuple[str, ...] = TARGET_ORDER
@@ -59,6 +74,8 @@ class GatewaySettings:
             "warmup_requests": 8,
             "warmup_per_worker": 1,
             "warmup_max_s": 2.0,
+            "startup_runs": 2,
+            "quick_install": True,
         }
         values.update(overrides)
         return cls(**values)
@@ -80,6 +97,7 @@ def _job(target: targets.Target, workload: str, concurrency: int) -> dict[str, A
         "chat_model": targets.CHAT_MODEL if http else "",
         "embed_model": targets.EMBED_MODEL if http else "",
         "api_key": target.api_key,
+        "headers": target.headers,
     }
 
 
@@ -105,11 +123,13 @@ def measure_cell(
     upstream_used = cpu_seconds(upstream.pid) - upstream_before
     rss, peak = memory_kib(pid)
     done = max(result["ok"] + result["errors"], 1)
+    chunks = result.get("chunks") or 0
     result.update(
         {
             "warmup_errors": warmup["errors"],
             "target_cpu_s": round(cpu_used, 3),
             "target_cpu_ms_per_request": round(cpu_used / done * 1000, 4),
+            "target_cpu_ms_per_chunk": round(cpu_used / chunks * 1000, 4) if chunks else None,
             "target_cpu_cores": round(cpu_used / result["elapsed_s"], 3) if result["elapsed_s"] else None,
             "upstream_cpu_ms_per_request": round(upstream_used / done * 1000, 4),
             "client_cpu_ms_per_request": round(result["client_cpu_s"] / done * 1000, 4),
@@ -127,6 +147,7 @@ def _start(
     fake_url: str,
     settings: GatewaySettings,
     report: dict[str, Any],
+    portkey: portkey_gateway.PortkeyInstall | None,
 ) -> targets.Target | None:
     if name == "direct":
         target = targets.direct_target(fake, fake_url)
@@ -134,10 +155,15 @@ def _start(
         return target
     if name == "echo":
         return targets.start_echo(work_dir)
+    if name == "reference":
+        return targets.start_reference(work_dir, fake_url)
     if name == "router":
         config = targets.router_config(free_port(), [targets.fake_provider_entry(fake_url)])
         source = Path(settings.router_source) if settings.router_source else None
         return targets.start_router(work_dir, config, source=source)
+    if name == "router_http":
+        source = Path(settings.router_source) if settings.router_source else None
+        return targets.start_router_http(work_dir, fake_url, source=source)
     if name == "litellm_proxy":
         if not settings.include_proxy:
             report["unavailable"][name] = "skipped (--skip-proxy)"
@@ -156,7 +182,56 @@ def _start(
             report["unavailable"][name] = install.reason
             return None
         return targets.start_proxy(work_dir, install, fake_url)
+    if name == "portkey":
+        return None if portkey is None else targets.start_portkey(work_dir, portkey, fake_url)
     raise ValueError(name)
+
+
+def prepare_portkey(
+    work_dir: Path, settings: GatewaySettings, report: dict[str, Any]
+) -> portkey_gateway.PortkeyInstall | None:
+    """The installed gateway (installed now if allowed), or None with the reason in the report."""
+    if "portkey" not in settings.targets:
+        return None
+    if not settings.include_portkey:
+        report["unavailable"]["portkey"] = "skipped (--skip-portkey)"
+        return None
+    install = portkey_gateway.ensure_portkey(
+        work_dir / "portkey_install.log", allow_install=settings.install_portkey, quick=settings.quick_install
+    )
+    report["portkey_install"] = {
+        "directory": str(install.directory),
+        "version": install.version,
+        "node": install.node_version,
+        "pinned_dependencies": portkey_gateway.PINNED_DEPENDENCIES,
+        "installed_now": install.installed_now,
+        "install_s": install.install_s,
+        "reason": install.reason,
+    }
+    if not install.available:
+        # A quick run goes on without it (offline machines); a full run reports it missing.
+        prefix = "skipped in the quick run" if settings.quick_install else "MISSING"
+        report["unavailable"]["portkey"] = f"{prefix}: {install.reason}"
+        print(f"  portkey {report['unavailable']['portkey']}", flush=True)
+        return None
+    return install
+
+
+def measure_startup(
+    work_dir: Path, fake_url: str, settings: GatewaySettings, portkey: portkey_gateway.PortkeyInstall | None
+) -> dict[str, Any]:
+    """Fresh starts of the router, the reference and Portkey (those selected and available)."""
+    launches = []
+    wanted = [name for name in STARTUP_TARGETS if name in settings.targets]
+    for name in wanted:
+        if name == "router":
+            source = Path(settings.router_source) if settings.router_source else None
+            launches.append(startup.router_launch(work_dir / "startup", fake_url, source))
+        elif name == "reference":
+            launches.append(startup.reference_launch(fake_url))
+        elif portkey is not None:
+            launches.append(startup.portkey_launch(portkey, fake_url))
+    return startup.measure_all(launches, settings.startup_runs, work_dir / "startup")
 
 
 def run_gateway(settings: GatewaySettings, work_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -176,14 +251,27 @@ def run_gateway(settings: GatewaySettings, work_dir: Path, out_dir: Path) -> dic
     loadgen = LoadGenProcess(work_dir)
     running: dict[str, Running] = {}
     try:
-        for name in settings.targets:
+        portkey: portkey_gateway.PortkeyInstall | None = None
+
+        def start(name: str) -> None:
             try:
-                target = _start(name, work_dir, fake, fake_url, settings, report)
+                target = _start(name, work_dir, fake, fake_url, settings, report, portkey)
             except Exception as exc:
                 report["unavailable"][name] = f"failed to start: {exc}"
-                continue
+                return
             if target is not None:
                 running[name] = Running(target)
+
+        # "direct" is the fake itself, its first answer timed from the fake's start: before any
+        # install and the start-up runs; the other targets after them, so none runs meanwhile.
+        if "direct" in settings.targets:
+            start("direct")
+        portkey = prepare_portkey(work_dir, settings, report)
+        if settings.startup_runs > 0:
+            report["startup"] = measure_startup(work_dir, fake_url, settings, portkey)
+        for name in settings.targets:
+            if name != "direct":
+                start(name)
         for workload in settings.workloads:
             for concurrency in settings.concurrencies:
                 for name, run in running.items():
@@ -258,6 +346,35 @@ def _p(cell: dict[str, Any] | None, metric: str, q: str) -> float | None:
     return float(value) if value is not None else None
 
 
+def _ratio(ours: float | None, theirs: float | None, digits: int = 2) -> float | None:
+    return round(ours / theirs, digits) if ours is not None and theirs else None
+
+
+def _over_reference(
+    key: str, router: dict[str, Any], reference: dict[str, Any], added: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Router over the reference gateway: server CPU per request (per chunk for streams), added TTFT."""
+    entry: dict[str, Any] = {
+        "throughput_vs_reference": _ratio(router["throughput_rps"], reference["throughput_rps"], 3),
+        "cpu_per_request_over_reference": _ratio(
+            router["target_cpu_ms_per_request"], reference["target_cpu_ms_per_request"]
+        ),
+    }
+    if key.startswith("stream/"):
+        entry["cpu_per_chunk_over_reference"] = _ratio(
+            router.get("target_cpu_ms_per_chunk"), reference.get("target_cpu_ms_per_chunk")
+        )
+        ours = added.get("router", {}).get(key, {}).get("ttft_p50")
+        theirs = added.get("reference", {}).get(key, {}).get("ttft_p50")
+        # The reference's added TTFT is a fraction of a millisecond and may come out at or below
+        # zero, where a ratio means nothing: the difference is reported too.
+        entry["added_ttft_p50_over_reference"] = _ratio(ours, theirs) if theirs and theirs > 0 else None
+        entry["added_ttft_p50_minus_reference_ms"] = (
+            round(ours - theirs, 3) if ours is not None and theirs is not None else None
+        )
+    return entry
+
+
 def derive(report: dict[str, Any], settings: GatewaySettings) -> dict[str, Any]:
     """Added latency over the direct floor, and the ratios the goals are stated in."""
     cells = {name: t["cells"] for name, t in report["targets"].items()}
@@ -277,20 +394,26 @@ def derive(report: dict[str, Any], settings: GatewaySettings) -> dict[str, Any]:
                     entry[f"ttft_{q}"] = round(t - b, 3) if t is not None and b is not None else None
             added.setdefault(name, {})[key] = entry
     ratios: dict[str, dict[str, Any]] = {}
-    router, proxy, echo = cells.get("router", {}), cells.get("litellm_proxy", {}), cells.get("echo", {})
+    router, echo, reference = cells.get("router", {}), cells.get("echo", {}), cells.get("reference", {})
     for key, cell in router.items():
-        entry = {}
-        if key in proxy and proxy[key]["throughput_rps"]:
-            entry["throughput_vs_proxy"] = round(cell["throughput_rps"] / proxy[key]["throughput_rps"], 2)
-            ours, theirs = added["router"][key]["p50"], added.get("litellm_proxy", {}).get(key, {}).get("p50")
+        entry: dict[str, Any] = {}
+        # Peers: how many times our throughput, and their added latency and CPU over ours.
+        for peer, label in (("litellm_proxy", "proxy"), ("portkey", "portkey"), ("router_http", "http_door")):
+            theirs_cell = cells.get(peer, {}).get(key)
+            if not theirs_cell or not theirs_cell["throughput_rps"]:
+                continue
+            entry[f"throughput_vs_{label}"] = round(cell["throughput_rps"] / theirs_cell["throughput_rps"], 2)
+            ours, theirs = added["router"][key]["p50"], added.get(peer, {}).get(key, {}).get("p50")
             if ours is not None and theirs is not None and ours > 0:
-                entry["proxy_added_p50_over_ours"] = round(theirs / ours, 2)
+                entry[f"{label}_added_p50_over_ours"] = round(theirs / ours, 2)
             if cell["target_cpu_ms_per_request"]:
-                entry["proxy_cpu_per_request_over_ours"] = round(
-                    proxy[key]["target_cpu_ms_per_request"] / cell["target_cpu_ms_per_request"], 2
+                entry[f"{label}_cpu_per_request_over_ours"] = round(
+                    theirs_cell["target_cpu_ms_per_request"] / cell["target_cpu_ms_per_request"], 2
                 )
         if key in echo and echo[key]["throughput_rps"]:
             entry["throughput_vs_echo"] = round(cell["throughput_rps"] / echo[key]["throughput_rps"], 3)
+        if key in reference:
+            entry.update(_over_reference(key, cell, reference[key], added))
         ratios[key] = entry
     memory = {name: t["rss_kib_after_run"] for name, t in report["targets"].items()}
     errors = {name: sum(c["errors"] for c in t["cells"].values()) for name, t in report["targets"].items()}
@@ -301,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-proxy", action="store_true")
+    parser.add_argument("--skip-portkey", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS / "gateway.json")
     parser.add_argument("--work-dir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -310,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = GatewaySettings.quick() if args.quick else GatewaySettings()
     if args.skip_proxy:
         settings = replace(settings, include_proxy=False)
+    if args.skip_portkey:
+        settings = replace(settings, include_portkey=False)
     report = run_gateway(settings, work, args.output.parent)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -4,12 +4,14 @@
 answer is complete) until ``requests`` were issued in total or ``max_duration_s`` passed.
 gRPC targets (router, echo server) are driven over one ``grpc.aio`` channel with the generated
 ``RouterService`` stubs; HTTP targets (LiteLLM proxy, the fake provider itself) with one pooled
-keep-alive ``aiohttp`` session, speaking the OpenAI API. Both send the same conversation,
+keep-alive ``aiohttp`` session, speaking the OpenAI API, with any extra headers the target
+needs (Portkey names its upstream in headers). Both send the same conversation,
 the same embedding input, and both check each answer is complete (a stream counts only when it
 ended properly: a gRPC summary message, an SSE ``[DONE]``).
 
 Latency is measured from just before the call to the complete answer; for streams the time to
-the first text chunk is kept too. Failed calls are counted and classified, not timed.
+the first text chunk is kept too, and the text chunks are counted (CPU per chunk). Failed calls
+are counted and classified, not timed.
 
 The process reads one JSON job per line on stdin and answers one JSON result per line on
 stdout, so the orchestrator can read the target's ``/proc`` counters between a warm-up job and
@@ -59,6 +61,7 @@ class Job:
     chat_model: str = ""
     embed_model: str = ""
     api_key: str | None = None
+    headers: dict[str, str] | None = None  # extra HTTP headers (http targets only)
     texts: tuple[str, ...] = (EMBED_TEXT,)  # embed inputs, one per request, cycled
     call_timeout_s: float = CALL_TIMEOUT_S
 
@@ -75,6 +78,7 @@ class JobResult:
     throughput_rps: float = 0.0
     latency_ms: dict[str, float | int] = field(default_factory=dict)
     ttft_ms: dict[str, float | int] = field(default_factory=dict)
+    chunks: int = 0  # text chunks received by complete streams
     client_cpu_s: float = 0.0
 
 
@@ -82,7 +86,8 @@ class IncompleteAnswer(Exception):
     """The answer ended without its terminal marker, or had the wrong shape."""
 
 
-Call = Callable[[int], Awaitable[float | None]]  # returns time to first token (streams) or None
+# A call returns None, or for a stream (time to the first text chunk, number of text chunks).
+Call = Callable[[int], Awaitable[tuple[float, int] | None]]
 
 
 class GrpcTarget:
@@ -112,7 +117,7 @@ class GrpcTarget:
         if job.workload == "chat":
             request = pb.ChatRequest(messages=messages, generation=generation, routing=routing)
 
-            async def chat(index: int) -> float | None:
+            async def chat(index: int) -> tuple[float, int] | None:
                 reply = await stub.Chat(request, timeout=timeout)
                 if not reply.text:
                     raise IncompleteAnswer("empty chat text")
@@ -122,26 +127,29 @@ class GrpcTarget:
         if job.workload == "stream":
             stream_request = pb.StreamChatRequest(messages=messages, generation=generation, routing=routing)
 
-            async def stream(index: int) -> float | None:
+            async def stream(index: int) -> tuple[float, int] | None:
                 started = time.perf_counter()
                 first: float | None = None
+                chunks = 0
                 finished = False
                 async for message in stub.StreamChat(stream_request, timeout=timeout):
                     kind = message.WhichOneof("event")
                     if kind == "delta":
-                        if first is None and message.delta.text:
-                            first = time.perf_counter() - started
+                        if message.delta.text:
+                            chunks += 1
+                            if first is None:
+                                first = time.perf_counter() - started
                     elif kind == "summary":
                         finished = True
                 if not finished or first is None:
                     raise IncompleteAnswer("stream without text or summary")
-                return first
+                return first, chunks
 
             return stream
         if job.workload == "embed":
             embed_requests = [pb.EmbedRequest(inputs=[text], routing=embed_routing) for text in job.texts]
 
-            async def embed(index: int) -> float | None:
+            async def embed(index: int) -> tuple[float, int] | None:
                 reply = await stub.Embed(embed_requests[index % len(embed_requests)], timeout=timeout)
                 if len(reply.embeddings) != 1 or not reply.embeddings[0].values:
                     raise IncompleteAnswer("wrong number of vectors")
@@ -157,12 +165,12 @@ class GrpcTarget:
 class HttpTarget:
     """OpenAI API calls over one pooled keep-alive session."""
 
-    def __init__(self, base_url: str, api_key: str | None) -> None:
+    def __init__(self, base_url: str, api_key: str | None, headers: dict[str, str] | None = None) -> None:
         # Unlimited pool: the closed loop itself bounds connections to the concurrency.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
         self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
         self.base_url = base_url.rstrip("/")
-        self.headers = {"Content-Type": "application/json"}
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
 
@@ -177,7 +185,7 @@ class HttpTarget:
                 {"model": job.chat_model, "messages": messages, "max_tokens": MAX_TOKENS}
             ).encode()
 
-            async def chat(index: int) -> float | None:
+            async def chat(index: int) -> tuple[float, int] | None:
                 async with session.post(chat_url, data=body, headers=headers, timeout=timeout) as response:
                     raw = await response.read()
                     if response.status != 200:
@@ -199,9 +207,10 @@ class HttpTarget:
                 }
             ).encode()
 
-            async def stream(index: int) -> float | None:
+            async def stream(index: int) -> tuple[float, int] | None:
                 started = time.perf_counter()
                 first: float | None = None
+                chunks = 0
                 done = False
                 async with session.post(chat_url, data=body, headers=headers, timeout=timeout) as response:
                     if response.status != 200:
@@ -214,20 +223,21 @@ class HttpTarget:
                         if payload == b"[DONE]":
                             done = True
                             continue
-                        if first is None:
-                            choices = json.loads(payload).get("choices") or []
-                            if choices and (choices[0].get("delta") or {}).get("content"):
+                        choices = json.loads(payload).get("choices") or []
+                        if choices and (choices[0].get("delta") or {}).get("content"):
+                            chunks += 1
+                            if first is None:
                                 first = time.perf_counter() - started
                 if not done or first is None:
                     raise IncompleteAnswer("stream without text or [DONE]")
-                return first
+                return first, chunks
 
             return stream
         if job.workload == "embed":
             url = f"{self.base_url}/embeddings"
             bodies = [json.dumps({"model": job.embed_model, "input": [text]}).encode() for text in job.texts]
 
-            async def embed(index: int) -> float | None:
+            async def embed(index: int) -> tuple[float, int] | None:
                 payload = bodies[index % len(bodies)]
                 async with session.post(url, data=payload, headers=headers, timeout=timeout) as response:
                     raw = await response.read()
@@ -258,6 +268,7 @@ async def run_job(call: Call, job: Job) -> JobResult:
     result = JobResult(workload=job.workload, concurrency=job.concurrency)
     latencies: list[float] = []
     first_tokens: list[float] = []
+    chunks = 0
     errors: collections.Counter[str] = collections.Counter()
     issued = 0
     clock = time.perf_counter
@@ -265,19 +276,20 @@ async def run_job(call: Call, job: Job) -> JobResult:
     stop_at = started + job.max_duration_s
 
     async def worker() -> None:
-        nonlocal issued
+        nonlocal issued, chunks
         while issued < job.requests and clock() < stop_at:
             index = issued
             issued += 1
             begin = clock()
             try:
-                first = await call(index)
+                streamed = await call(index)
             except Exception as exc:
                 errors[_error_kind(exc)] += 1
                 continue
             latencies.append(clock() - begin)
-            if first is not None:
-                first_tokens.append(first)
+            if streamed is not None:
+                first_tokens.append(streamed[0])
+                chunks += streamed[1]
 
     cpu_before = time.process_time()
     await asyncio.gather(*(worker() for _ in range(job.concurrency)))
@@ -290,6 +302,7 @@ async def run_job(call: Call, job: Job) -> JobResult:
     result.elapsed_s = round(elapsed, 4)
     result.throughput_rps = round(len(latencies) / elapsed, 2) if elapsed > 0 else 0.0
     result.latency_ms = summarize_ms(latencies)
+    result.chunks = chunks
     if job.workload == "stream":
         result.ttft_ms = summarize_ms(first_tokens)
     return result
@@ -299,13 +312,17 @@ class LoadGenerator:
     """Keeps channels and sessions open across jobs for the same target."""
 
     def __init__(self) -> None:
-        self._targets: dict[tuple[str, str, str | None], GrpcTarget | HttpTarget] = {}
+        self._targets: dict[tuple[Any, ...], GrpcTarget | HttpTarget] = {}
 
     def _target(self, job: Job) -> GrpcTarget | HttpTarget:
-        key = (job.kind, job.address, job.api_key)
+        key = (job.kind, job.address, job.api_key, tuple(sorted((job.headers or {}).items())))
         target = self._targets.get(key)
         if target is None:
-            target = GrpcTarget(job.address) if job.kind == "grpc" else HttpTarget(job.address, job.api_key)
+            target = (
+                GrpcTarget(job.address)
+                if job.kind == "grpc"
+                else HttpTarget(job.address, job.api_key, job.headers)
+            )
             self._targets[key] = target
         return target
 

@@ -8,12 +8,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-COLORS = {"direct": "#7f7f7f", "echo": "#2ca02c", "router": "#1f77b4", "litellm_proxy": "#d62728"}
+COLORS = {
+    "direct": "#7f7f7f",
+    "echo": "#2ca02c",
+    "reference": "#17becf",
+    "router": "#1f77b4",
+    "router_http": "#aec7e8",
+    "litellm_proxy": "#d62728",
+    "portkey": "#9467bd",
+}
 LABELS = {
     "direct": "fake provider, direct (floor)",
     "echo": "bare grpc.aio echo (ceiling)",
+    "reference": "minimal grpc.aio gateway (reference)",
     "router": "Sekha router",
+    "router_http": "Sekha router, OpenAI HTTP door",
     "litellm_proxy": "LiteLLM proxy",
+    "portkey": "Portkey gateway (Node)",
 }
 WORKLOAD_TITLES = {"chat": "unary chat", "stream": "streaming chat (total)", "embed": "embeddings"}
 

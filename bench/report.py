@@ -8,7 +8,8 @@ GOAL_ADDED_P50_MS = 1.5
 GOAL_PROXY_ADDED_OVER_OURS = 5.0
 GOAL_THROUGHPUT_VS_PROXY = 5.0
 GOAL_THROUGHPUT_VS_ECHO = 0.40
-GOAL_TTFT_OVERHEAD_MS = 2.0
+GOAL_TTFT_OVERHEAD_MS = 1.0  # issue 19 (was 2 ms)
+GOAL_CPU_OVER_REFERENCE = 1.5  # router server CPU per unary chat / per stream chunk vs the reference
 GOAL_RSS_FRACTION_OF_PROXY = 0.5
 GOAL_BATCHING = 0.8
 THROUGHPUT_CONCURRENCY = 32
@@ -21,6 +22,59 @@ def _goal(name: str, target: str, measured: Any, passed: bool | None, note: str 
 def _cell(gateway: dict[str, Any], target: str, key: str) -> dict[str, Any] | None:
     cells: dict[str, Any] | None = gateway.get("targets", {}).get(target, {}).get("cells")
     return cells.get(key) if cells else None
+
+
+def _worst(ratios: dict[str, Any], workload: str, field: str) -> tuple[float, str] | None:
+    """The highest ratio over the measured concurrencies of a workload, with its cell."""
+    found = [
+        (entry[field], key)
+        for key, entry in ratios.items()
+        if key.startswith(f"{workload}/") and entry.get(field)
+    ]
+    return max(found) if found else None
+
+
+def _reference_goals(ratios: dict[str, Any]) -> list[dict[str, Any]]:
+    goals = []
+    for workload, field, what in (
+        ("chat", "cpu_per_request_over_reference", "router server CPU per unary chat"),
+        ("stream", "cpu_per_chunk_over_reference", "router server CPU per stream chunk"),
+    ):
+        worst = _worst(ratios, workload, field)
+        goals.append(
+            _goal(
+                f"{what} vs the reference gateway (worst concurrency)",
+                f"<= {GOAL_CPU_OVER_REFERENCE:g}x",
+                None if worst is None else f"{worst[0]:.2f}x ({worst[1]})",
+                None if worst is None else worst[0] <= GOAL_CPU_OVER_REFERENCE,
+                "" if worst is not None else "reference not measured",
+            )
+        )
+    return goals
+
+
+def _startup_goals(startup: dict[str, Any]) -> list[dict[str, Any]]:
+    measured = startup.get("targets") or {}
+    router, portkey = measured.get("router") or {}, measured.get("portkey") or {}
+    goals = []
+    for field, what, unit in (
+        ("serving_s_median", "start-up: process start to serving", "s"),
+        ("first_chat_ms_median", "start-up: first chat after serving", "ms"),
+    ):
+        ours, theirs = router.get(field), portkey.get(field)
+        text = None if ours is None else f"{ours:.3g} {unit}"
+        if text is not None and theirs is not None:
+            text += f" vs {theirs:.3g} {unit}"
+        goals.append(
+            _goal(
+                f"{what} (median), router vs Portkey",
+                "<= Portkey's",
+                text,
+                None if ours is None or theirs is None else ours <= theirs,
+                "" if theirs is not None else "Portkey not measured",
+            )
+        )
+    return goals
 
 
 def evaluate_goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -79,6 +133,8 @@ def evaluate_goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 None if ttft is None else ttft <= GOAL_TTFT_OVERHEAD_MS,
             )
         )
+        goals += _reference_goals(derived["router_ratios"])
+        goals += _startup_goals(gateway.get("startup") or {})
         memory = derived["rss_kib_after_run"]
         router_rss, proxy_rss = memory.get("router"), memory.get("litellm_proxy")
         goals.append(
@@ -131,6 +187,11 @@ def build_summary(results: dict[str, dict[str, Any]], quick: bool) -> dict[str, 
             "startup_s": {n: t["startup_s"] for n, t in gateway["targets"].items()},
             "first_success_s": {n: t["first_success_s"] for n, t in gateway["targets"].items()},
             "unavailable": gateway["unavailable"],
+            "startup": {
+                name: {k: v for k, v in t.items() if k.endswith("_median") or k == "failure"}
+                for name, t in (gateway.get("startup") or {}).get("targets", {}).items()
+            },
+            "portkey_install": gateway.get("portkey_install"),
             "profile": {
                 k: v
                 for k, v in (gateway.get("profile") or {}).items()
@@ -161,10 +222,109 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _reference_table(gateway: dict[str, Any]) -> list[str]:
+    """Router against the reference gateway (CPU per request and chunk, added TTFT) and the peers."""
+    ratios = gateway["derived"]["router_ratios"]
+    cells = {name: t["cells"] for name, t in gateway["targets"].items()}
+    if not ratios:
+        return []
+    added = gateway["derived"]["added_latency_ms"]
+    lines = [
+        "",
+        "Router over the reference gateway (minimal grpc.aio forwarding to the same fake) and the peers. "
+        "Server CPU is the target process's own, per request (per text chunk for streams); "
+        "added TTFT is time to first token minus the direct call's. Portkey's stream handler waits "
+        "25 ms before the first chunk by design, so its TTFT carries those 25 ms.",
+        "",
+        "| workload | c | router CPU ms | reference CPU ms | router/reference CPU | router added TTFT p50 ms "
+        "| reference added TTFT p50 ms | router/reference added TTFT | throughput vs reference "
+        "| vs LiteLLM proxy | vs Portkey | Portkey CPU / ours |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    per_chunk = "target_cpu_ms_per_chunk"
+    for key, entry in ratios.items():
+        workload, concurrency = key.split("/c")
+        stream = workload == "stream"
+        router, reference = cells["router"][key], cells.get("reference", {}).get(key) or {}
+        cpu_field = per_chunk if stream else "target_cpu_ms_per_request"
+        cpu_ratio = entry.get("cpu_per_chunk_over_reference" if stream else "cpu_per_request_over_reference")
+        ours_ttft = added.get("router", {}).get(key, {}).get("ttft_p50") if stream else None
+        ref_ttft = added.get("reference", {}).get(key, {}).get("ttft_p50") if stream else None
+        row = [
+            f"{workload} (per chunk)" if stream else workload,
+            concurrency,
+            _fmt(router.get(cpu_field), 3),
+            _fmt(reference.get(cpu_field), 3),
+            _fmt(cpu_ratio),
+            _fmt(ours_ttft),
+            _fmt(ref_ttft),
+            _fmt(entry.get("added_ttft_p50_over_reference")),
+            _fmt(entry.get("throughput_vs_reference")),
+            _fmt(entry.get("throughput_vs_proxy")),
+            _fmt(entry.get("throughput_vs_portkey")),
+            _fmt(entry.get("portkey_cpu_per_request_over_ours")),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _http_door_table(gateway: dict[str, Any]) -> list[str]:
+    """The same router through its OpenAI-compatible HTTP door next to its gRPC path."""
+    cells = {name: t["cells"] for name, t in gateway["targets"].items()}
+    added = gateway["derived"]["added_latency_ms"]
+    if "router_http" not in cells or "router" not in cells:
+        return []
+    lines = [
+        "",
+        "The HTTP door (`server.http_port`, OpenAI's API) against the gRPC path of the same router "
+        "(added latency over the direct call, p50; server CPU per request):",
+        "",
+        "| workload | c | gRPC added p50 ms | HTTP added p50 ms | gRPC rps | HTTP rps "
+        "| gRPC CPU ms | HTTP CPU ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, grpc_cell in cells["router"].items():
+        http_cell = cells["router_http"].get(key) or {}
+        workload, concurrency = key.split("/c")
+        lines.append(
+            f"| {workload} | {concurrency} | {_fmt(added.get('router', {}).get(key, {}).get('p50'))} "
+            f"| {_fmt(added.get('router_http', {}).get(key, {}).get('p50'))} "
+            f"| {_fmt(grpc_cell.get('throughput_rps'), 0)} | {_fmt(http_cell.get('throughput_rps'), 0)} "
+            f"| {_fmt(grpc_cell.get('target_cpu_ms_per_request'), 3)} "
+            f"| {_fmt(http_cell.get('target_cpu_ms_per_request'), 3)} |"
+        )
+    return lines
+
+
+def _startup_table(gateway: dict[str, Any]) -> list[str]:
+    startup = gateway.get("startup")
+    if not startup or not startup.get("targets"):
+        return []
+    lines = [
+        "",
+        f"Start-up and first request ({startup['runs_per_target']} fresh starts per target; "
+        "serving = process start to the target's own serving signal; first chat over a new connection "
+        "right after it):",
+        "",
+        "| target | serving signal | serving s median | min | max | first chat ms median | min | max |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, t in startup["targets"].items():
+        lines.append(
+            f"| {name} | {t['signal']} | {_fmt(t['serving_s_median'], 3)} | {_fmt(t['serving_s_min'], 3)} "
+            f"| {_fmt(t['serving_s_max'], 3)} | {_fmt(t['first_chat_ms_median'], 1)} "
+            f"| {_fmt(t['first_chat_ms_min'], 1)} | {_fmt(t['first_chat_ms_max'], 1)} |"
+        )
+        if t.get("failure"):
+            lines.append(f"\n{name} start-up failed: {t['failure']}")
+    return lines
+
+
 def markdown(summary: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
     """Markdown tables of a run (pasted into docs/PERFORMANCE.md)."""
     lines: list[str] = []
     machine = summary.get("machine", {})
+    portkey = (results.get("gateway") or {}).get("portkey_install") or {}
     lines += [
         f"Run: `{summary.get('command', '')}` at {machine.get('measured_at')}, commit "
         f"{(machine.get('git_commit') or '')[:10]}{' (dirty tree)' if machine.get('git_dirty') else ''}; "
@@ -172,7 +332,8 @@ def markdown(summary: dict[str, Any], results: dict[str, dict[str, Any]]) -> str
         f"{machine.get('load_average_1_5_15')}; Python {machine.get('python')}, "
         f"grpcio {machine.get('grpcio')}, "
         f"uvloop {machine.get('uvloop')}, aiohttp {machine.get('aiohttp')}, litellm {machine.get('litellm')} "
-        f"(proxy venv: {machine.get('litellm_proxy')}), chromadb {machine.get('chromadb')}, "
+        f"(proxy venv: {machine.get('litellm_proxy')}), Portkey gateway {portkey.get('version')} "
+        f"on Node {portkey.get('node')}, chromadb {machine.get('chromadb')}, "
         f"torch {machine.get('torch')}.",
         "",
         *(
@@ -224,6 +385,9 @@ def markdown(summary: dict[str, Any], results: dict[str, dict[str, Any]]) -> str
             )
         for name, reason in gateway.get("unavailable", {}).items():
             lines.append(f"\n{name} unavailable: {reason}")
+        lines += _reference_table(gateway)
+        lines += _http_door_table(gateway)
+        lines += _startup_table(gateway)
     emb = results.get("embedding")
     if emb:
         lines += [

@@ -1,15 +1,18 @@
 """All benchmarks in one command; results as JSON (one file per section), PNG plots and a summary.
 
-    python -m bench.run                 # the full run (about 15 to 25 minutes on 2 cores)
+    python -m bench.run                 # the full run (about 20 to 30 minutes on 2 cores)
     python -m bench.run --quick         # CI: tiny counts, checks the harness end to end
     python -m bench.run --quick --skip-proxy --output-dir /tmp/out
 
 Sections (``--sections``, comma-separated; default: all):
 
-* ``gateway``: router vs LiteLLM proxy vs the fake provider called directly (the floor) vs a
-  bare grpc.aio echo server (the ceiling), each its own process, one load generator process;
-  unary chat, streaming chat and embeddings at concurrency 1, 8, 32, 128 (``bench.compare``);
-  with ``--profile-seconds`` > 0, py-spy profiles the router at concurrency 32 afterwards;
+* ``gateway``: router vs the reference gateway (minimal grpc.aio forwarding to the same fake)
+  vs the LiteLLM proxy vs the Portkey gateway vs the fake provider called directly (the floor)
+  vs a bare grpc.aio echo server, each its own process, one load generator process; unary
+  chat, streaming chat and embeddings at concurrency 1, 8, 32, 128 (``bench.compare``); first
+  the start-up and first request of the router, the reference and Portkey (``bench.startup``,
+  ``--startup-runs`` fresh starts each); with ``--profile-seconds`` > 0, py-spy profiles the
+  router at concurrency 32 afterwards;
 * ``routing``: the routing-decision microbenchmark (``bench.routing_decision``);
 * ``embedding``: ingest rate and search latency of the embedding service over Chroma at 10k
   and 100k 384-d documents, and cross-dimension search cost (``bench.embedding_store``);
@@ -68,6 +71,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-install-proxy", action="store_true", help="use the proxy venv only if it exists"
     )
+    parser.add_argument(
+        "--skip-portkey", action="store_true", help="do not install or run the Portkey gateway"
+    )
+    parser.add_argument(
+        "--no-install-portkey", action="store_true", help="use bench/.node-portkey only if it is installed"
+    )
+    parser.add_argument(
+        "--startup-runs",
+        type=int,
+        default=None,
+        help="fresh starts per target for start-up (default 5; quick: 2)",
+    )
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {SECTIONS}")
     parser.add_argument("--output-dir", type=Path, default=None)
     parser.add_argument("--concurrency", type=_csv_ints, default=None, help="e.g. 1,8,32,128")
@@ -96,11 +111,15 @@ def gateway_settings(args: argparse.Namespace) -> compare.GatewaySettings:
     overrides: dict[str, Any] = {
         "include_proxy": not args.skip_proxy,
         "install_proxy": not args.no_install_proxy,
+        "include_portkey": not args.skip_portkey,
+        "install_portkey": not args.no_install_portkey,
         "upstream_latency_ms": args.upstream_latency_ms,
         "profile_seconds": args.profile_seconds
         if args.profile_seconds is not None
         else (0.0 if args.quick else 10.0),
     }
+    if args.startup_runs is not None:
+        overrides["startup_runs"] = args.startup_runs
     if args.concurrency:
         overrides["concurrencies"] = args.concurrency
     if args.targets:

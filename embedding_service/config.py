@@ -71,6 +71,8 @@ class DefaultsConfig(_Strict):
     rrf_k: int = Field(default=60, ge=1)
     # Each collection is asked for fetch_multiplier x top_k hits so fusion has depth to work with.
     fetch_multiplier: int = Field(default=3, ge=2, le=4)
+    # The most documents embedded in one call and written in one batch (calls are smaller while
+    # a model is slow: see `batching`).
     write_batch_size: int = Field(default=256, ge=1)
     max_documents_per_request: int = Field(default=1000, ge=1)
     max_text_chars: int = Field(default=100_000, ge=1)
@@ -88,6 +90,20 @@ class DefaultsConfig(_Strict):
         if self.page_size > self.max_page_size:
             raise ValueError("page_size must not exceed max_page_size")
         return self
+
+
+class BatchingConfig(_Strict):
+    """Texts per embedding call to the router, sized by each model's measured speed.
+
+    A call is sized to take at most `call_fraction` of `router.timeout_s` (or of the request's
+    remaining deadline, when shorter), between `min_size` and the caller's maximum
+    (`defaults.write_batch_size`, a migration's `batch_size`); see `embedding_service.batching`.
+    """
+
+    # Texts in a model's first call, before its speed is known.
+    initial_size: int = Field(default=16, ge=1)
+    min_size: int = Field(default=1, ge=1)
+    call_fraction: float = Field(default=0.25, gt=0, le=1)
 
 
 class MigrationConfig(_Strict):
@@ -118,6 +134,7 @@ class EmbeddingConfig(_Strict):
     # SQLite file holding the alias registry and the migrations.
     state_path: Path = Path("./data/embedding_state.sqlite3")
     defaults: DefaultsConfig = DefaultsConfig()
+    batching: BatchingConfig = BatchingConfig()
     migration: MigrationConfig = MigrationConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
 

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from embedding_service.batching import BatchSizer
 from embedding_service.config import MigrationConfig
 from embedding_service.domain import MigrationState
 from embedding_service.locks import BaseLocks
@@ -62,8 +63,11 @@ class MigrationRunner:
         vectors: VectorSource,
         locks: BaseLocks,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        batches: BatchSizer | None = None,
     ) -> None:
         self._config = config
+        # Sizes each backfill call by the target model's speed; None: `batch_size` every time.
+        self._batches = batches
         self._store = store
         self._registry = registry
         self._vectors = vectors
@@ -239,8 +243,13 @@ class MigrationRunner:
         queue: asyncio.Queue[object],
     ) -> None:
         try:
-            for start in range(0, len(ids), record.batch_size):
-                chunk = list(ids[start : start + record.batch_size])
+            start = 0
+            while start < len(ids):
+                size = record.batch_size
+                if self._batches is not None:  # the migration's batch_size is the most a call carries
+                    size = self._batches.size([record.target_model], record.batch_size)
+                chunk = list(ids[start : start + size])
+                start += len(chunk)
                 documents = await self._store.get(source.chroma_name, chunk)
                 batch = (
                     await self._embed([doc.text for doc in documents], record.target_model)

@@ -166,8 +166,9 @@ class ObservedEmbeddingService(EmbeddingStoreService):
         documents: Sequence[DocumentIn],
         model: str | None = None,
         request_id: str = "",
+        deadline_s: float | None = None,
     ) -> UpsertResult:
-        result = await super().upsert(base, documents, model, request_id)
+        result = await super().upsert(base, documents, model, request_id, deadline_s)
         for collection in result.collections:  # every written collection got every document
             self._ingested.add(result.upserted_count, {"base": base, "collection": collection.name})
         return result

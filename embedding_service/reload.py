@@ -10,7 +10,8 @@ assignments and no await in between, so every new request sees one whole configu
   already running finish on the channel they started on (each pins its vector source,
   `vectors.VectorSwitch`); once the last of them has finished, the old channel is closed;
 * `defaults` (request defaults and limits) and `migration` (backfill settings) apply to requests
-  that start after the swap.
+  that start after the swap; `batching` to the next embedding call (what was measured of each
+  model's speed is kept).
 
 Running migrations are left alone: their tasks are neither cancelled nor started again, so a
 backfill is never interrupted or run twice; its next batch embeds through the new router.

@@ -3,8 +3,10 @@
 A base is a family of dimension collections (`{base}_{dimension}`), each written by one model.
 The registry says which of them serve reads (searched by default), which receive writes
 (every one of them gets each upsert, embedded with its own model; a migration target joins
-this set, which is what dual writes are) and which one is the primary (read by GetDocuments,
-counted by DeleteDocuments, the source of a migration).
+this set, which is what dual writes are) and which one is the primary (the source of a
+migration, and first among the read collections: when several hold a document, GetDocuments
+and search return the primary's copy, else the copy of the first collection by name).
+GetDocuments, search and the count of DeleteDocuments all see the same collections.
 
 Model selection on upsert: no model -> every collection receiving writes (or, for a new base,
 the configured default / the router's choice); a model -> the write collections of that model
@@ -21,6 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
+from embedding_service.batching import BatchSizer
 from embedding_service.config import DefaultsConfig, EmbeddingConfig
 from embedding_service.domain import (
     CollectionInfo,
@@ -49,6 +52,7 @@ from embedding_service.validation import (
     check_model,
     check_weights,
     check_where,
+    decode_page_position,
     decode_page_token,
     encode_page_token,
     invalid,
@@ -67,6 +71,8 @@ _log = logging.getLogger(__name__)
 
 # Embedded once per migration to learn the target model's dimension and provider key.
 PROBE_TEXT = "dimension probe"
+# Most documents one read of a GetDocuments page asks Chroma for.
+_MAX_PAGE_READ = 4096
 
 
 def _utc_now() -> datetime:
@@ -154,7 +160,8 @@ class EmbeddingStoreService:
         self._registry = registry
         # Replaceable on a config reload (a new router connection) without touching the requests
         # and migrations running on the old one.
-        self._vectors = VectorSwitch(vectors)
+        self._batches = BatchSizer(config.batching, config.router.timeout_s)
+        self._vectors = VectorSwitch(vectors, observe=self._batches.observe)
         self._clock = clock
         self._locks = BaseLocks()
         # Dimension per model key, learnt from the vectors the source returns, never configured.
@@ -166,6 +173,7 @@ class EmbeddingStoreService:
             vectors=self._vectors,
             locks=self._locks,
             sleep=sleep,
+            batches=self._batches,
         )
 
     @classmethod
@@ -199,6 +207,7 @@ class EmbeddingStoreService:
         """
         self._config = config
         self._limits = config.defaults
+        self._batches.reconfigure(config.batching, config.router.timeout_s)
         self._migrations.reconfigure(config.migration)
         return self._vectors.replace(vectors) if vectors is not None else None
 
@@ -225,12 +234,16 @@ class EmbeddingStoreService:
         documents: Sequence[DocumentIn],
         model: str | None = None,
         request_id: str = "",
+        deadline_s: float | None = None,
     ) -> UpsertResult:
         """Embed and write documents to the base's write collections; idempotent by id.
 
-        Batches of `write_batch_size` are pipelined: batch n+1 is embedded while batch n is
-        written. Returns after Chroma has written everything. A failure after some batches were
-        written leaves those batches stored (retrying the request is safe).
+        Batches are pipelined: batch n+1 is embedded while batch n is written. A batch holds
+        at most `write_batch_size` documents, fewer while the model is slow: one embedding call
+        should take a share of the router timeout, or of `deadline_s` (the seconds the caller
+        has left) when shorter (`batching.BatchSizer`). Returns after Chroma has written
+        everything. A failure after some batches were written leaves those batches stored
+        (retrying the request is safe).
         """
         limits = self._limits  # one request, one set of limits, even across a config reload
         check_base(base)
@@ -241,25 +254,33 @@ class EmbeddingStoreService:
         _log.debug("upsert request=%s base=%s documents=%d", request_id, base, len(documents))
         # Every batch embeds with the vector source the request started on: after a reload the
         # new router may resolve "no model" differently, and one upsert must not mix the two.
+        deadline = self._batches.deadline(deadline_s)
         with self._vectors.pinned():
-            written = await self._upsert_batches(base, requested, documents, limits)
+            written = await self._upsert_batches(base, requested, documents, limits, deadline)
         infos = await asyncio.gather(*(self._info(record) for record in written.values()))
         return UpsertResult(upserted_count=len(documents), collections=sorted(infos, key=lambda i: i.name))
 
     async def _upsert_batches(
-        self, base: str, requested: str | None, documents: Sequence[DocumentIn], limits: DefaultsConfig
+        self,
+        base: str,
+        requested: str | None,
+        documents: Sequence[DocumentIn],
+        limits: DefaultsConfig,
+        deadline: float | None,
     ) -> dict[str, CollectionRecord]:
         """The pipeline of `upsert`; the collections written, by name."""
-        step = limits.write_batch_size
         written: dict[str, CollectionRecord] = {}
         pending: asyncio.Task[list[CollectionRecord]] | None = None
+        start = 0
         try:
-            for start in range(0, len(documents), step):
-                batch = list(documents[start : start + step])
+            while start < len(documents):
                 plan = await self._write_plan(base, requested)
                 models: list[str | None] = (
                     list(dict.fromkeys(c.model for c in plan)) if plan else [requested or limits.model]
                 )
+                step = self._batches.size(models, limits.write_batch_size, deadline)
+                batch = list(documents[start : start + step])
+                start += len(batch)
                 embedded = await self._embed_many([doc.text for doc in batch], models)
                 if pending is not None:
                     written.update((c.name, c) for c in await pending)
@@ -400,21 +421,49 @@ class EmbeddingStoreService:
         return record
 
     async def delete(self, base: str, ids: Sequence[str] = (), where: WhereFilter | None = None) -> int:
-        """Delete by ids and/or `where` from every collection of the base; count from the primary."""
+        """Delete the documents named by `ids` and those matching `where` (the union of both).
+
+        Every collection of the base loses them, not only those serving reads: a migration
+        target or a retired source would otherwise bring them back. The count is of distinct
+        documents that reads saw (the collections serving reads), what GetDocuments and search
+        agree on. The matching ids are found first and then deleted by id, under the base lock,
+        so what is deleted is exactly what was matched.
+        """
         check_base(base)
         if not ids and not where:
             raise invalid("ids", "ids or metadata_filter must be set")
         check_ids(ids, "ids", self._limits)
         check_where(where)
-        collections = await self._collections_of(base)
-        primary = _primary(collections)
         async with self._locks(base):
-            before = await self._store.count(primary.chroma_name) if primary else 0
+            collections = await self._collections_of(base)
+            matched = await asyncio.gather(*(self._matching(c, ids, where) for c in collections))
             await asyncio.gather(
-                *(self._store.delete(c.chroma_name, ids=list(ids), where=where) for c in collections)
+                *(
+                    self._store.delete(record.chroma_name, ids=found)
+                    for record, found in zip(collections, matched, strict=True)
+                    if found
+                )
             )
-            after = await self._store.count(primary.chroma_name) if primary else 0
-        return before - after
+        seen = {
+            doc_id
+            for record, found in zip(collections, matched, strict=True)
+            if record.serving_reads
+            for doc_id in found
+        }
+        return len(seen)
+
+    async def _matching(
+        self, record: CollectionRecord, ids: Sequence[str], where: WhereFilter | None
+    ) -> list[str]:
+        """The ids of `record` that are in `ids` or match `where`."""
+        found: list[str] = []
+        if ids:
+            found += [d.id for d in await self._store.get(record.chroma_name, ids, include_documents=False)]
+        if where:
+            found += [
+                d.id for d in await self._store.get(record.chroma_name, where=where, include_documents=False)
+            ]
+        return list(dict.fromkeys(found))
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -433,7 +482,12 @@ class EmbeddingStoreService:
         page_size: int = 0,
         page_token: str = "",
     ) -> GetResult:
-        """Documents by id (missing ones left out), or a page of the collection when ids is empty."""
+        """Documents by id (missing ones left out), or a page of the base when ids is empty.
+
+        Dimension 0 reads what a search reads: every collection serving reads, the primary
+        first, then the others by name. A document stored in several of them is returned once,
+        from the first (the copy search returns too). A dimension reads its collection only.
+        """
         limits = self._limits
         check_base(base)
         if dimension < 0:
@@ -441,21 +495,77 @@ class EmbeddingStoreService:
         if ids:
             check_ids(ids, "ids", limits)
         collections = await self._collections_of(base)
-        record = _primary(collections) if dimension == 0 else _by_dimension(collections, dimension)
-        if record is None:
-            raise NotFoundError("collection", f"{base}_{dimension}")
+        if dimension == 0:
+            read = self._searched(base, collections, ())
+        else:
+            record = _by_dimension(collections, dimension)
+            if record is None:
+                raise NotFoundError("collection", f"{base}_{dimension}")
+            read = [record]
+        names = [record.name for record in read]
         if ids:
-            stored = await self._store.get(
-                record.chroma_name, list(ids), include_embeddings=include_embeddings
-            )
-            return GetResult([_document(d) for d in stored], record.name)
+            found = await self._by_ids(read, ids, include_embeddings)
+            return GetResult([_document(d) for d in found], names[0], collections=names)
         size = resolve_page_size(page_size, limits)
-        offset = decode_page_token(page_token, "documents", record.name)
-        stored = await self._store.get(
-            record.chroma_name, limit=size + 1, offset=offset, include_embeddings=include_embeddings
+        index, offset = decode_page_position(page_token, "documents", names)
+        page, after = await self._page(read, index, offset, size, include_embeddings)
+        next_token = encode_page_token("documents", names[after[0]], after[1]) if after else ""
+        return GetResult([_document(d) for d in page], names[0], next_token, names)
+
+    async def _by_ids(
+        self, read: Sequence[CollectionRecord], ids: Sequence[str], include_embeddings: bool
+    ) -> list[StoredDocument]:
+        """Each id's document from the first collection of `read` holding it, in the order asked."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, StoredDocument] = {}
+        for record in read:
+            missing = [doc_id for doc_id in wanted if doc_id not in found]
+            if not missing:
+                break
+            stored = await self._store.get(record.chroma_name, missing, include_embeddings=include_embeddings)
+            found.update((doc.id, doc) for doc in stored)
+        return [found[doc_id] for doc_id in wanted if doc_id in found]
+
+    async def _page(
+        self,
+        read: Sequence[CollectionRecord],
+        index: int,
+        offset: int,
+        size: int,
+        include_embeddings: bool,
+    ) -> tuple[list[StoredDocument], tuple[int, int] | None]:
+        """Up to `size` documents from position (collection index, offset) of `read`, and the
+        position of the next one (None at the end).
+
+        The collections are listed one after the other; a document an earlier collection holds
+        is skipped, since it was listed there. One document beyond the page is looked for, so
+        the last page carries no token.
+        """
+        taken: list[tuple[int, int, StoredDocument]] = []
+        chunk = size + 1
+        while index < len(read) and len(taken) <= size:
+            stored = await self._store.get(
+                read[index].chroma_name, limit=chunk, offset=offset, include_embeddings=include_embeddings
+            )
+            listed = await self._held_by(read[:index], [doc.id for doc in stored])
+            taken += [(index, offset + i, doc) for i, doc in enumerate(stored) if doc.id not in listed]
+            if len(stored) < chunk:
+                index, offset = index + 1, 0
+            else:
+                offset += len(stored)
+            # A long run of documents listed earlier is crossed in fewer, larger reads.
+            chunk = min(chunk * 2, _MAX_PAGE_READ)
+        after = (taken[size][0], taken[size][1]) if len(taken) > size else None
+        return [doc for _, _, doc in taken[:size]], after
+
+    async def _held_by(self, collections: Sequence[CollectionRecord], ids: list[str]) -> set[str]:
+        """Those of `ids` that any of `collections` holds."""
+        if not collections or not ids:
+            return set()
+        held = await asyncio.gather(
+            *(self._store.get(record.chroma_name, ids, include_documents=False) for record in collections)
         )
-        next_token = encode_page_token("documents", record.name, offset + size) if len(stored) > size else ""
-        return GetResult([_document(d) for d in stored[:size]], record.name, next_token)
+        return {doc.id for docs in held for doc in docs}
 
     async def search(
         self,

@@ -108,6 +108,13 @@ class ServerConfig(ServerSettings):
         "off when unset, 0 picks a free port",
     )
     http_host: str | None = Field(default=None, description="the HTTP door's address; default: `host`")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="router processes serving the same ports (SO_REUSEPORT); more than one needs "
+        "state.backend: redis, so budgets, rate limits and breakers hold across them",
+    )
 
 
 class CircuitBreakerConfig(_Section):
@@ -342,6 +349,14 @@ class RouterConfig(_Section):
     @model_validator(mode="after")
     def _cross_field(self, info: ValidationInfo) -> RouterConfig:
         problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.server.workers > 1 and self.state.backend != "redis":
+            problems.append(
+                (
+                    ("server", "workers"),
+                    f"{self.server.workers} workers need state.backend: redis; {self.state.backend} state "
+                    "lives in one process, so budgets, rate limits and breakers would not hold across them",
+                )
+            )
         first_index: dict[str, int] = {}
         for index, provider in enumerate(self.providers):
             if provider.id in first_index:

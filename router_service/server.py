@@ -330,7 +330,9 @@ async def _serve_http(
         telemetry=telemetry,
         max_body_bytes=config.server.max_message_bytes,
     )
-    port = await door.start(config.server.http_host or config.server.host, config.server.http_port or 0)
+    port = await door.start(
+        config.server.http_host or config.server.host, config.server.http_port or 0, config.server.reuse_port
+    )
     # Stopped after the gRPC server's grace period, so in-flight HTTP requests drain alongside.
     serving.on_stop.append(door.stop)
     log.info("router HTTP door (OpenAI-compatible) on port %d", port)

@@ -122,6 +122,8 @@ class Behaviour:
             ``ping`` events (Anthropic) before any content; they do not count as chunks.
         omit_finish: streams only: no finish reason at all (OpenAI still sends ``[DONE]``,
             Anthropic ``message_stop``).
+        latency_per_input_s: embeddings only (OpenAI, Ollama): a further delay per input text, so a
+            bigger batch takes longer, as on a model running on a CPU.
     """
 
     status: int = 200
@@ -153,6 +155,8 @@ class Behaviour:
         if self.tool_calls and self.finish_reason == "stop":
             return "tool_calls"
         return self.finish_reason
+
+    latency_per_input_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -690,6 +694,8 @@ class FakeProvider:
         ) -> web.StreamResponse:
             inputs = body.get("input", [])
             texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs]
+            if behaviour.latency_per_input_s > 0:
+                await asyncio.sleep(behaviour.latency_per_input_s * len(texts))
             model = str(body.get("model", ""))
             dimension = self._dimension(model)
             payload: dict[str, Any] = {
@@ -814,6 +820,8 @@ class FakeProvider:
         ) -> web.StreamResponse:
             inputs = body.get("input", [])
             texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs]
+            if behaviour.latency_per_input_s > 0:
+                await asyncio.sleep(behaviour.latency_per_input_s * len(texts))
             model = str(body.get("model", ""))
             dimension = self._dimension(model)
             payload: dict[str, Any] = {

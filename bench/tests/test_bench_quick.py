@@ -1,7 +1,9 @@
 """The benchmark harness runs end to end: `python -m bench.run --quick --skip-proxy` in a subprocess.
 
 Only the shape of what it writes is checked (every section, every target and cell, no
-errors, machine info), never a timing: numbers on a shared 2-core machine prove nothing.
+errors, machine info, the start-up runs), never a timing: numbers on a shared 2-core machine
+prove nothing. The Portkey gateway (Node) runs when npm could install it; offline it must be
+reported as skipped, never fail the run.
 The pure helpers the results depend on (percentiles, the py-spy summary) are checked exactly.
 """
 
@@ -16,11 +18,12 @@ from typing import Any
 
 import pytest
 
+from bench.loadgen import USER_TEXT
 from bench.profiling import summarize_folded
 from bench.stats import percentile, summarize_ms
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_TIMEOUT_S = 110  # a hang guard; the quick run takes about 35 s on 2 cores
+RUN_TIMEOUT_S = 150  # a hang guard; the quick run takes about 50 s on 2 cores
 MACHINE_KEYS = {"nproc", "cpu_model", "python", "grpcio", "litellm", "git_commit", "measured_at"}
 
 
@@ -49,8 +52,14 @@ def test_gateway_section_has_every_target_cell_and_no_errors(quick_run: Path) ->
     gateway = _load(quick_run, "gateway.json")
     settings = gateway["settings"]
     assert settings["concurrencies"] == [1, 8]
-    assert set(gateway["targets"]) == {"direct", "echo", "router"}
+    portkey = "portkey" in gateway["targets"]
+    expected = {"direct", "echo", "reference", "router", "router_http"} | ({"portkey"} if portkey else set())
+    assert set(gateway["targets"]) == expected
     assert "skipped" in gateway["unavailable"]["litellm_proxy"]
+    if portkey:
+        assert gateway["portkey_install"]["version"] == "1.15.2"
+    else:
+        assert gateway["unavailable"]["portkey"].startswith("skipped in the quick run: ")
     for name, target in gateway["targets"].items():
         assert target["startup_s"] > 0 and target["first_success_s"] >= target["startup_s"], name
         assert target["rss_kib_after_run"] > 0 and target["alive_at_end"], name
@@ -65,13 +74,40 @@ def test_gateway_section_has_every_target_cell_and_no_errors(quick_run: Path) ->
             assert cell["target_cpu_ms_per_request"] >= 0
             if key.startswith("stream/"):
                 assert cell["ttft_ms"]["p50"] <= cell["latency_ms"]["max"]
+                # The fake streams its reply word by word ("echo:" and the user's words).
+                if name == "direct":
+                    assert cell["chunks"] == cell["ok"] * (len(USER_TEXT.split()) + 1)
+                assert cell["chunks"] >= cell["ok"], (name, key)
+                assert cell["target_cpu_ms_per_chunk"] is not None
     added = gateway["derived"]["added_latency_ms"]
-    assert set(added) == {"echo", "router"}
+    assert set(added) == expected - {"direct"}
     assert set(added["router"]["stream/c1"]) >= {"p50", "p99", "ttft_p50"}
-    assert gateway["derived"]["errors"] == {"direct": 0, "echo": 0, "router": 0}
+    assert gateway["derived"]["errors"] == dict.fromkeys(expected, 0)
+    ratios = gateway["derived"]["router_ratios"]
+    assert set(ratios) == set(gateway["targets"]["router"]["cells"])
+    assert set(ratios["chat/c1"]) >= {"cpu_per_request_over_reference", "throughput_vs_reference"}
+    assert set(ratios["stream/c8"]) >= {"cpu_per_chunk_over_reference", "added_ttft_p50_minus_reference_ms"}
+    if portkey:
+        assert set(ratios["embed/c8"]) >= {"throughput_vs_portkey", "portkey_cpu_per_request_over_ours"}
     if importlib.util.find_spec("matplotlib") is not None:
         for png in ("latency_vs_concurrency.png", "throughput_vs_concurrency.png"):
             assert (quick_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_startup_runs_each_gateway_afresh(quick_run: Path) -> None:
+    gateway = _load(quick_run, "gateway.json")
+    startup = gateway["startup"]
+    runs = gateway["settings"]["startup_runs"]
+    assert startup["runs_per_target"] == runs == 2
+    expected = {"router", "reference"} | ({"portkey"} if "portkey" in gateway["targets"] else set())
+    assert set(startup["targets"]) == expected
+    for name, measured in startup["targets"].items():
+        assert measured["failure"] is None, (name, measured["failure"])
+        assert len(measured["runs"]) == runs
+        for run in measured["runs"]:
+            assert run["serving_s"] > 0 and run["first_chat_ms"] > 0
+        assert measured["serving_s_min"] <= measured["serving_s_median"] <= measured["serving_s_max"]
+    assert "serving on port" in startup["targets"]["router"]["signal"]
 
 
 def test_embedding_routing_and_batching_sections(quick_run: Path) -> None:
@@ -101,7 +137,10 @@ def test_summary_lists_the_goals_and_no_failed_section(quick_run: Path) -> None:
     assert goals["no errors (router, every cell)"]["pass"] is True
     # Without the proxy, the goals stated against it are not judged either way.
     assert goals["router added latency p50 vs LiteLLM proxy's (chat, c=1)"]["pass"] is None
-    assert "| goal | target | measured | met |" in (quick_run / "summary.md").read_text(encoding="utf-8")
+    assert goals["router server CPU per unary chat vs the reference gateway (worst concurrency)"]["measured"]
+    markdown = (quick_run / "summary.md").read_text(encoding="utf-8")
+    assert "| goal | target | measured | met |" in markdown
+    assert "| router/reference CPU |" in markdown and "| serving signal |" in markdown
 
 
 def test_percentiles_are_nearest_rank() -> None:

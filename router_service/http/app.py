@@ -111,12 +111,12 @@ class HttpDoor:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         # handler_cancellation: a caller that hangs up cancels its request, and with it the
         # provider call it was paying for.
         self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port or None)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self.port

@@ -40,6 +40,7 @@ class ServerOptions:
     grace_period_s: float = 10.0
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = field(default_factory=tuple)
     server_credentials: grpc.ServerCredentials | None = None
+    reuse_port: bool = False
 
 
 @dataclass
@@ -96,6 +97,7 @@ def options_from_config(
         max_concurrent_rpcs=server.max_concurrent_rpcs,
         reflection=server.reflection,
         grace_period_s=server.grace_period_s,
+        reuse_port=server.reuse_port,
         extra_interceptors=(*telemetry, *extra, *auth_interceptors(auth)),
         server_credentials=credentials or server_credentials(server.tls),
     )
@@ -114,7 +116,8 @@ async def start_server(
         options=[
             ("grpc.max_send_message_length", options.max_message_bytes),
             ("grpc.max_receive_message_length", options.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Off unless asked for: a second process on the same port must fail, not share it.
+            ("grpc.so_reuseport", 1 if options.reuse_port else 0),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],

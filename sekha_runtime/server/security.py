@@ -115,4 +115,9 @@ class ServerSettings(_Section):
     grace_period_s: float = Field(default=10.0, ge=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    reuse_port: bool = Field(
+        default=False,
+        description="SO_REUSEPORT: several processes serve one port and the kernel spreads connections "
+        "(set for each worker by `sekha-router serve --workers N`)",
+    )
     tls: ServerTlsConfig | None = Field(default=None, description="TLS, and mutual TLS with client_ca_file")

@@ -190,14 +190,15 @@ def dockerfile_stages(path: Path) -> list[list[str]]:
 
 
 @pytest.mark.parametrize(
-    ("dockerfile", "grpc_port", "metrics_port", "entrypoint"),
+    ("dockerfile", "ports", "entrypoint"),
     [
-        ("router.Dockerfile", 50051, ROUTER_METRICS_PORT, "sekha-router"),
-        ("embedding.Dockerfile", 50052, EMBEDDING_METRICS_PORT, "sekha-embedding"),
+        # The router also exposes the OpenAI-compatible HTTP door (8080).
+        ("router.Dockerfile", f"50051 8080 {ROUTER_METRICS_PORT}", "sekha-router"),
+        ("embedding.Dockerfile", f"50052 {EMBEDDING_METRICS_PORT}", "sekha-embedding"),
     ],
 )
 def test_images_are_multi_stage_non_root_and_health_checked(
-    dockerfile: str, grpc_port: int, metrics_port: int, entrypoint: str
+    dockerfile: str, ports: str, entrypoint: str
 ) -> None:
     stages = dockerfile_stages(DEPLOY / "docker" / dockerfile)
     assert len(stages) >= 2, "the image is not multi-stage"
@@ -211,11 +212,11 @@ def test_images_are_multi_stage_non_root_and_health_checked(
     assert not any(i.startswith("COPY") and " . " in f" {i} " for i in runtime), (
         "the runtime stage copies the source tree"
     )
-    assert f"EXPOSE {grpc_port} {metrics_port}" in runtime
+    assert f"EXPOSE {ports}" in runtime
     assert f'ENTRYPOINT ["{entrypoint}"]' in runtime
     healthcheck = next(i for i in runtime if i.startswith("HEALTHCHECK"))
     assert '"python", "/opt/sekha/healthcheck.py"' in healthcheck
-    assert any(f"SEKHA_HEALTHCHECK_TARGET=127.0.0.1:{grpc_port}" in i for i in runtime)
+    assert any(f"SEKHA_HEALTHCHECK_TARGET=127.0.0.1:{ports.split()[0]}" in i for i in runtime)
 
 
 def test_dockerignore_keeps_every_copied_path_in_the_context() -> None:

@@ -570,3 +570,43 @@ async def test_a_ledger_written_before_cache_columns_existed_still_opens(tmp_pat
         4,
         9,
     )
+
+
+async def test_sqlite_writes_behind_yet_a_graceful_close_loses_no_acknowledged_record(
+    tmp_path: Path, clock: WallClock
+) -> None:
+    """Settles return from memory; the file has every one of them once the store closes."""
+    path = tmp_path / "ledger.sqlite3"
+    # A flush interval far longer than the test: nothing reaches the file until close().
+    store = SqliteStore(path, flush_interval_s=3600.0)
+    await store.start()
+    guard = SpendGuard(store, global_daily(100.0), wall_clock=clock)
+    keys = guard.budgets_for(Identity("x"))
+    for index in range(250):
+        record = SpendRecord(clock(), "x", "openai", "gpt", "chat", 1, 2, usd_to_nanos(0.01), f"req-{index}")
+        await store.settle(f"res-{index}", keys, record)
+    await store.close()
+
+    reopened = SqliteStore(path)
+    await reopened.start()
+    try:
+        [row] = await reopened.aggregate_spend(T0 - HOUR, T0 + HOUR, SpendGrouping.CALLER)
+        [usage] = await reopened.budget_usage(keys, clock())
+    finally:
+        await reopened.close()
+    assert row.request_count == 250
+    assert usage.spent_nanos == 250 * usd_to_nanos(0.01)
+
+
+async def test_sqlite_report_reads_every_acknowledged_record_before_the_batch_is_due(
+    tmp_path: Path, clock: WallClock
+) -> None:
+    store = SqliteStore(tmp_path / "ledger.sqlite3", flush_interval_s=3600.0)
+    await store.start()
+    try:
+        record = SpendRecord(clock(), "x", "openai", "gpt", "chat", 1, 2, usd_to_nanos(0.5), "req")
+        await store.settle("res-1", [], record)
+        [row] = await store.aggregate_spend(T0 - HOUR, T0 + HOUR, SpendGrouping.CALLER)
+    finally:
+        await store.close()
+    assert row.request_count == 1
