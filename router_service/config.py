@@ -168,9 +168,21 @@ class LimitsConfig(_Section):
     default_max_tokens: int = Field(default=512, ge=1, description="max_tokens when the request gives none")
     max_embed_inputs: int = Field(default=2048, ge=1)
     max_input_chars: int = Field(default=100_000, ge=1)
+    max_tools: int = Field(default=128, ge=0, description="tools in one chat request")
+    max_tool_schema_chars: int = Field(
+        default=65_536, ge=1, description="one tool's parameters schema, as compact JSON"
+    )
+    max_tool_description_chars: int = Field(default=8192, ge=1)
+    max_response_schema_chars: int = Field(
+        default=65_536, ge=1, description="the response_format JSON schema, as compact JSON"
+    )
+    max_tool_call_argument_chars: int = Field(
+        default=200_000, ge=1, description="one tool call's arguments in the conversation"
+    )
     max_stop_sequences: int = Field(default=16, ge=0, description="stop sequences in one request")
     max_stop_sequence_chars: int = Field(default=256, ge=1, description="characters of one stop sequence")
     max_metadata_value_chars: int = Field(default=1024, ge=1, description="characters of one metadata value")
+    max_user_chars: int = Field(default=256, ge=1, description="the end-user id (`user`)")
     inline_image_urls: bool = Field(
         default=False,
         description="fetch https image URLs in the router and send the bytes inline; off: URLs go to the "
@@ -197,13 +209,29 @@ class RoutingConfig(_Section):
 
 
 class PriceConfig(_Section):
-    """US dollars per million tokens; overrides LiteLLM's bundled price map."""
+    """US dollars per million tokens; replaces LiteLLM's bundled price for the model, all rates
+    at once (a rate left out here is unknown, not taken from the map)."""
 
     input_per_million: float = Field(ge=0)
     output_per_million: float = Field(default=0.0, ge=0)
+    cached_input_per_million: float | None = Field(
+        default=None, ge=0, description="input read from the prompt cache; unset: priced at the input rate"
+    )
+    cache_write_per_million: float | None = Field(
+        default=None, ge=0, description="input written to the prompt cache; unset: priced at the input rate"
+    )
+    reasoning_per_million: float | None = Field(
+        default=None, ge=0, description="reasoning output; unset: priced at the output rate"
+    )
 
     def to_price(self) -> Price:
-        return Price(input_per_million=self.input_per_million, output_per_million=self.output_per_million)
+        return Price(
+            input_per_million=self.input_per_million,
+            output_per_million=self.output_per_million,
+            cached_input_per_million=self.cached_input_per_million,
+            cache_write_per_million=self.cache_write_per_million,
+            reasoning_per_million=self.reasoning_per_million,
+        )
 
 
 class ModelConfig(_Section):

@@ -8,8 +8,15 @@ breakers) to the provider clients. The rules it enforces, from DESIGN.md:
   backoff, until the candidates, the attempt budget or the deadline run out;
 * the caller's own mistakes (400/422, context length, content policy) return
   at once and never feed a breaker; 401/403 disables the provider;
-* a stream falls back only before its first chunk; once output went out, a
-  broken stream ends with UNAVAILABLE (StreamInterruptedError);
+* a stream falls back only before its first event reached the caller (text,
+  tool-call or reasoning piece; role-only or metadata-only chunks do not count);
+  once output went out, a broken stream ends with UNAVAILABLE
+  (StreamInterruptedError), and a stream the provider layer judged incomplete
+  (no answer at all, or cut inside a tool call) counts as broken;
+* an answer to a JSON response format is checked against it; with the routing
+  option `fallback_on_nonconforming` a non-conforming answer is paid for, booked
+  as a failed attempt, and the next candidate tried (the last one's answer is
+  returned, non-conforming, when none conforms);
 * every upstream timeout is min(provider timeout, caller's remaining deadline);
   a timeout caused by the caller's deadline is not the provider's fault;
 * usage comes from the provider; when it reports none, tokens are counted
@@ -37,6 +44,7 @@ from router_service.limits import Limits, check_chat, check_embed
 from router_service.providers.base import ProviderClient, StreamEnd, TextDelta
 from router_service.providers.errors import ProviderAuthError, ProviderFailure, ProviderRejection
 from router_service.spend import SpendGuard, SpendTicket, resolve_identity
+from router_service.structured import check_conformance
 from sekha_runtime.errors import (
     AttemptSummary,
     BudgetExhaustedError,
@@ -123,6 +131,8 @@ class Observer(Protocol):
         scope: Any = None,
         response_model: str = "",
         output_text: str | None = None,
+        output_tool_calls: Any = (),
+        output_reasoning: str = "",
     ) -> None: ...
 
     def attempt_cancelled(
@@ -241,7 +251,9 @@ class Gateway:
         input_tokens = self.estimator.count_messages(request.messages)
         started = self.observer.route_started()
         try:
-            decision = self.router.decide(task, request.routing, input_tokens, output_tokens, has_images)
+            decision = self.router.decide(
+                task, request.routing, input_tokens, output_tokens, has_images, request.needed_capabilities
+            )
         except NoRouteError as exc:
             raise _too_long_or(exc, "messages") from None
         self.observer.routed(decision, started)
@@ -454,16 +466,31 @@ class Gateway:
         usage: d.Usage,
         response_model: str = "",
         output_text: str = "",
+        error_kind: str = "",
+        output_tool_calls: tuple[d.ToolCall, ...] = (),
+        output_reasoning: str = "",
     ) -> d.Cost:
-        """Book a successful attempt: breaker, upstream time, real cost, spend, attempt list, observer."""
+        """Book a successful attempt: breaker, upstream time, real cost, spend, attempt list, observer.
+
+        With `error_kind` the provider answered well but the answer is refused (it does not
+        conform): the attempt is paid for and healthy for the breaker, yet listed as failed.
+        """
         latency = self.clock() - started
         self.breakers.get(candidate.provider_id).record_success(latency)
         self.observer.upstream_time(latency, scope)
         cost = self.prices.real_cost(entry, usage)
         await call.settle(candidate, usage, cost)
-        attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
+        outcome = d.AttemptOutcome.FAILED if error_kind else d.AttemptOutcome.SUCCEEDED
+        attempt = d.Attempt(candidate.provider_id, candidate.model, outcome, error_kind, latency)
         call.attempts.append(attempt)
-        extra = {"response_model": response_model, "output_text": output_text} if operation == "chat" else {}
+        extra: dict[str, Any] = {}
+        if operation == "chat":
+            extra = {
+                "response_model": response_model,
+                "output_text": output_text,
+                "output_tool_calls": output_tool_calls,
+                "output_reasoning": output_reasoning,
+            }
         self.observer.attempt_finished(operation, entry, attempt, usage, cost, scope=scope, **extra)
         return cost
 
@@ -484,12 +511,50 @@ class Gateway:
     async def _chat(self, request: d.ChatRequest, deadline: Deadline, call: _Call) -> d.ChatResult:
         max_tokens = request.generation.max_tokens or self.default_max_tokens
 
+        planned = len(self._plan(call.decision, request.routing))
+        retry_nonconforming = request.routing.fallback_on_nonconforming and request.response_format.wants_json
+        nonconforming: list[d.ChatResult] = []  # answers booked as failed, the last one kept
+
         async def ask(provider: ProviderClient, entry: Any, timeout_s: float) -> Any:
             return await provider.chat(entry.model, entry.litellm_model, request, max_tokens, timeout_s)
 
-        answer = await self._first_answer(call, request, deadline, "chat", ask)
+        async def ask_conforming(provider: ProviderClient, entry: Any, timeout_s: float) -> Any:
+            reply = await ask(provider, entry, timeout_s)
+            conformance = check_conformance(request.response_format, reply.text)
+            if conformance is None or conformance.conforms or call.calls >= planned:
+                return reply
+
+            async def book(candidate: d.Candidate, entry: Any, started: float, scope: Any) -> None:
+                # The wrong answer was generated and billed: it is paid for like any other.
+                usage = self._usage(entry, reply.usage, call.decision, _generated_text(reply))
+                cost = await self._succeed(
+                    call,
+                    candidate,
+                    entry,
+                    started,
+                    scope,
+                    "chat",
+                    usage,
+                    reply.response_model,
+                    reply.text,
+                    error_kind="nonconforming",
+                    output_tool_calls=reply.tool_calls,
+                    output_reasoning=reply.reasoning,
+                )
+                nonconforming[:] = [_chat_result(call, reply, usage, cost, conformance)]
+
+            raise _NextCandidate(book)
+
+        try:
+            answer = await self._first_answer(
+                call, request, deadline, "chat", ask_conforming if retry_nonconforming else ask
+            )
+        except UnavailableError:
+            if nonconforming:  # the candidates after a wrong answer were skipped: it is the best there is
+                return nonconforming[-1]
+            raise
         reply = answer.reply
-        usage = self._usage(answer.entry, reply.usage, call.decision, reply.text)
+        usage = self._usage(answer.entry, reply.usage, call.decision, _generated_text(reply))
         cost = await self._succeed(
             call,
             answer.candidate,
@@ -500,22 +565,17 @@ class Gateway:
             usage,
             reply.response_model,
             reply.text,
+            output_tool_calls=reply.tool_calls,
+            output_reasoning=reply.reasoning,
         )
-        return d.ChatResult(
-            request_id=call.request_id,
-            text=reply.text,
-            finish_reason=reply.finish_reason,
-            usage=usage,
-            cost=cost,
-            decision=call.decision,
-            attempts=call.attempts,
-            response_model=reply.response_model,
-        )
+        return _chat_result(call, reply, usage, cost, check_conformance(request.response_format, reply.text))
 
     async def stream_chat(
         self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
-    ) -> AsyncGenerator[str | d.ChatResult, None]:
-        """Yield text deltas, then one ChatResult. Fallback only while nothing was yielded."""
+    ) -> AsyncGenerator[d.StreamOutput | d.ChatResult, None]:
+        """Yield text (str), tool-call and reasoning pieces, then one ChatResult.
+
+        Fallback only while nothing was yielded."""
         request = await self._inline_images(request)
         decision = self.decide_chat(request)
         call = await self._open_call(decision, request.request_id, "chat", caller, request.metadata)
@@ -529,7 +589,7 @@ class Gateway:
 
     async def _stream_chat(
         self, request: d.ChatRequest, deadline: Deadline, call: _Call
-    ) -> AsyncGenerator[str | d.ChatResult, None]:
+    ) -> AsyncGenerator[d.StreamOutput | d.ChatResult, None]:
         decision = call.decision
         request_id = call.request_id
         max_tokens = request.generation.max_tokens or self.default_max_tokens
@@ -540,29 +600,39 @@ class Gateway:
             entry = self.registry.by_key(candidate.key)
             provider = self.providers[candidate.provider_id]
             started = self.clock()
-            sent: list[str] = []
+            sent: list[str] = []  # the text that reached the caller
+            generated: list[str] = []  # all output that reached the caller (text, arguments, reasoning)
+            reasoning: list[str] = []
             end: StreamEnd | None = None
             scope = self.observer.attempt_started("chat", entry, request)
             stream = provider.stream_chat(entry.model, entry.litellm_model, request, max_tokens, timeout_s)
             try:
                 async for event in stream:
-                    if isinstance(event, TextDelta):
-                        if not event.text:
-                            continue
-                        if not sent:
-                            self.observer.first_token(entry, self.clock() - started, scope)
-                        sent.append(event.text)
-                        yield event.text
-                    else:
+                    if isinstance(event, StreamEnd):
                         end = event
+                        continue
+                    output = _stream_output(event)
+                    if output is None:
+                        continue
+                    if not generated:
+                        self.observer.first_token(entry, self.clock() - started, scope)
+                    if isinstance(output, str):
+                        sent.append(output)
+                        generated.append(output)
+                    elif isinstance(output, d.ToolCallDelta):
+                        generated.append(output.arguments)
+                    else:
+                        reasoning.append(output.text)
+                        generated.append(output.text)
+                    yield output
             except (ProviderFailure, ProviderAuthError) as exc:
-                if sent:
+                if generated:
                     kind = getattr(exc, "kind", "auth")
                     self.breakers.get(candidate.provider_id).record_failure(
                         kind, getattr(exc, "retry_after_s", None)
                     )
                     # The tokens that reached the caller were generated and billed: count them.
-                    usage = self._usage(entry, None, decision, "".join(sent))
+                    usage = self._usage(entry, None, decision, "".join(generated))
                     cost = self.prices.real_cost(entry, usage)
                     self.observer.upstream_time(self.clock() - started, scope)
                     self.observer.attempt_finished(
@@ -596,9 +666,9 @@ class Gateway:
             except BaseException:
                 # Cancelled by the caller (or the server shutting down): not the provider's fault.
                 self.breakers.get(candidate.provider_id).release()
-                if sent:
+                if generated:
                     # Output was generated and billed: it counts in the metrics and the ledger.
-                    billed_usage = self._usage(entry, None, decision, "".join(sent))
+                    billed_usage = self._usage(entry, None, decision, "".join(generated))
                     billed_cost = self.prices.real_cost(entry, billed_usage)
                     self.observer.attempt_cancelled(scope, billed_usage, billed_cost)
                     if call.ticket is not None:  # settled without awaiting: this task is being cancelled
@@ -611,10 +681,20 @@ class Gateway:
             finally:
                 await _aclose(stream)
             text = "".join(sent)
-            usage = self._usage(entry, end.usage if end else None, decision, text)
+            usage = self._usage(entry, end.usage if end else None, decision, "".join(generated))
             response_model = end.response_model if end else ""
             cost = await self._succeed(
-                call, candidate, entry, started, scope, "chat", usage, response_model, text
+                call,
+                candidate,
+                entry,
+                started,
+                scope,
+                "chat",
+                usage,
+                response_model,
+                text,
+                output_tool_calls=end.tool_calls if end else (),
+                output_reasoning="".join(reasoning),
             )
             yield d.ChatResult(
                 request_id=request_id,
@@ -625,6 +705,8 @@ class Gateway:
                 decision=decision,
                 attempts=call.attempts,
                 response_model=response_model,
+                tool_calls=end.tool_calls if end else (),
+                conformance=check_conformance(request.response_format, text),
             )
             return
         raise self._exhausted(call)
@@ -697,12 +779,58 @@ class Gateway:
                 continue
             except ProviderRejection as exc:
                 raise self._on_rejection(call, candidate, exc, started, operation, scope) from None
+            except _NextCandidate as answered:
+                await answered.book(candidate, entry, started, scope)
+                continue
             except BaseException:
                 self.breakers.get(candidate.provider_id).release()
                 self.observer.attempt_cancelled(scope)
                 raise
             return _Answer(candidate, entry, started, scope, reply)
         raise self._exhausted(call)
+
+
+class _NextCandidate(Exception):
+    """An answer the caller's options reject (non-conforming JSON): `book` pays for it, then the
+    attempt loop moves on to the next candidate."""
+
+    def __init__(self, book: Callable[[d.Candidate, Any, float, Any], Awaitable[None]]) -> None:
+        super().__init__("answer rejected by the request's options")
+        self.book = book
+
+
+def _stream_output(event: Any) -> d.StreamOutput | None:
+    """What a provider stream event gives the caller; None for an empty piece."""
+    if isinstance(event, TextDelta):
+        return event.text or None
+    if isinstance(event, d.ToolCallDelta):
+        return event if (event.id or event.name or event.arguments) else None
+    if isinstance(event, d.ReasoningDelta):
+        return event if event.text else None
+    return None
+
+
+def _generated_text(reply: Any) -> str:
+    """Everything the model generated, for counting output tokens when the provider reports none."""
+    return "".join([reply.reasoning, reply.text, *(call.arguments for call in reply.tool_calls)])
+
+
+def _chat_result(
+    call: _Call, reply: Any, usage: d.Usage, cost: d.Cost, conformance: d.Conformance | None
+) -> d.ChatResult:
+    return d.ChatResult(
+        request_id=call.request_id,
+        text=reply.text,
+        finish_reason=reply.finish_reason,
+        usage=usage,
+        cost=cost,
+        decision=call.decision,
+        attempts=call.attempts,
+        response_model=reply.response_model,
+        tool_calls=reply.tool_calls,
+        reasoning=reply.reasoning,
+        conformance=conformance,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,9 +212,15 @@ async def build_core(config: RouterConfig, deps: RouterDeps, store: StateStore) 
         max_output_tokens=config.limits.max_output_tokens,
         max_embed_inputs=config.limits.max_embed_inputs,
         max_input_chars=config.limits.max_input_chars,
+        max_tools=config.limits.max_tools,
+        max_tool_schema_chars=config.limits.max_tool_schema_chars,
+        max_tool_description_chars=config.limits.max_tool_description_chars,
+        max_response_schema_chars=config.limits.max_response_schema_chars,
+        max_tool_call_argument_chars=config.limits.max_tool_call_argument_chars,
         max_stop_sequences=config.limits.max_stop_sequences,
         max_stop_sequence_chars=config.limits.max_stop_sequence_chars,
         max_metadata_value_chars=config.limits.max_metadata_value_chars,
+        max_user_chars=config.limits.max_user_chars,
     )
     gateway = Gateway(
         registry=registry,

@@ -252,7 +252,7 @@ class HttpDoor:
     async def _stream(
         self,
         request: web.Request,
-        events: AsyncIterator[str | d.ChatResult],
+        events: AsyncIterator[d.StreamOutput | d.ChatResult],
         chunk_id: str,
         model: str,
         include_usage: bool,
@@ -267,7 +267,7 @@ class HttpDoor:
         response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
         await response.prepare(request)
         try:
-            pending: list[str | d.ChatResult] = [first]
+            pending: list[d.StreamOutput | d.ChatResult] = [first]
             role_sent = False
             async for event in _chain(pending, events):
                 if isinstance(event, d.ChatResult):
@@ -275,9 +275,11 @@ class HttpDoor:
                         await response.write(_sse(closing))
                     await response.write(_sse("[DONE]"))
                     break
-                delta: dict[str, Any] = {"content": event}
+                if isinstance(event, d.ReasoningDelta):
+                    continue  # OpenAI's chat completions have no field for it; the door asks for none
+                delta: dict[str, Any] = convert.stream_delta(event)
                 if not role_sent:
-                    delta = {"role": "assistant", "content": event}
+                    delta = {"role": "assistant", **delta}
                     role_sent = True
                 await response.write(_sse(convert.chunk(chunk_id, created, model, delta)))
         except (ConnectionResetError, asyncio.CancelledError):
@@ -331,8 +333,8 @@ class HttpDoor:
 
 
 async def _chain(
-    first: list[str | d.ChatResult], rest: AsyncIterator[str | d.ChatResult]
-) -> AsyncIterator[str | d.ChatResult]:
+    first: list[d.StreamOutput | d.ChatResult], rest: AsyncIterator[d.StreamOutput | d.ChatResult]
+) -> AsyncIterator[d.StreamOutput | d.ChatResult]:
     for event in first:
         yield event
     async for event in rest:

@@ -276,13 +276,37 @@ def chat_completion(result: d.ChatResult, created: int | None = None) -> dict[st
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.text, "refusal": None},
+                "message": _answer_message(result),
                 "finish_reason": _FINISH[result.finish_reason],
                 "logprobs": None,
             }
         ],
         "usage": _usage(result.usage),
     }
+
+
+def stream_delta(event: str | d.ToolCallDelta) -> dict[str, Any]:
+    """A streamed text or tool-call piece as an OpenAI chunk's `delta`."""
+    if isinstance(event, str):
+        return {"content": event}
+    call: dict[str, Any] = {"index": event.index, "function": {"arguments": event.arguments}}
+    if event.id:
+        call["id"] = event.id
+        call["type"] = "function"
+    if event.name:
+        call["function"]["name"] = event.name
+    return {"tool_calls": [call]}
+
+
+def _answer_message(result: d.ChatResult) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
+    if result.tool_calls:
+        message["content"] = result.text or None
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in result.tool_calls
+        ]
+    return message
 
 
 def chunk(

@@ -32,6 +32,8 @@ KIND_RESET = "reset"
 KIND_TIMEOUT = "timeout"
 KIND_RATE_LIMITED = "rate_limited"
 KIND_BAD_RESPONSE = "bad_response"
+# A 200 stream that ended with no text, no tool call and no finish reason: no answer at all.
+KIND_EMPTY_STREAM = "empty_stream"
 KIND_MODEL_NOT_FOUND = "model_not_found"
 KIND_BAD_REQUEST = "bad_request"
 KIND_CONTEXT_LENGTH = "context_length"

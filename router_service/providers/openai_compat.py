@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from router_service.domain import ChatRequest, FinishReason, Usage
+from router_service.domain import ChatRequest, FinishReason, ReasoningDelta, Usage
 from router_service.providers.base import (
     ProviderChatResult,
     ProviderEmbedResult,
@@ -28,9 +28,13 @@ from router_service.providers.base import (
     StreamEnd,
     StreamEvent,
     TextDelta,
+    ToolCallAssembler,
+    check_stream_end,
     finish_reason_from,
     generation_params,
+    reasoning_from_openai,
     to_openai_messages,
+    tool_calls_from_openai,
     usage_from_openai,
 )
 from router_service.providers.errors import (
@@ -108,9 +112,17 @@ def default_session_factory() -> aiohttp.ClientSession:
 
 
 class _StreamState:
-    """What a stream has told us besides text: finish reason, usage, model."""
+    """What a stream has told us besides the events: finish reason, usage, model, tool calls."""
 
-    __slots__ = ("done", "finish_reason", "response_model", "saw_data", "usage")
+    __slots__ = (
+        "done",
+        "finish_reason",
+        "produced_text",
+        "response_model",
+        "saw_data",
+        "tool_calls",
+        "usage",
+    )
 
     def __init__(self, model: str) -> None:
         self.finish_reason = FinishReason.UNSPECIFIED
@@ -118,6 +130,8 @@ class _StreamState:
         self.response_model = model
         self.done = False
         self.saw_data = False
+        self.produced_text = False
+        self.tool_calls = ToolCallAssembler()
 
 
 class _SSELines:
@@ -276,6 +290,8 @@ class OpenAICompatProvider:
                 finish_reason=finish_reason_from(choice.get("finish_reason")),
                 usage=usage_from_openai(data.get("usage")),
                 response_model=str(data.get("model") or model),
+                tool_calls=tool_calls_from_openai(message.get("tool_calls")),
+                reasoning=reasoning_from_openai(message),
             )
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise ProviderFailure(KIND_BAD_RESPONSE, cause_type=type(exc).__name__) from None
@@ -308,11 +324,12 @@ class OpenAICompatProvider:
     async def stream_chat(
         self, model: str, litellm_model: str, request: ChatRequest, max_tokens: int, timeout_s: float
     ) -> AsyncGenerator[StreamEvent, None]:
-        """Stream a chat completion as TextDelta events and one final StreamEnd.
+        """Stream a chat completion as text, tool-call and reasoning events and one final StreamEnd.
 
         ``timeout_s`` bounds (a) connecting, sending the request, receiving the headers and
-        the first text event together, and then (b) each wait for the next event (text or
-        end). The stream's total duration is unbounded. Closing the generator or cancelling
+        the first event together, and then (b) each wait for the next event (or the end).
+        Chunks with nothing for the caller (a role, an empty delta, usage) do not reset the
+        clock. The stream's total duration is unbounded. Closing the generator or cancelling
         the consuming task closes the upstream connection immediately.
         """
         session = self._get_session()
@@ -343,11 +360,13 @@ class OpenAICompatProvider:
                 lines = _SSELines(content)
                 while True:
                     async with asyncio.timeout_at(deadline):
-                        text = await self._next_text(lines, state)
-                    if text is None:
+                        events = await self._next_events(lines, state)
+                    if events is None:
                         break
-                    yield TextDelta(text)
+                    for event in events:
+                        yield event
                     deadline = loop.time() + timeout_s
+                check_stream_end(state.finish_reason, state.produced_text, state.tool_calls)
                 if not content.at_eof():
                     # Drain the chunked terminator so the connection can be reused.
                     async with asyncio.timeout_at(deadline):
@@ -361,11 +380,11 @@ class OpenAICompatProvider:
             response.close()
             raise
         response.release()
-        yield StreamEnd(state.finish_reason, state.usage, state.response_model)
+        yield StreamEnd(state.finish_reason, state.usage, state.response_model, state.tool_calls.calls())
 
     @staticmethod
-    async def _next_text(lines: _SSELines, state: _StreamState) -> str | None:
-        """Read SSE lines until a non-empty text delta (returned) or the end (None)."""
+    async def _next_events(lines: _SSELines, state: _StreamState) -> list[StreamEvent] | None:
+        """Read SSE lines until a chunk with something for the caller (its events) or the end (None)."""
         while True:
             line = await lines.readline()
             if not line:
@@ -404,10 +423,20 @@ class OpenAICompatProvider:
             if reason:
                 state.finish_reason = finish_reason_from(reason)
             delta = choice.get("delta")
-            if delta:
-                text = delta.get("content")
-                if text:
-                    return text
+            if not delta:
+                continue
+            events: list[StreamEvent] = []
+            reasoning = reasoning_from_openai(delta)
+            if reasoning:
+                events.append(ReasoningDelta(reasoning))
+            text = delta.get("content")
+            if text:
+                state.produced_text = True
+                events.append(TextDelta(text))
+            if delta.get("tool_calls"):
+                events.extend(state.tool_calls.feed(delta["tool_calls"]))
+            if events:
+                return events
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

@@ -285,6 +285,9 @@ def aggregate_records(
             record.input_tokens,
             record.output_tokens,
             1 if record.price_unknown else 0,
+            record.cached_input_tokens,
+            record.cache_write_input_tokens,
+            record.reasoning_tokens,
         )
         previous = rows.get(key)
         rows[key] = row if previous is None else previous.plus(row)
@@ -304,7 +307,10 @@ CREATE TABLE IF NOT EXISTS spend (
     input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
     cost_nanos INTEGER,            -- NULL: price unknown, never 0
-    request_id TEXT NOT NULL
+    request_id TEXT NOT NULL,
+    cached_input_tokens INTEGER NOT NULL DEFAULT 0,       -- parts of input_tokens
+    cache_write_input_tokens INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0           -- part of output_tokens
 );
 CREATE INDEX IF NOT EXISTS spend_ts ON spend (ts);
 CREATE TABLE IF NOT EXISTS budget_spent (
@@ -313,6 +319,22 @@ CREATE TABLE IF NOT EXISTS budget_spent (
     expires_at REAL NOT NULL
 );
 """
+
+
+# Columns added after the first release: a ledger file written by an older router gains them
+# (zero for its old rows) when it is opened.
+_ADDED_COLUMNS = {
+    "cached_input_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "cache_write_input_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
+}
+
+
+def _add_missing_columns(connection: sqlite3.Connection) -> None:
+    present = {row[1] for row in connection.execute("PRAGMA table_info(spend)")}
+    for name, definition in _ADDED_COLUMNS.items():
+        if name not in present:
+            connection.execute(f"ALTER TABLE spend ADD COLUMN {name} {definition}")
 
 
 class SqliteStore(MemoryStore):
@@ -421,6 +443,7 @@ class SqliteStore(MemoryStore):
     def _open(self) -> None:
         connection = self._connect()
         connection.executescript(_SCHEMA)
+        _add_missing_columns(connection)
         self._local.connection = connection
 
     def _checkpoint(self) -> None:
@@ -484,7 +507,8 @@ class SqliteStore(MemoryStore):
             for record_id, budgets, record in batch:
                 inserted = db.execute(
                     "INSERT OR IGNORE INTO spend (record_id, ts, caller, tenant, provider, model, operation, "
-                    "input_tokens, output_tokens, cost_nanos, request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "input_tokens, output_tokens, cost_nanos, request_id, cached_input_tokens, "
+                    "cache_write_input_tokens, reasoning_tokens) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         record_id,
                         record.time,
@@ -497,6 +521,9 @@ class SqliteStore(MemoryStore):
                         record.output_tokens,
                         record.cost_nanos,
                         record.request_id,
+                        record.cached_input_tokens,
+                        record.cache_write_input_tokens,
+                        record.reasoning_tokens,
                     ),
                 ).rowcount
                 cost = record.cost_nanos or 0
@@ -548,11 +575,12 @@ class SqliteStore(MemoryStore):
             params.append(caller)
         query = (
             f"SELECT {group_sql} AS k, COALESCE(SUM(cost_nanos), 0), COUNT(*), SUM(input_tokens), "
-            f"SUM(output_tokens), SUM(cost_nanos IS NULL) FROM spend WHERE {where} GROUP BY k"
+            f"SUM(output_tokens), SUM(cost_nanos IS NULL), SUM(cached_input_tokens), "
+            f"SUM(cache_write_input_tokens), SUM(reasoning_tokens) FROM spend WHERE {where} GROUP BY k"
         )
         rows = {
-            str(k): SpendRow(str(k), int(cost), int(count), int(inp), int(out), int(unknown))
-            for k, cost, count, inp, out, unknown in self._db().execute(query, params)
+            str(k): SpendRow(str(k), *(int(v) for v in values))
+            for k, *values in self._db().execute(query, params)
         }
         return sort_rows(rows)
 

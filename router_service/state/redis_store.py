@@ -12,7 +12,8 @@ P:b:<scope>|<period>|<window>:z     zset       reservation id -> expiry; stale o
 P:s:h:<YYYYMMDDHH> / P:s:d:<YYYYMMDD>  hash    spend per UTC hour / day; field
                                                `<caller>\\x1f<provider>\\x1f<model>\\x1f<metric>`,
                                                metric c=cost nanos, n=requests, i/o=tokens,
-                                               u=requests of unknown price (HINCRBY, exact)
+                                               u=requests of unknown price, ci/cw/r=cached,
+                                               cache-write and reasoning tokens (HINCRBY, exact)
 P:s:log                             stream     raw ledger rows, capped (MAXLEN ~ spend_log_max_rows)
 P:s:done:<reservation id>           string     settle marker (SET NX, 15 min): a settle replayed
                                                after an outage is not counted twice
@@ -182,7 +183,8 @@ return 1
 
 # KEYS: marker, hour hash, day hash, log stream, then hash_1, zset_1, ...
 # ARGV: id, cost, field prefix, input, output, unknown(0|1), marker_ttl, hour_ttl_s,
-#       day_ttl_s, log_maxlen, n_budgets, counter_ttl_s_1..n, then log field/value pairs
+#       day_ttl_s, log_maxlen, n_budgets, counter_ttl_s_1..n, cached, cache-write and
+#       reasoning tokens, then log field/value pairs
 _LUA_SETTLE = (
     _LUA_RELEASE_ONE
     + """
@@ -211,12 +213,17 @@ for _, h in ipairs({KEYS[2], KEYS[3]}) do
   if ARGV[6] == '1' then
     redis.call('HINCRBY', h, prefix .. 'u', 1)
   end
+  for k, metric in ipairs({'ci', 'cw', 'r'}) do
+    if ARGV[11 + nb + k] ~= '0' then
+      redis.call('HINCRBY', h, prefix .. metric, ARGV[11 + nb + k])
+    end
+  end
 end
 redis.call('EXPIRE', KEYS[2], ARGV[8])
 redis.call('EXPIRE', KEYS[3], ARGV[9])
 if tonumber(ARGV[10]) > 0 then
   local fields = {}
-  for j = 12 + nb, #ARGV do
+  for j = 15 + nb, #ARGV do
     fields[#fields + 1] = ARGV[j]
   end
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*', unpack(fields))
@@ -689,12 +696,16 @@ class RedisStore(StateStore):
             str(self._log_max_rows),
             str(len(budgets)),
             *(_ttl(b.expires_at - ts) for b in budgets),
+            str(record.cached_input_tokens),
+            str(record.cache_write_input_tokens),
+            str(record.reasoning_tokens),
         ]
         args += [
             "ts", repr(ts), "caller", record.caller, "tenant", record.tenant, "provider", record.provider,
             "model", record.model, "op", record.operation, "in", str(record.input_tokens),
             "out", str(record.output_tokens), "cost_nanos", "" if cost is None else str(cost),
-            "request_id", record.request_id,
+            "request_id", record.request_id, "cached_in", str(record.cached_input_tokens),
+            "cache_write_in", str(record.cache_write_input_tokens), "reasoning", str(record.reasoning_tokens),
         ]  # fmt: skip
         reply = await self._settle_script(keys=keys, args=args)
         if int(reply[0]):
@@ -768,7 +779,17 @@ class RedisStore(StateStore):
                 totals[metric] = totals.get(metric, 0) + int(value)
         return sort_rows(
             {
-                key: SpendRow(key, t.get("c", 0), t.get("n", 0), t.get("i", 0), t.get("o", 0), t.get("u", 0))
+                key: SpendRow(
+                    key,
+                    t.get("c", 0),
+                    t.get("n", 0),
+                    t.get("i", 0),
+                    t.get("o", 0),
+                    t.get("u", 0),
+                    t.get("ci", 0),
+                    t.get("cw", 0),
+                    t.get("r", 0),
+                )
                 for key, t in rows.items()
             }
         )

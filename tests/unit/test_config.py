@@ -161,7 +161,8 @@ def test_unknown_capability(tmp_path: Path) -> None:
         """,
     )
     assert errors == [
-        "providers[0].models[0].capabilities[1]: 'telepathy' is not one of vision, audio, tools"
+        "providers[0].models[0].capabilities[1]: 'telepathy' is not one of "
+        "vision, audio, tools, structured_output, reasoning"
     ]
 
 

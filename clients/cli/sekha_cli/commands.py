@@ -20,7 +20,9 @@ from sekha.client import (
     RouterClient,
     SekhaError,
     UnimplementedError,
+    json_schema_format,
     system,
+    tool,
     user,
 )
 from sekha.embedding.v1 import embedding_service_pb2 as emb
@@ -99,6 +101,12 @@ def _prompt_text(prompt: str) -> str:
     return text
 
 
+def _schema_name(path: Path) -> str:
+    """A schema name providers accept (letters, digits, `_`, `-`) from the file's name."""
+    name = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in path.stem)[:64]
+    return name or "response"
+
+
 def _footer(view: dict[str, Any]) -> str:
     parts = [
         f"-- {view['provider_id']}/{view['model']}",
@@ -111,9 +119,63 @@ def _footer(view: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def _json_file(path: Path, flag: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CliError(f"{flag} {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CliError(f"{flag} {path}: not JSON ({exc})") from None
+
+
+def _tools_from_file(path: Path) -> list[rt.Tool]:
+    """Tools from a JSON list of `{name, description, parameters}` or OpenAI `{type, function}` entries."""
+    entries = _json_file(path, "--tools")
+    if not isinstance(entries, list) or not entries:
+        raise CliError(f"--tools {path}: expected a non-empty JSON list of tools")
+    tools = []
+    for index, entry in enumerate(entries):
+        spec = entry.get("function", entry) if isinstance(entry, dict) else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise CliError(f"--tools {path}: entry {index} has no name")
+        parameters = spec.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise CliError(f"--tools {path}: entry {index}: parameters must be a JSON Schema object")
+        tools.append(
+            tool(spec["name"], parameters, str(spec.get("description", "")), strict=bool(spec.get("strict")))
+        )
+    return tools
+
+
+def _print_chat_reply(args: argparse.Namespace, reply: rt.ChatResponse) -> int:
+    view = chat_result_view(reply)
+    nonconforming = reply.HasField("conformance") and not reply.conformance.conforms
+    if args.json:
+        print_json(view)
+    else:
+        if not nonconforming:  # a wrong answer is never printed as if it were the JSON asked for
+            if reply.text:
+                print(reply.text)
+            for call in reply.tool_calls:
+                print(f"{call.name} {call.arguments}")
+        print(_footer(view), file=sys.stderr)
+    if nonconforming:
+        raise CliError(
+            f"the answer does not conform to {args.json_schema}: {reply.conformance.reason}", EXIT_OTHER
+        )
+    return EXIT_OK
+
+
 async def chat(args: argparse.Namespace) -> int:
     _check_max_tokens(args)
     messages = [system(args.system)] if args.system else []
+    tools = _tools_from_file(args.tools) if args.tools is not None else []
+    response_format = None
+    if args.json_schema is not None:
+        schema = _json_file(args.json_schema, "--json-schema")
+        if not isinstance(schema, dict):
+            raise CliError(f"--json-schema {args.json_schema}: expected a JSON Schema object")
+        response_format = json_schema_format(schema, _schema_name(args.json_schema))
     messages.append(user(_prompt_text(args.prompt)))
     generation = rt.GenerationConfig()
     if args.max_tokens is not None:
@@ -122,17 +184,12 @@ async def chat(args: argparse.Namespace) -> int:
         generation.temperature = args.temperature
     routing = routing_from_args(args)
     async with RouterClient(connection_settings(args, "router")) as router:
-        if args.no_stream:
-            reply = await router.chat(
-                rt.ChatRequest(routing=routing, messages=messages, generation=generation)
-            )
-            view = chat_result_view(reply)
-            if args.json:
-                print_json(view)
-            else:
-                print(reply.text)
-                print(_footer(view), file=sys.stderr)
-            return EXIT_OK
+        # A JSON answer is checked whole and tool calls print whole: no streaming for either.
+        if args.no_stream or tools or response_format is not None:
+            request = rt.ChatRequest(routing=routing, messages=messages, generation=generation, tools=tools)
+            if response_format is not None:
+                request.response_format.CopyFrom(response_format)
+            return _print_chat_reply(args, await router.chat(request))
         pieces: list[str] = []
         summary: rt.ChatSummary | None = None
         request = rt.StreamChatRequest(routing=routing, messages=messages, generation=generation)

@@ -3,6 +3,8 @@
 Commands::
 
     sekha chat "PROMPT"            stream a chat answer; provider, model, tokens and cost on stderr
+      --json-schema FILE           print the answer's JSON only when it conforms to the schema
+      --tools FILE                 offer tools; print the calls the model makes
     sekha route                    the routing decision for a request, without calling a provider
     sekha models                   every configured model (all pages)
     sekha status                   provider states, breakers, spend
@@ -42,6 +44,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 __all__ = ["EXIT_CODES", "CliError", "build_parser", "main"]
@@ -179,6 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-stream", action="store_true", help="wait for the whole answer (Chat, not StreamChat)"
     )
     chat.add_argument("--no-fallback", action="store_true", help="try only the first candidate")
+    chat.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        type=Path,
+        help="answer as JSON valid against this JSON Schema file; prints the JSON when it conforms, "
+        "fails (exit 9) naming the violation when it does not",
+    )
+    chat.add_argument(
+        "--tools",
+        metavar="FILE",
+        type=Path,
+        help="offer the tools in this JSON file (a list of {name, description, parameters}, or OpenAI's "
+        '{"type": "function", "function": {...}} entries); prints the calls the model makes, one per line',
+    )
     _json_flag(chat)
     chat.set_defaults(handler="sekha_cli.commands:chat", default_timeout=300.0)
 

@@ -129,6 +129,9 @@ def chat_result_view(result: rt.ChatResponse | rt.ChatSummary, text: str | None 
         "usage_counted_locally": result.usage.counted_locally,
         "cost_usd": result.cost.cost_usd if result.cost.HasField("cost_usd") else None,
         "price_unknown": result.cost.price_unknown,
+        "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls],
+        "conforms": result.conformance.conforms if result.HasField("conformance") else None,
+        "conformance_reason": result.conformance.reason if result.HasField("conformance") else None,
         "attempts": [
             {
                 "provider_id": a.provider_id,
