@@ -275,8 +275,6 @@ class HttpDoor:
                         await response.write(_sse(closing))
                     await response.write(_sse("[DONE]"))
                     break
-                if isinstance(event, d.ReasoningDelta):
-                    continue  # OpenAI's chat completions have no field for it; the door asks for none
                 delta: dict[str, Any] = convert.stream_delta(event)
                 if not role_sent:
                     delta = {"role": "assistant", **delta}
