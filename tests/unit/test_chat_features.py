@@ -8,6 +8,8 @@ details read in every shape providers send them, and the structured-output verdi
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from router_service import domain as d
 from router_service.providers.base import (
@@ -173,4 +175,19 @@ def test_text_format_is_not_checked_and_bad_schemas_are_named() -> None:
     assert schema_problem({"type": "objekt"}) is not None
     assert schema_problem({"properties": {"a": {"minimum": "zero"}}}) == (
         "not a valid JSON Schema: $.properties.a.minimum: type rule of the meta-schema"
+    )
+
+
+@given(
+    input_rate=st.floats(0, 1000),
+    output_rate=st.floats(0, 1000),
+    input_tokens=st.integers(0, 10**7),
+    output_tokens=st.integers(0, 10**6),
+)
+def test_the_routing_estimate_is_the_one_formula_without_cache_or_reasoning_tokens(
+    input_rate: float, output_rate: float, input_tokens: int, output_tokens: int
+) -> None:
+    price = d.Price(input_rate, output_rate, cached_input_per_million=0.1, reasoning_per_million=9.0)
+    assert price.cost(input_tokens, output_tokens) == pytest.approx(
+        d.price_tokens(price, input_tokens, output_tokens).total_usd, rel=1e-12, abs=1e-15
     )
