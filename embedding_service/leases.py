@@ -72,8 +72,11 @@ class Lease:
         return not self.lost and self.clock() < self.deadline
 
     def check(self) -> None:
-        """Raise LeaseLostError unless the lease is still held (local knowledge, no round trip)."""
+        """Raise LeaseLostError unless the lease is still held (local knowledge, no round trip).
+
+        A deadline found passed counts as a loss: the watchers are told, as for any other."""
         if not self.valid():
+            self.mark_lost()
             raise LeaseLostError(self.name, self.ttl_s)
 
     def mark_lost(self) -> bool:

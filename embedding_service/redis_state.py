@@ -644,6 +644,10 @@ class RedisRegistry:
         if reply[0] == "exists":
             raise AlreadyExistsError(f"collection {target.name!r} already exists", "collection", target.name)
         self._migrations[migration.id] = migration
+        if self._active is not None:
+            self._active[migration.base] = migration.id
+        if self._collections is not None:
+            self._collections[target.name] = target
         return migration
 
     def _ended(self, reply: list[Any], migration_id: str) -> MigrationRecord:
@@ -651,6 +655,12 @@ class RedisRegistry:
             raise NotFoundError("migration", migration_id)
         record = _migration(reply[1])
         self._migrations[record.id] = record
+        if (
+            not record.state.active
+            and self._active is not None
+            and self._active.get(record.base) == record.id
+        ):
+            del self._active[record.base]
         if reply[0] == "ended":
             raise not_active(record)
         return record
