@@ -23,10 +23,11 @@ task runs, and the task is cancelled the moment the lease is lost. Every registr
 task is fenced by the lease and the lease is confirmed right before each write or delete in the
 target, so a replica that was paused past the TTL takes no further step once it runs again. A
 supervisor (shared registry only) looks for active migrations every TTL/2 and claims those whose
-owner stopped renewing (killed, cut off): the new owner resumes from the stored cursor. Other
-replicas write both collections as soon as the registry names the target; a write that reached
-the source through a replica that had not seen the migration yet is found by the verification
-(missing id, or a copy that differs) and re-embedded.
+owner stopped renewing (killed, cut off): the new owner resumes from the stored cursor; the
+same tick refreshes the replica's view of the registry. Other replicas write both collections
+as soon as the registry names the target; a write that reached the source through a replica
+that had not seen the migration yet is found by the verification (missing id, or a copy that
+differs) and re-embedded.
 """
 
 from __future__ import annotations
@@ -141,6 +142,9 @@ class MigrationRunner:
         while True:
             await asyncio.sleep(self._supervise_every_s)
             try:
+                # The same tick keeps this replica's view of the registry fresh even when it
+                # serves no request: the view is what it serves from during a Redis outage.
+                await self._registry.collections()
                 for record in await self._registry.active_migrations():
                     if await self.claim(record.id):
                         _log.info("migration %s: taken over by this replica", record.id)

@@ -865,7 +865,9 @@ class RedisLeases:
         try:
             current = await self._redis.call(lambda: self._redis.client.get(self._key(lease.name)))
         except UnavailableError:
-            raise LeaseLostError(lease.name, self._redis.retry_after_s) from None
+            # Not known to be lost, but not confirmable either: the step waits for Redis.
+            what = f"{lease.name.split(':', 1)[0]} work"
+            raise lease_unavailable(what, self._redis.retry_after_s) from None
         if current != lease.value:
             lease.mark_lost()
             raise LeaseLostError(lease.name, lease.ttl_s)
