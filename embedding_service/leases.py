@@ -71,6 +71,11 @@ class Lease:
     def valid(self) -> bool:
         return not self.lost and self.clock() < self.deadline
 
+    def still_held(self) -> None:
+        """Like `check()` but without telling the watchers: safe to call from a worker thread."""
+        if not self.valid():
+            raise LeaseLostError(self.name, self.ttl_s)
+
     def check(self) -> None:
         """Raise LeaseLostError unless the lease is still held (local knowledge, no round trip).
 

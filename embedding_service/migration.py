@@ -439,7 +439,8 @@ class MigrationRunner:
                 if doc.id in current and current[doc.id].text == doc.text
             ]
             if keep:
-                # Chroma has no conditional write: the lease is confirmed at its home right before.
+                # Chroma has no conditional write: the lease is confirmed at its home right before,
+                # and its deadline checked once more on the thread that sends the write.
                 await self._leases.confirm(lease)
                 await self._store.upsert(
                     target.chroma_name,
@@ -447,4 +448,5 @@ class MigrationRunner:
                     [vector for _, vector in keep],
                     [doc.text for doc, _ in keep],
                     [doc.metadata for doc, _ in keep],
+                    guard=lease.still_held,
                 )

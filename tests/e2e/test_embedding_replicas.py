@@ -25,10 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from router_service.server import RouterDeps
 from sekha import client as c
 from sekha.embedding.v1 import embedding_service_pb2 as emb
+from sekha.router.v1 import router_service_pb2 as rt
 from testkit.chroma_server import ChromaServer, chroma_server_or_skip
 from testkit.fake_provider import Behaviour, FakeProvider
 from testkit.harness import embedding_model, openai_provider, router_config, running_router
@@ -63,6 +66,48 @@ def redis_server() -> Iterator[RedisServer]:
 async def fake() -> AsyncIterator[FakeProvider]:
     async with FakeProvider() as provider:
         yield provider
+
+
+class BackfillGate(grpc.aio.ServerInterceptor):
+    """On the router: lets `passing` backfill batches (Embed calls for the target model with
+    seeded texts) through, then holds the next ones until `open()`, so a replica can be paused
+    at a known point: waiting for its next batch's vectors, not in the middle of a write."""
+
+    def __init__(self, passing: int) -> None:
+        self.passing = passing
+        self.holding = asyncio.Event()
+        self._open = asyncio.Event()
+
+    def open(self) -> None:
+        self._open.set()
+
+    def _selects(self, request: rt.EmbedRequest) -> bool:
+        return request.routing.preferred_model == LARGE and request.inputs[0].startswith("text ")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.endswith("/Embed"):
+            return handler
+        inner = handler.unary_unary
+
+        async def embed(request: rt.EmbedRequest, context: grpc.aio.ServicerContext) -> Any:
+            if self._selects(request) and not self._open.is_set():
+                if self.passing > 0:
+                    self.passing -= 1
+                else:
+                    self.holding.set()
+                    await self._open.wait()
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            embed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 @dataclass
@@ -107,10 +152,16 @@ def _config(router_port: int, chroma: ChromaServer, redis: RedisServer, tmp_path
 
 @contextlib.asynccontextmanager
 async def replicas(
-    tmp_path: Path, fake: FakeProvider, chroma: ChromaServer, redis: RedisServer
+    tmp_path: Path,
+    fake: FakeProvider,
+    chroma: ChromaServer,
+    redis: RedisServer,
+    gate: BackfillGate | None = None,
 ) -> AsyncIterator[Replicas]:
     models = [embedding_model("mini-384", 384), embedding_model("base-768", 768)]
-    async with running_router(router_config([openai_provider("vec", fake.base_url, models)])) as (router, _):
+    deps = RouterDeps(extra_interceptors=[gate] if gate is not None else [])
+    config = router_config([openai_provider("vec", fake.base_url, models)])
+    async with running_router(config, deps) as (router, _):
         config = _config(router.port, chroma, redis, tmp_path)
         a = ServiceProcess("embedding_service", config, tmp_path, name="embedding-a")
         b = ServiceProcess("embedding_service", config, tmp_path, name="embedding-b")
@@ -153,11 +204,12 @@ async def ids_in(client: c.EmbeddingClient, base: str, ids: list[str], dimension
 
 
 async def start_slow_migration(
-    fake: FakeProvider, client: c.EmbeddingClient, base: str, count: int
+    fake: FakeProvider, client: c.EmbeddingClient, base: str, count: int, slow: bool = True
 ) -> tuple[emb.Migration, list[emb.Document]]:
     seeded = [doc(f"d{i:03d}", f"text {i} on topic {i % 5}") for i in range(count)]
     await client.upsert_documents(emb.UpsertDocumentsRequest(base=base, model=SMALL, documents=seeded))
-    fake.set_default(SLOW_TARGET, model="base-768")
+    if slow:
+        fake.set_default(SLOW_TARGET, model="base-768")
     started = await client.start_migration(
         emb.StartMigrationRequest(base=base, target_model=LARGE, batch_size=5)
     )
@@ -198,6 +250,13 @@ async def test_concurrent_upserts_through_two_replicas_land_once_and_read_the_sa
                 )
             )
         assert answers[0] == answers[1]  # whichever replica answers, the same documents and ranking
+
+        # A delete through one replica is seen through the other.
+        gone = [f"s{i:02d}-0" for i in range(24)]
+        deleted = await cluster.client_b.delete_documents(emb.DeleteDocumentsRequest(base="shared", ids=gone))
+        assert deleted.deleted_count == len(gone)
+        left = await cluster.client_a.get_documents(emb.GetDocumentsRequest(base="shared", ids=expected))
+        assert sorted(d.id for d in left.documents) == sorted(set(expected) - set(gone))
 
 
 async def test_a_migration_survives_its_owner_being_killed_mid_backfill(
@@ -259,14 +318,18 @@ async def test_a_migration_survives_its_owner_being_killed_mid_backfill(
 async def test_a_paused_owner_whose_lease_expired_takes_no_further_step(
     tmp_path: Path, fake: FakeProvider, chroma: ChromaServer, redis_server: RedisServer
 ) -> None:
-    async with replicas(tmp_path, fake, chroma, redis_server) as cluster:
-        migration, seeded = await start_slow_migration(fake, cluster.client_a, "stale", 40)
+    gate = BackfillGate(passing=2)
+    async with replicas(tmp_path, fake, chroma, redis_server, gate) as cluster:
+        migration, seeded = await start_slow_migration(fake, cluster.client_a, "stale", 40, slow=False)
 
-        async def under_way() -> bool:
-            return (await migration_of(cluster.client_b, migration.id)).migrated_documents >= 10
+        async def two_batches_written() -> bool:
+            return (await migration_of(cluster.client_b, migration.id)).migrated_documents == 10
 
-        await until(under_way, "replica A backfilled 10 documents")
+        # A wrote two batches and waits for the vectors of its third (held at the router).
+        await until(two_batches_written, "replica A backfilled two batches")
+        await asyncio.wait_for(gate.holding.wait(), 30)
         cluster.a.signal(signal.SIGSTOP)
+        gate.open()  # A's third batch is answered while A is paused; B's calls pass from now on
 
         async def completed() -> bool:
             return (await migration_of(cluster.client_b, migration.id)).state == emb.MIGRATION_STATE_COMPLETED
