@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -399,3 +400,35 @@ async def test_redis_outage_serves_the_last_view_refuses_changes_then_recovers(
         await registry.aclose()
     finally:
         server.close()
+
+
+async def test_a_state_file_from_before_source_model_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    with sqlite3.connect(path) as db:  # the migrations table as the previous release wrote it
+        db.executescript(
+            """
+            CREATE TABLE migrations (
+                id TEXT PRIMARY KEY, base TEXT NOT NULL, source_collection TEXT NOT NULL,
+                target_collection TEXT NOT NULL, target_model TEXT NOT NULL, state TEXT NOT NULL,
+                total_documents INTEGER NOT NULL, migrated_documents INTEGER NOT NULL, cursor TEXT,
+                batch_size INTEGER NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+                error TEXT NOT NULL DEFAULT ''
+            );
+            INSERT INTO migrations VALUES ('old', 'kb', 'kb_384', 'kb_768', 'vec/m-768', 'COMPLETED',
+                3, 3, 'd2', 5, '2024-01-01T00:00:00+00:00', '2024-01-01T00:00:00+00:00', '');
+            """
+        )
+    registry = SqliteRegistry(path, clock=lambda: NOW)
+    try:
+        (old,) = await registry.migrations("kb")
+        assert (old.id, old.state, old.source_model, old.cursor) == (
+            "old",
+            MigrationState.COMPLETED,
+            "",
+            "d2",
+        )
+        await registry.add_collection(collection("kb_384"))
+        await registry.begin_migration(migration("new"), target())
+        assert (await registry.migration("new")).source_model == "vec/m-384"
+    finally:
+        await registry.aclose()
