@@ -125,6 +125,32 @@ class MigrationConfig(_Strict):
         return self
 
 
+class StateConfig(_Strict):
+    """Where the collection registry, aliases, migrations and leases live (the `state:` section).
+
+    sqlite: the file at `state_path`, one process (the default, nothing else to run). redis: shared
+    by every replica of the service; leases with fencing tokens coordinate collection creation,
+    alias swaps and migration phases (`embedding_service.redis_state`).
+    """
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: SecretStr | None = Field(default=None, description="redis://[:password@]host:port/db")
+    key_prefix: str = Field(default="sekha-embedding", min_length=1, description="prefix of every Redis key")
+    redis_timeout_s: float = Field(default=0.5, gt=0, description="a slower Redis counts as down")
+    reconnect_interval_s: float = Field(default=1.0, gt=0, description="how often a down Redis is retried")
+    # A replica that stops renewing (killed, paused, cut off) loses its leases after this long;
+    # another replica then takes its migrations over.
+    lease_ttl_s: float = Field(default=10.0, ge=0.2)
+    # How long a request waits for a lease another replica holds before UNAVAILABLE + RetryInfo.
+    lease_wait_s: float = Field(default=10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _redis_needs_a_url(self) -> StateConfig:
+        if self.backend == "redis" and self.redis_url is None:
+            raise ValueError("redis_url is required when backend is redis")
+        return self
+
+
 class EmbeddingConfig(_Strict):
     """Root of the Embedding service's settings."""
 
@@ -132,8 +158,9 @@ class EmbeddingConfig(_Strict):
     router: RouterClientConfig = RouterClientConfig()
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys; off unless enabled")
     chroma: ChromaConfig = ChromaConfig()
-    # SQLite file holding the alias registry and the migrations.
+    # SQLite file holding the alias registry and the migrations (state.backend sqlite).
     state_path: Path = Path("./data/embedding_state.sqlite3")
+    state: StateConfig = StateConfig()
     defaults: DefaultsConfig = DefaultsConfig()
     batching: BatchingConfig = BatchingConfig()
     migration: MigrationConfig = MigrationConfig()

@@ -11,7 +11,19 @@ GetDocuments, search and the count of DeleteDocuments all see the same collectio
 Model selection on upsert: no model -> every collection receiving writes (or, for a new base,
 the configured default / the router's choice); a model -> the write collections of that model
 (plus both sides of a migration it takes part in), or a new dimension collection of the base
-when none matches.
+when the base never wrote with it. A model the base has migrated away from (its collection no
+longer receives writes, or a completed migration replaced it) is not a new model: the write goes
+to the base's current write collections, embedded with their models, and the reply lists them.
+So a client still naming the old model after a migration never forks the base into a second
+collection, including an upsert sent during the backfill that lands after the switch.
+
+Replicas (`state.backend: redis`): the registry is read from Redis at each step, so every
+replica writes to the collections the shared registry names. Changes of a base's set of
+collections (a new collection, a migration's start, a deletion, an adoption) hold the base's
+lease (`embedding_service.leases`), fenced in the registry. A write re-reads the registry after
+it reached Chroma and also writes any collection that joined meanwhile (a migration another
+replica started, or its switch), so a write never lands only in a collection that stopped
+receiving writes while it was in flight.
 """
 
 from __future__ import annotations
@@ -41,9 +53,11 @@ from embedding_service.domain import (
     WhereFilter,
 )
 from embedding_service.fusion import FusedHit, RankedList, min_max_fusion, reciprocal_rank_fusion
+from embedding_service.leases import Lease, Leases, LocalLeases
 from embedding_service.locks import BaseLocks
 from embedding_service.migration import MigrationRunner
-from embedding_service.registry import CollectionRecord, MigrationRecord, SqliteRegistry
+from embedding_service.registry import CollectionRecord, MigrationRecord, RegistryStore
+from embedding_service.state import open_state
 from embedding_service.store import ChromaStore, QueryHit, StoredDocument
 from embedding_service.validation import (
     check_base,
@@ -84,12 +98,30 @@ def model_matches(stored: str, requested: str) -> bool:
     return stored == requested or stored.endswith("/" + requested) or requested.endswith("/" + stored)
 
 
+def retired(
+    collections: Sequence[CollectionRecord], requested: str, replaced_models: Sequence[str] = ()
+) -> bool:
+    """Whether the base wrote with `requested` before and no longer does (it migrated away)."""
+    if any(model_matches(c.model, requested) for c in collections if c.receiving_writes):
+        return False
+    return any(model_matches(c.model, requested) for c in collections if not c.receiving_writes) or any(
+        model_matches(model, requested) for model in replaced_models
+    )
+
+
 def write_targets(
-    collections: Sequence[CollectionRecord], migration: MigrationRecord | None, requested: str | None
+    collections: Sequence[CollectionRecord],
+    migration: MigrationRecord | None,
+    requested: str | None,
+    replaced_models: Sequence[str] = (),
 ) -> list[CollectionRecord]:
-    """The collections an upsert writes, given the base's collections and its active migration."""
+    """The collections an upsert writes, given the base's collections and its active migration.
+
+    `replaced_models`: source models of the base's completed migrations (their collections may
+    have been deleted since); a model the base migrated away from writes where the base writes now.
+    """
     writers = [c for c in collections if c.receiving_writes]
-    if requested is None:
+    if requested is None or retired(collections, requested, replaced_models):
         return writers
     chosen = [c for c in writers if model_matches(c.model, requested)]
     if migration is not None:
@@ -149,15 +181,19 @@ class EmbeddingStoreService:
         self,
         config: EmbeddingConfig,
         store: ChromaStore,
-        registry: SqliteRegistry,
+        registry: RegistryStore,
         vectors: VectorSource,
         clock: Callable[[], datetime] = _utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        leases: Leases | None = None,
     ) -> None:
         self._config = config
         self._limits = config.defaults
         self._store = store
         self._registry = registry
+        self._leases: Leases = leases or LocalLeases()
+        # Bases and models already logged as redirected writes (one line each, not one per request).
+        self._redirect_logged: set[tuple[str, str]] = set()
         # Replaceable on a config reload (a new router connection) without touching the requests
         # and migrations running on the old one.
         self._batches = BatchSizer(config.batching, config.router.timeout_s)
@@ -172,8 +208,10 @@ class EmbeddingStoreService:
             registry=registry,
             vectors=self._vectors,
             locks=self._locks,
+            leases=self._leases,
             sleep=sleep,
             batches=self._batches,
+            supervise_every_s=config.state.lease_ttl_s / 2,
         )
 
     @classmethod
@@ -184,14 +222,10 @@ class EmbeddingStoreService:
         clock: Callable[[], datetime] = _utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> EmbeddingStoreService:
-        """A service with a ChromaStore and SqliteRegistry built from `config`."""
+        """A service with a ChromaStore and the registry and leases `config.state` names."""
+        registry, leases = open_state(config, clock=clock)
         return cls(
-            config,
-            ChromaStore(config.chroma),
-            SqliteRegistry(config.state_path, clock=clock),
-            vectors,
-            clock=clock,
-            sleep=sleep,
+            config, ChromaStore(config.chroma), registry, vectors, clock=clock, sleep=sleep, leases=leases
         )
 
     def reconfigure(
@@ -221,8 +255,10 @@ class EmbeddingStoreService:
         await self._registry.collections("")
 
     async def aclose(self) -> None:
-        """Pause running migrations (they resume from their cursor), then close store and registry."""
+        """Pause running migrations (they resume from their cursor, here or on another replica),
+        release the leases, then close store and registry."""
         await self._migrations.aclose()
+        await self._leases.aclose()
         await self._store.aclose()
         await self._registry.aclose()
 
@@ -299,7 +335,26 @@ class EmbeddingStoreService:
     async def _write_plan(self, base: str, requested: str | None) -> list[CollectionRecord]:
         collections = await self._registry.collections(base)
         active = await self._registry.active_migrations(base)
-        return write_targets(collections, active[0] if active else None, requested)
+        migration = active[0] if active else None
+        replaced: list[str] = []
+        if requested is not None and collections and not write_targets(collections, migration, requested):
+            # Rare path (a model the base does not write with): did a migration replace it?
+            replaced = [
+                m.source_model
+                for m in await self._registry.migrations(base)
+                if m.state is MigrationState.COMPLETED and m.source_model
+            ]
+        if requested is not None and retired(collections, requested, replaced):
+            key = (base, requested)
+            if key not in self._redirect_logged:
+                self._redirect_logged.add(key)
+                _log.info(
+                    "base %s migrated away from model %s: writes naming it go to %s",
+                    base,
+                    requested,
+                    ", ".join(c.name for c in collections if c.receiving_writes),
+                )
+        return write_targets(collections, migration, requested, replaced)
 
     async def _embed_many(
         self, texts: list[str], models: Sequence[str | None]
@@ -328,9 +383,12 @@ class EmbeddingStoreService:
         """Write one embedded batch to the base's current write collections under the base lock.
 
         The write set is re-read under the lock: a migration that started after the batch was
-        embedded adds its target, whose model is then embedded too before writing.
+        embedded adds its target, whose model is then embedded too before writing. With a shared
+        registry it is read once more after the write, and collections that joined the set in
+        the meantime (another replica's migration start or switch) are written too.
         """
         texts = [doc.text for doc in documents]
+        written: dict[str, CollectionRecord] = {}
         while True:
             async with self._locks(base):
                 plan = await self._write_plan(base, requested)
@@ -344,11 +402,16 @@ class EmbeddingStoreService:
                         plan = await self._write_plan(base, fresh.model) or [
                             await self._create_collection(base, fresh)
                         ]
+                todo = [c for c in plan if c.name not in written]
                 if not missing:
-                    missing = [c.model for c in plan if c.model not in embedded]
+                    missing = [c.model for c in todo if c.model not in embedded]
                 if not missing:
-                    await self._write_locked(plan, documents, texts, embedded)
-                    return plan
+                    if todo:
+                        await self._write_locked(todo, documents, texts, embedded)
+                        written.update((c.name, c) for c in todo)
+                    if not todo or not self._registry.shared:
+                        return list(written.values())
+                    continue
             embedded.update(await self._embed_many(texts, missing))
 
     async def _write_locked(
@@ -381,11 +444,12 @@ class EmbeddingStoreService:
         return candidate
 
     async def _new_collection(
-        self, base: str, batch: EmbeddedBatch, *, serving_reads: bool, primary: bool
+        self, base: str, batch: EmbeddedBatch, *, serving_reads: bool, primary: bool, lease: Lease
     ) -> CollectionRecord:
         """Create the Chroma collection for `batch.model` under a free name; not registered yet."""
         name = await self._free_name(base, batch.dimension)
         now = self._clock()
+        await self._leases.confirm(lease)
         stored = await self._store.create_collection(
             name, base=base, dimension=batch.dimension, model=batch.model, created_at=now
         )
@@ -411,12 +475,22 @@ class EmbeddingStoreService:
                 await self._store.delete_collection(record.chroma_name)
             raise
 
+    def _base_lease(self, base: str, what: str) -> contextlib.AbstractAsyncContextManager[Lease]:
+        """The lease for changing `base`'s set of collections (other replicas change it too)."""
+        return self._leases.hold(f"base:{base}", what)
+
     async def _create_collection(self, base: str, batch: EmbeddedBatch) -> CollectionRecord:
-        """A new dimension collection for `batch.model`; the caller holds the base lock."""
-        existing = await self._registry.collections(base)
-        first = _primary(existing) is None
-        record = await self._new_collection(base, batch, serving_reads=True, primary=first)
-        await self._register_or_drop(record, self._registry.add_collection(record))
+        """A new dimension collection for `batch.model` (or the one another replica just created);
+        the caller holds the base lock."""
+        async with self._base_lease(base, "creating a collection") as lease:
+            # Another replica may have created it while this one waited for the lease.
+            again = await self._write_plan(base, batch.model)
+            if again:
+                return again[0]
+            existing = await self._registry.collections(base)
+            first = _primary(existing) is None
+            record = await self._new_collection(base, batch, serving_reads=True, primary=first, lease=lease)
+            await self._register_or_drop(record, self._registry.add_collection(record, fence=lease))
         _log.info("created collection %s (%d-d, %s)", record.name, batch.dimension, batch.model)
         return record
 
@@ -444,6 +518,13 @@ class EmbeddingStoreService:
                     if found
                 )
             )
+            if self._registry.shared:
+                # A collection another replica added meanwhile (a migration's target) loses them too.
+                done = {c.name for c in collections}
+                joined = [c for c in await self._registry.collections(base) if c.name not in done]
+                everything = list(dict.fromkeys(doc_id for found in matched for doc_id in found))
+                if everything:
+                    await asyncio.gather(*(self._store.delete(c.chroma_name, ids=everything) for c in joined))
         seen = {
             doc_id
             for record, found in zip(collections, matched, strict=True)
@@ -717,7 +798,7 @@ class EmbeddingStoreService:
         record = await self._registry.collection(name)
         if record is None:
             raise NotFoundError("collection", name)
-        async with self._locks(record.base):
+        async with self._locks(record.base), self._base_lease(record.base, "deleting a collection") as lease:
             record = await self._registry.collection(name)
             if record is None:
                 raise NotFoundError("collection", name)
@@ -732,9 +813,12 @@ class EmbeddingStoreService:
                         name,
                         "MIGRATION_IN_PROGRESS",
                     )
+            # Unregistered first (fenced): a collection that is gone from Chroma but still in the
+            # registry would fail every read of the base; the reverse is only an unused name.
+            await self._registry.remove_collection(name, fence=lease)
+            await self._leases.confirm(lease)
             with contextlib.suppress(NotFoundError):
                 await self._store.delete_collection(record.chroma_name)
-            await self._registry.remove_collection(name)
         _log.info("deleted collection %s", name)
         return name
 
@@ -759,7 +843,7 @@ class EmbeddingStoreService:
         if not dimension:
             raise invalid("source_collection", "holds no vectors, so its dimension cannot be detected")
         name = f"{base}_{dimension}"
-        async with self._locks(base):
+        async with self._locks(base), self._base_lease(base, "adopting a collection") as lease:
             if await self._registry.name_taken(name):
                 raise AlreadyExistsError(f"base {base!r} already has collection {name!r}", "collection", name)
             existing = await self._registry.collections(base)
@@ -775,7 +859,7 @@ class EmbeddingStoreService:
                 receiving_writes=True,
                 primary=_primary(existing) is None,
             )
-            await self._registry.add_collection(record)
+            await self._registry.add_collection(record, fence=lease)
         _log.info("adopted %s as %s (%d-d)", source_collection, name, dimension)
         return await self._info(record)
 
@@ -793,13 +877,13 @@ class EmbeddingStoreService:
         await self._refuse_second_migration(base)
         probe = await embed_checked(self._vectors, [PROBE_TEXT], target_model)
         self._dimensions[probe.model] = probe.dimension
-        async with self._locks(base):
+        async with self._locks(base), self._base_lease(base, "starting a migration") as lease:
             await self._refuse_second_migration(base)
             collections = await self._collections_of(base)
             source = _primary(collections)
             if source is None:
                 raise NotFoundError("collection", base)
-            target = await self._new_collection(base, probe, serving_reads=False, primary=False)
+            target = await self._new_collection(base, probe, serving_reads=False, primary=False, lease=lease)
             name, now = target.name, target.created_at
             record = MigrationRecord(
                 id=uuid.uuid4().hex,
@@ -814,10 +898,12 @@ class EmbeddingStoreService:
                 batch_size=size,
                 created_at=now,
                 updated_at=now,
+                source_model=source.model,
             )
-            await self._register_or_drop(target, self._registry.begin_migration(record, target))
-        _log.info("migration %s: %s -> %s (%s)", record.id, source.name, name, probe.model)
-        self._migrations.spawn(record.id)
+            await self._register_or_drop(target, self._registry.begin_migration(record, target, fence=lease))
+        _log.info("migration %s started: %s -> %s (%s)", record.id, source.name, name, probe.model)
+        # Usually this replica runs it; if another one's supervisor was quicker, that one does.
+        await self._migrations.claim(record.id)
         return _migration(record)
 
     async def _refuse_second_migration(self, base: str) -> None:
@@ -834,10 +920,12 @@ class EmbeddingStoreService:
         return _migration(await self._registry.migration(migration_id))
 
     async def resume_migrations(self) -> list[Migration]:
-        """Restart every PENDING, BACKFILLING or VERIFYING migration (call once at start-up)."""
+        """Resume every PENDING, BACKFILLING or VERIFYING migration whose lease is free (call once
+        at start-up); with replicas, also watch for migrations whose owner stopped renewing."""
         active = await self._registry.active_migrations()
         for record in active:
-            self._migrations.spawn(record.id)
+            await self._migrations.claim(record.id)
+        self._migrations.start_supervisor()
         return [_migration(record) for record in active]
 
     async def wait_for_migration(self, migration_id: str) -> Migration:

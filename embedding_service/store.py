@@ -325,11 +325,14 @@ class ChromaStore:
         embeddings: Sequence[Sequence[float]],
         texts: Sequence[str],
         metadatas: Sequence[Metadata | None],
+        guard: Callable[[], None] | None = None,
     ) -> None:
         """Insert or replace documents (metadata replaced, not merged), chunked below Chroma's limit.
 
         Every vector is checked against the collection's dimension first: on a mismatch nothing
-        is written and DimensionMismatchError is raised.
+        is written and DimensionMismatchError is raised. `guard`, when given, runs on the worker
+        thread right before each chunk is sent and stops the write by raising (a migration's
+        lease check: the last moment before Chroma, which has no conditional write, takes it).
         """
         if not (len(ids) == len(embeddings) == len(texts) == len(metadatas)):
             raise ValueError("ids, embeddings, texts and metadatas differ in length")
@@ -358,6 +361,8 @@ class ChromaStore:
                     record: dict[str, Any] = dict(meta or {})
                     record.update({key: None for key in old_keys.get(doc_id, set()) - record.keys()})
                     merged.append(record or None)
+                if guard is not None:
+                    guard()
                 handle.upsert(
                     ids=part_ids,
                     embeddings=[list(map(float, v)) for v in embeddings[part]],  # type: ignore[arg-type]
