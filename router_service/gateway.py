@@ -1,7 +1,7 @@
 """The Router's data plane: route, call, fall back, stream, count and price.
 
 `Gateway` ties the decision plane (registry, prices, token estimates, routing,
-breakers) to the provider clients. The rules it enforces, from DESIGN.md:
+breakers) to the provider clients. The rules it enforces (docs/ARCHITECTURE.md §4):
 
 * candidates are tried in the route's order; a failure that counts (connect,
   reset, timeout, 5xx, 429) feeds the breaker and moves on, with jittered

@@ -2,7 +2,7 @@
 
 Domain code raises these; it never imports grpc. Each service's error
 interceptor (`sekha_runtime.server.errors`) maps them to a gRPC status with
-google.rpc details, following the table in DESIGN.md. Every message here is
+google.rpc details, following the table in docs/ARCHITECTURE.md §3. Every message here is
 written for the caller: it must never carry provider error text, prompts or
 keys, because it is sent over the wire verbatim.
 """
