@@ -32,10 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from router_service import domain as d
+from router_service.breaker import Breakers
 from router_service.image_fetch import ImageInliner
 from router_service.limits import Limits, check_chat, check_embed
+from router_service.pricing import PriceTable, TokenEstimator
 from router_service.providers.base import ProviderClient, StreamEnd, TextDelta
 from router_service.providers.errors import ProviderAuthError, ProviderFailure, ProviderRejection
+from router_service.registry import Registry
+from router_service.routing import Router
 from router_service.spend import SpendGuard, SpendTicket, resolve_identity
 from sekha_runtime.errors import (
     AttemptSummary,
@@ -178,11 +182,11 @@ class Gateway:
     def __init__(
         self,
         *,
-        registry: Any,
-        prices: Any,
-        estimator: Any,
-        router: Any,
-        breakers: Any,
+        registry: Registry,
+        prices: PriceTable,
+        estimator: TokenEstimator,
+        router: Router,
+        breakers: Breakers,
         providers: Mapping[str, ProviderClient],
         provider_timeouts: Mapping[str, float],
         limits: Limits,

@@ -28,7 +28,7 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 
-from router_service.breaker import BreakerRegistry
+from router_service.breaker import Breakers
 from router_service.domain import (
     Candidate,
     Capability,
@@ -134,7 +134,7 @@ class Router:
         self,
         registry: Registry,
         prices: PriceTable,
-        breakers: BreakerRegistry,
+        breakers: Breakers,
         *,
         max_candidates: int | None = None,
     ) -> None:

@@ -32,8 +32,8 @@ breaker, with local probe permits (up to `half_open_max_probes` per replica). It
 queued (bounded; those older than the reset timeout are dropped) and are sent once the store is
 back, after which the shared state is adopted again.
 
-One difference from the local breaker, shared by `state.base.apply_breaker_event`: a failure
-reported after the reset timeout re-opens the breaker even if no probe was admitted yet.
+The rules themselves (when to open, half-open, close) are `router_service.breaker_rules`, the same
+ones the local breaker and the Redis store apply.
 """
 
 from __future__ import annotations
@@ -47,15 +47,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from router_service.breaker import BreakerConfig, BreakerListener, BreakerSnapshot, BreakerState
-from router_service.state.base import (
-    CLOSED_RECORD,
-    BreakerEvent,
-    BreakerRecord,
-    StateStore,
-    StoreUnavailableError,
-    apply_breaker_event,
+from router_service.breaker import (
+    BreakerConfig,
+    BreakerListener,
+    BreakerSnapshot,
+    BreakerState,
+    visible_state,
 )
+from router_service.breaker_rules import CLOSED_RECORD, BreakerEvent, BreakerRecord, apply_breaker_event
+from router_service.state.base import StateStore, StoreUnavailableError
 
 __all__ = ["SharedBreaker", "SharedBreakerRegistry"]
 
@@ -110,10 +110,7 @@ class SharedBreaker:
         return not self._store.healthy
 
     def _visible_state(self, now: float) -> BreakerState:
-        record = self._record
-        if record.state == "closed":
-            return BreakerState.CLOSED
-        return BreakerState.HALF_OPEN if now >= record.open_until else BreakerState.OPEN
+        return visible_state(self._record, now)
 
     @property
     def state(self) -> BreakerState:
