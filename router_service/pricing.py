@@ -206,7 +206,7 @@ def _default_counter() -> TokenCounter:
     def count(*, model: str, **kwargs: Any) -> int:
         if lean.supports(model):
             return lean(model=model, **kwargs)
-        from router_service.registry import import_litellm
+        from router_service.litellm_import import import_litellm
 
         return int(import_litellm().token_counter(model=model, **kwargs))
 
@@ -280,7 +280,7 @@ def _tokenizer_is_offline(model: str) -> bool:
     """Whether LiteLLM counts this model without downloading a tokenizer."""
     if model in TiktokenCounter.ENCODINGS:
         return True
-    from router_service.registry import import_litellm
+    from router_service.litellm_import import import_litellm
 
     kind: str | None
     try:

@@ -45,7 +45,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from router_service.breaker import (
     BreakerConfig,
@@ -55,6 +54,7 @@ from router_service.breaker import (
     visible_state,
 )
 from router_service.breaker_rules import CLOSED_RECORD, BreakerEvent, BreakerRecord, apply_breaker_event
+from router_service.config import RouterConfig
 from router_service.state.base import StateStore, StoreUnavailableError
 
 __all__ = ["SharedBreaker", "SharedBreakerRegistry"]
@@ -337,13 +337,18 @@ class SharedBreakerRegistry:
             self.get(provider_id)
 
     @classmethod
-    def from_config(cls, config: Any, store: StateStore, **kwargs: Any) -> SharedBreakerRegistry:
+    def from_config(
+        cls, config: RouterConfig, store: StateStore, *, wall_clock: Clock = time.time
+    ) -> SharedBreakerRegistry:
         """Build from a RouterConfig: one shared breaker per configured provider."""
-        state = getattr(config, "state", None)
-        if state is not None:
-            kwargs.setdefault("sync_interval_s", state.breaker_sync_interval_s)
-            kwargs.setdefault("probe_ttl_s", state.probe_permit_ttl_s)
-        return cls(config.breaker_config_for, store, provider_ids=[p.id for p in config.providers], **kwargs)
+        return cls(
+            config.breaker_config_for,
+            store,
+            wall_clock=wall_clock,
+            sync_interval_s=config.state.breaker_sync_interval_s,
+            probe_ttl_s=config.state.probe_permit_ttl_s,
+            provider_ids=[p.id for p in config.providers],
+        )
 
     def get(self, provider_id: str) -> SharedBreaker:
         breaker = self._breakers.get(provider_id)

@@ -14,7 +14,6 @@ import math
 import traceback
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from sekha_runtime import errors as e
 
@@ -44,7 +43,7 @@ class HttpError:
     param: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 

@@ -452,7 +452,7 @@ class SqliteStore(MemoryStore):
             SpendGrouping.MODEL: "provider || '/' || model",
         }[grouping]
         where = "ts >= ? AND ts < ?"
-        params: list[Any] = [start, end]
+        params: list[float | str] = [start, end]
         if caller is not None:
             where += " AND caller = ?"
             params.append(caller)

@@ -24,6 +24,7 @@ from router_service.domain import (
     Task,
     Usage,
 )
+from router_service.litellm_import import import_litellm
 from router_service.pricing import (
     IMAGE_TOKENS_HIGH_DETAIL,
     IMAGE_TOKENS_LOW_DETAIL,
@@ -32,7 +33,7 @@ from router_service.pricing import (
     estimate_cost,
     real_cost,
 )
-from router_service.registry import LiteLLMModelInfo, ModelInfo, Registry, StaticModelInfo, import_litellm
+from router_service.registry import LiteLLMModelInfo, ModelInfo, Registry, StaticModelInfo
 from sekha_runtime.errors import NotFoundError
 
 
