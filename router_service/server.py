@@ -22,7 +22,7 @@ from router_service.http.app import HttpDoor
 from router_service.image_fetch import ImageFetcher, image_inliner_for
 from router_service.limits import Limits
 from router_service.observability import RouterObserver, inject_trace_headers
-from router_service.pricing import PriceTable, TokenEstimator
+from router_service.pricing import PriceTable
 from router_service.probes import ProbeScheduler
 from router_service.providers.base import ProviderClient, ProviderSpec
 from router_service.providers.factory import make_provider
@@ -34,6 +34,7 @@ from router_service.rpc.servicer import RouterServicer
 from router_service.shared_breaker import SharedBreakerRegistry
 from router_service.spend import SpendGuard
 from router_service.state import StateStore, open_store
+from router_service.tokens import TokenEstimator
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
 from sekha_runtime.server.auth import ApiKeyAuthInterceptor, warn_if_open
