@@ -38,8 +38,10 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The unit tier: domain tests, no service process, toolchain or model load (the tiers: conftest.py).
+# Hypothesis's pytest plugin imports all of Hypothesis (about 1 s) at the end of every run, and no
+# unit test uses it.
 test-fast: $(STAMP)
-	$(PY) -m pytest tests/unit -m "not slow and not subprocess" -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit -m "not slow and not subprocess" -p no:hypothesispytest -q $(PYTEST_ARGS)
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
