@@ -17,7 +17,7 @@ GO_MODULE := sekha.dev/gateway/clients/go
 PROTOS := $(shell find protos -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: install run test proto proto-baseline proto-check lint bench bench-quick clean
+.PHONY: install run test test-fast proto proto-baseline proto-check lint bench bench-quick clean
 
 install: $(STAMP)
 
@@ -36,6 +36,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The unit tier: domain tests, no service process, toolchain or model load (the tiers: conftest.py).
+# Hypothesis's pytest plugin imports all of Hypothesis (about 1 s) at the end of every run, and no
+# unit test uses it.
+test-fast: $(STAMP)
+	$(PY) -m pytest tests/unit -m "not slow and not subprocess" -p no:hypothesispytest -q $(PYTEST_ARGS)
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \

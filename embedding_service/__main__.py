@@ -19,8 +19,6 @@ import argparse
 import os
 import sys
 
-from sekha_runtime.configloader import ConfigError
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sekha-embedding", description="Sekha Embedding service")
@@ -48,23 +46,13 @@ def _load(path: str | None):  # type: ignore[no-untyped-def]
     return EmbeddingConfig.load(_path(path))
 
 
-def check_config_main(path: str) -> int:
-    try:
-        _load(path)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        return 1
-    print(f"{path}: OK")
-    return 0
-
-
 def reload_main(pid: int, config_path: str | None) -> int:
     """The admin side of a reload: validate the new file (when given), then signal the service.
 
     The service validates again, and also refuses changes that need a restart, keeping its running
     config; checking here first tells the operator about an invalid file at once.
     """
+    from embedding_service.check_config import check_config_main
     from sekha_runtime.server.reload import send_sighup
 
     if config_path is not None and check_config_main(config_path) != 0:
@@ -96,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "reload":
         return reload_main(args.pid, args.reload_config)
     if args.command == "check-config":
+        from embedding_service.check_config import check_config_main
+
         return check_config_main(args.file)
     from sekha_runtime.server.process import run
 

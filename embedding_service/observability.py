@@ -1,6 +1,6 @@
 """The Embedding service's traces and metrics, layered on the domain without changing it.
 
-* `TracedStore` wraps a `ChromaStore`: each Chroma call made within a sampled trace is a CLIENT
+* `TracedStore` is a `ChromaStore` whose each Chroma call made within a sampled trace is a CLIENT
   span (`chromadb query`, db.system.name=chromadb, db.operation.name, db.collection.name). Only
   names go on spans: documents, queries and vectors never do.
 * `ObservedEmbeddingService` is the service with a `fusion` span around rank fusion,
@@ -17,79 +17,147 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
-from embedding_service.config import EmbeddingConfig
-from embedding_service.domain import DocumentIn, FusionMethod, SearchResult, UpsertResult, WhereFilter
+from embedding_service.config import ChromaConfig, EmbeddingConfig
+from embedding_service.domain import (
+    DocumentIn,
+    FusionMethod,
+    Metadata,
+    SearchResult,
+    UpsertResult,
+    WhereFilter,
+)
 from embedding_service.fusion import FusedHit, RankedList
 from embedding_service.leases import Leases
 from embedding_service.registry import RegistryStore
 from embedding_service.service import EmbeddingStoreService, _utc_now
 from embedding_service.state import open_state
-from embedding_service.store import ChromaStore
+from embedding_service.store import ChromaStore, QueryHit, StoredCollection, StoredDocument
 from embedding_service.vectors import VectorSource
 from sekha_runtime.telemetry import Telemetry
 
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+
 __all__ = ["ObservedEmbeddingService", "TracedStore"]
 
-# ChromaStore's coroutine methods; the first positional argument of each is a collection name,
-# except for those listed in _NO_COLLECTION.
-_TRACED_CALLS = frozenset(
-    {
-        "heartbeat",
-        "max_batch_size",
-        "create_collection",
-        "describe",
-        "exists",
-        "list_names",
-        "count",
-        "delete_collection",
-        "upsert",
-        "get",
-        "all_ids",
-        "sample_embedding",
-        "query",
-        "delete",
-    }
-)
-_NO_COLLECTION = frozenset({"heartbeat", "max_batch_size", "list_names"})
+T = TypeVar("T")
 
 
-class TracedStore:
-    """A ChromaStore whose calls are spans; every other attribute is the store's own."""
+class TracedStore(ChromaStore):
+    """A ChromaStore whose every Chroma call is a CLIENT span when it runs inside a sampled trace."""
 
-    def __init__(self, store: ChromaStore, tracer: Tracer) -> None:
-        self._store = store
+    def __init__(
+        self, config: ChromaConfig, tracer: Tracer, client_factory: Callable[[], ClientAPI] | None = None
+    ) -> None:
+        super().__init__(config, client_factory)
         self._tracer = tracer
 
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._store, name)
-        if name not in _TRACED_CALLS:
-            return attribute
-        tracer = self._tracer
-        span_name = f"chromadb {name}"
+    async def _traced(self, operation: str, collection: str | None, call: Awaitable[T]) -> T:
+        parent = trace.get_current_span().get_span_context()
+        if not parent.is_valid or not parent.trace_flags.sampled:
+            # Background work (migrations) would make a root trace per call; a dropped parent
+            # would drop these spans anyway.
+            return await call
+        attributes = {"db.system.name": "chromadb", "db.operation.name": operation}
+        if collection is not None:
+            attributes["db.collection.name"] = collection
+        with self._tracer.start_as_current_span(
+            f"chromadb {operation}",
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,  # exception text may quote documents
+        ):
+            return await call
 
-        async def traced(*args: Any, **kwargs: Any) -> Any:
-            parent = trace.get_current_span().get_span_context()
-            if not parent.is_valid or not parent.trace_flags.sampled:
-                # Background work (migrations) would make a root trace per call; a dropped parent
-                # would drop these spans anyway.
-                return await attribute(*args, **kwargs)
-            attributes: dict[str, Any] = {"db.system.name": "chromadb", "db.operation.name": name}
-            if name not in _NO_COLLECTION and args and isinstance(args[0], str):
-                attributes["db.collection.name"] = args[0]
-            with tracer.start_as_current_span(
-                span_name,
-                kind=SpanKind.CLIENT,
-                attributes=attributes,
-                record_exception=False,  # exception text may quote documents
-            ):
-                return await attribute(*args, **kwargs)
+    async def heartbeat(self) -> int:
+        return await self._traced("heartbeat", None, super().heartbeat())
 
-        return traced
+    async def max_batch_size(self) -> int:
+        return await self._traced("max_batch_size", None, super().max_batch_size())
+
+    async def create_collection(
+        self,
+        name: str,
+        *,
+        base: str,
+        dimension: int,
+        model: str,
+        created_at: datetime,
+        hnsw_space: str | None = None,
+    ) -> StoredCollection:
+        call = super().create_collection(
+            name, base=base, dimension=dimension, model=model, created_at=created_at, hnsw_space=hnsw_space
+        )
+        return await self._traced("create_collection", name, call)
+
+    async def describe(self, name: str) -> StoredCollection:
+        return await self._traced("describe", name, super().describe(name))
+
+    async def exists(self, name: str) -> bool:
+        return await self._traced("exists", name, super().exists(name))
+
+    async def list_names(self) -> list[str]:
+        return await self._traced("list_names", None, super().list_names())
+
+    async def count(self, name: str) -> int:
+        return await self._traced("count", name, super().count(name))
+
+    async def delete_collection(self, name: str) -> None:
+        await self._traced("delete_collection", name, super().delete_collection(name))
+
+    async def upsert(
+        self,
+        name: str,
+        ids: Sequence[str],
+        embeddings: Sequence[Sequence[float]],
+        texts: Sequence[str],
+        metadatas: Sequence[Metadata | None],
+        guard: Callable[[], None] | None = None,
+    ) -> None:
+        await self._traced("upsert", name, super().upsert(name, ids, embeddings, texts, metadatas, guard))
+
+    async def get(
+        self,
+        name: str,
+        ids: Sequence[str] | None = None,
+        *,
+        where: WhereFilter | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        include_embeddings: bool = False,
+        include_documents: bool = True,
+    ) -> list[StoredDocument]:
+        call = super().get(
+            name,
+            ids,
+            where=where,
+            limit=limit,
+            offset=offset,
+            include_embeddings=include_embeddings,
+            include_documents=include_documents,
+        )
+        return await self._traced("get", name, call)
+
+    async def all_ids(self, name: str) -> list[str]:
+        return await self._traced("all_ids", name, super().all_ids(name))
+
+    async def sample_embedding(self, name: str) -> list[float] | None:
+        return await self._traced("sample_embedding", name, super().sample_embedding(name))
+
+    async def query(
+        self, name: str, embedding: Sequence[float], n_results: int, where: WhereFilter | None = None
+    ) -> list[QueryHit]:
+        return await self._traced("query", name, super().query(name, embedding, n_results, where))
+
+    async def delete(
+        self, name: str, ids: Sequence[str] | None = None, where: WhereFilter | None = None
+    ) -> None:
+        await self._traced("delete", name, super().delete(name, ids, where))
 
 
 class ObservedEmbeddingService(EmbeddingStoreService):
@@ -98,7 +166,7 @@ class ObservedEmbeddingService(EmbeddingStoreService):
     def __init__(
         self,
         config: EmbeddingConfig,
-        store: Any,
+        store: ChromaStore,
         registry: RegistryStore,
         vectors: VectorSource,
         telemetry: Telemetry,
@@ -120,9 +188,11 @@ class ObservedEmbeddingService(EmbeddingStoreService):
         clock: Callable[[], datetime] = _utc_now,
     ) -> ObservedEmbeddingService:
         """Like `EmbeddingStoreService.open`, with Chroma calls traced when tracing is on."""
-        store: Any = ChromaStore(config.chroma)
-        if telemetry.tracing_enabled:
-            store = TracedStore(store, telemetry.tracer)
+        store = (
+            TracedStore(config.chroma, telemetry.tracer)
+            if telemetry.tracing_enabled
+            else ChromaStore(config.chroma)
+        )
         registry, leases = open_state(config, clock=clock)
         return cls(config, store, registry, vectors, telemetry, clock=clock, leases=leases)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+
+import grpc
 
 from embedding_service.config import EmbeddingConfig
 from embedding_service.observability import ObservedEmbeddingService
@@ -42,8 +43,8 @@ class EmbeddingDeps:
 
     vectors: VectorSource | None = None  # None: the Router service at config.router.target
     router_connection: ConnectionConfig | None = None  # overrides target/TLS/key of config.router
-    extra_interceptors: list[Any] = field(default_factory=list)
-    server_credentials: Any = None
+    extra_interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
+    server_credentials: grpc.ServerCredentials | None = None
     # Traces and metrics (`sekha_runtime.telemetry.setup_telemetry`); None: none at all. The caller owns it.
     telemetry: Telemetry | None = None
 

@@ -18,15 +18,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import chromadb
-import chromadb.errors
 import httpx
-from chromadb.api import ClientAPI
-from chromadb.api.models.Collection import Collection
-from chromadb.api.types import validate_where
-from chromadb.config import Settings
 
 from embedding_service.chroma_where import exact_where
 from embedding_service.config import ChromaConfig
@@ -39,6 +34,10 @@ from sekha_runtime.errors import (
     NotFoundError,
     UnavailableError,
 )
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
 
 _log = logging.getLogger(__name__)
 
@@ -86,8 +85,18 @@ class _Unreachable(Exception):
     """The Chroma client could not be created (server down, bad address, unreadable path)."""
 
 
+def _chroma_errors() -> ModuleType:
+    # chromadb is imported when a store is made, not with this module: it takes about a second, and
+    # whoever imports the service without opening a store (a config check, collecting the tests) need not pay.
+    import chromadb.errors
+
+    return chromadb.errors
+
+
 def is_valid_where(where: WhereFilter) -> bool:
     """Whether Chroma accepts `where` as a metadata filter (in the exact form the store sends)."""
+    from chromadb.api.types import validate_where
+
     try:
         validate_where(dict(_chroma_where(where) or {}))  # type: ignore[arg-type]
     except (ValueError, TypeError):
@@ -132,8 +141,13 @@ class ChromaStore:
         self._dimensions: dict[str, int] = {}
         self._max_batch: int | None = None
         self._closed = False
+        # Imported with the store, at start-up, so that no request pays for the import on the loop.
+        self._errors = _chroma_errors()
 
     def _default_client(self) -> ClientAPI:
+        import chromadb
+        from chromadb.config import Settings
+
         settings = Settings(anonymized_telemetry=False)
         if self._config.mode == "http":
             return chromadb.HttpClient(
@@ -147,6 +161,7 @@ class ChromaStore:
     async def _run(self, call: Callable[[], T], collection: str | None = None, filtered: bool = False) -> T:
         if self._closed:
             raise UnavailableError("vector store is shutting down", reason="STORE_UNAVAILABLE")
+        errors = self._errors
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, call)
         try:
@@ -158,9 +173,9 @@ class ChromaStore:
                 with contextlib.suppress(Exception):
                     await future
                 raise
-        except chromadb.errors.NotFoundError:
+        except errors.NotFoundError:
             raise NotFoundError("collection", collection or "") from None
-        except chromadb.errors.InvalidArgumentError:
+        except errors.InvalidArgumentError:
             if not filtered:
                 raise
             # Only a filter comes from the caller unchecked by us; Chroma refused it.
@@ -256,6 +271,8 @@ class ChromaStore:
             }
         }
 
+        errors = self._errors
+
         def create() -> StoredCollection:
             try:
                 handle = self._client_sync().create_collection(
@@ -264,7 +281,7 @@ class ChromaStore:
                     metadata=metadata,
                     embedding_function=None,  # type: ignore[arg-type]
                 )
-            except chromadb.errors.ChromaError as exc:
+            except errors.ChromaError as exc:
                 if "already exists" in str(exc):
                     raise AlreadyExistsError(
                         f"collection {name!r} already exists", "collection", name

@@ -1,20 +1,19 @@
 """Circuit breakers: one per provider, so a failing provider is skipped instead of retried.
 
 States: CLOSED (calls flow) -> OPEN (calls refused) -> HALF_OPEN (a bounded number of probe calls
-test the provider) -> CLOSED on a probe success, or OPEN again on a probe failure.
+test the provider) -> CLOSED on a probe success, or OPEN again on a probe failure. When each
+transition happens is decided by `router_service.breaker_rules`, the one home of the rules, which
+the shared breaker (`router_service.shared_breaker`) and the Redis store apply too; this module
+keeps a `BreakerRecord` per provider on the injected monotonic clock, admits calls (bounding the
+half-open probes), reports transitions to listeners and snapshots for status and metrics.
 
-A breaker opens when the consecutive failures reach ``failure_threshold``, or when the failure
-rate over the last ``window_size`` calls reaches ``failure_rate_threshold`` once the window holds
-at least ``minimum_calls`` calls. OPEN turns into HALF_OPEN lazily: reads compare the injected
-clock with the time the breaker may be probed again, so no timer task is needed.
+OPEN turns into HALF_OPEN lazily: reads compare the injected clock with the time the breaker may
+be probed again, so no timer task is needed. Listeners hear of that transition from the first
+call that notices it (`try_acquire`, or an outcome).
 
 Thread-safety: every call happens on the one asyncio event loop of the server, and no method
 awaits, so each method runs to completion without interleaving; no locks are needed. Code that
 calls these from other threads must bring its own lock.
-
-Design note: a later change shares breaker state across replicas (Redis). Every state change
-goes through ``CircuitBreaker._transition`` and the counters live in plain fields, so a shared
-store can replace them in one place without touching the callers.
 """
 
 from __future__ import annotations
@@ -22,10 +21,11 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
+from router_service.breaker_rules import CLOSED_RECORD, BreakerEvent, BreakerRecord, apply_breaker_event
 from router_service.config import CircuitBreakerConfig, RouterConfig
 
 __all__ = [
@@ -34,6 +34,8 @@ __all__ = [
     "BreakerRegistry",
     "BreakerSnapshot",
     "BreakerState",
+    "Breakers",
+    "CallBreaker",
     "CircuitBreaker",
 ]
 
@@ -68,8 +70,53 @@ class BreakerSnapshot:
     seconds_until_half_open: float
 
 
+class CallBreaker(Protocol):
+    """What the gateway, routing and the probes use of one provider's breaker: `CircuitBreaker`
+    in one process, `shared_breaker.SharedBreaker` across replicas."""
+
+    @property
+    def state(self) -> BreakerState: ...
+
+    def is_available(self) -> bool: ...
+
+    def seconds_until_available(self) -> float: ...
+
+    def snapshot(self) -> BreakerSnapshot: ...
+
+    def try_acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def record_success(self, latency_s: float = 0.0) -> None: ...
+
+    def record_failure(self, kind: str, retry_after_s: float | None = None) -> None: ...
+
+
+class Breakers(Protocol):
+    """The breakers of every provider: `BreakerRegistry` or `shared_breaker.SharedBreakerRegistry`."""
+
+    def get(self, provider_id: str) -> CallBreaker: ...
+
+    def is_available(self, provider_id: str) -> bool: ...
+
+    def seconds_until_available(self, provider_ids: Iterable[str]) -> float: ...
+
+    def add_listener(self, listener: BreakerListener) -> None: ...
+
+    def snapshots(self) -> list[BreakerSnapshot]: ...
+
+    def states(self) -> dict[str, BreakerState]: ...
+
+
+def visible_state(record: BreakerRecord, now: float) -> BreakerState:
+    """The state a record shows at `now` (half-open is an open record past its reset time)."""
+    if record.state == "closed":
+        return BreakerState.CLOSED
+    return BreakerState.HALF_OPEN if now >= record.open_until else BreakerState.OPEN
+
+
 class CircuitBreaker:
-    """The breaker of one provider. See the module docstring for the rules."""
+    """The breaker of one provider in this process. See the module docstring."""
 
     def __init__(
         self,
@@ -82,13 +129,10 @@ class CircuitBreaker:
         self.config = config
         self._clock = clock
         self._wall_clock = wall_clock
-        self._state = BreakerState.CLOSED
-        self._consecutive_failures = 0
-        self._window: deque[bool] = deque(maxlen=config.window_size)  # True = the call failed
-        self._window_failures = 0
-        self._opened_at: float | None = None  # monotonic
-        self._open_until = 0.0  # monotonic: no call is admitted before this time
-        self._probes_in_flight = 0
+        self._record = CLOSED_RECORD  # times on `clock`
+        self._probes_in_flight = 0  # calls admitted as probes of `_probe_generation`
+        self._probe_generation = -1
+        self._reported = BreakerState.CLOSED  # the last state listeners were told
         self._listeners: list[BreakerListener] = []
 
     # -- reads (never change state) --------------------------------------------------------
@@ -96,49 +140,47 @@ class CircuitBreaker:
     @property
     def state(self) -> BreakerState:
         """The state as callers see it: OPEN reads as HALF_OPEN once the reset timeout passed."""
-        if self._state is BreakerState.OPEN and self._clock() >= self._open_until:
-            return BreakerState.HALF_OPEN
-        return self._state
+        return visible_state(self._record, self._clock())
+
+    def _probes(self) -> int:
+        """Probes in flight in the current open period (those of an earlier one do not count)."""
+        return self._probes_in_flight if self._probe_generation == self._record.generation else 0
 
     def is_available(self) -> bool:
         """Whether a call would be admitted now; does not take a probe permit."""
-        state = self._state
+        state = self.state
         if state is BreakerState.CLOSED:
             return True
         if state is BreakerState.OPEN:
-            # Due for half-open: the first try_acquire will take a probe slot, and all are free.
-            return self._clock() >= self._open_until
-        return self._probes_in_flight < self.config.half_open_max_probes
+            return False
+        return self._probes() < self.config.half_open_max_probes
 
     def seconds_until_available(self) -> float:
-        state = self._state
+        state = self.state
         if state is BreakerState.CLOSED:
             return 0.0
         if state is BreakerState.OPEN:
-            return max(0.0, self._open_until - self._clock())
-        if self._probes_in_flight < self.config.half_open_max_probes:
+            return max(0.0, self._record.open_until - self._clock())
+        if self._probes() < self.config.half_open_max_probes:
             return 0.0
         return _PROBE_BUSY_RETRY_S
 
     def snapshot(self) -> BreakerSnapshot:
         now = self._clock()
         wall_now = self._wall_clock()
-        state = self.state
-        window_calls = len(self._window)
-        opened_at = None if self._opened_at is None else wall_now - (now - self._opened_at)
-        half_open_at: float | None = None
-        until = 0.0
-        if self._state is BreakerState.OPEN:
-            until = max(0.0, self._open_until - now)
-            half_open_at = wall_now + until
+        record = self._record
+        state = visible_state(record, now)
+        window_calls = len(record.window)
+        opened_at = None if record.opened_at is None else wall_now - (now - record.opened_at)
+        until = max(0.0, record.open_until - now) if state is BreakerState.OPEN else 0.0
         return BreakerSnapshot(
             name=self.name,
             state=state,
-            consecutive_failures=self._consecutive_failures,
+            consecutive_failures=record.consecutive_failures,
             window_calls=window_calls,
-            window_failure_rate=(self._window_failures / window_calls) if window_calls else 0.0,
-            opened_at=opened_at if self._state is not BreakerState.CLOSED else None,
-            half_open_at=half_open_at,
+            window_failure_rate=(record.window_failures / window_calls) if window_calls else 0.0,
+            opened_at=opened_at if record.state == "open" else None,
+            half_open_at=wall_now + until if state is BreakerState.OPEN else None,
             seconds_until_half_open=until,
         )
 
@@ -146,21 +188,21 @@ class CircuitBreaker:
 
     def try_acquire(self) -> bool:
         """Admit a call: always when closed; in half-open only while a probe slot is free."""
-        state = self._state
+        state = self.state
+        self._report(state)
         if state is BreakerState.CLOSED:
             return True
         if state is BreakerState.OPEN:
-            if self._clock() < self._open_until:
-                return False
-            self._transition(BreakerState.HALF_OPEN)
-        if self._probes_in_flight >= self.config.half_open_max_probes:
             return False
-        self._probes_in_flight += 1
+        if self._probes() >= self.config.half_open_max_probes:
+            return False
+        self._probes_in_flight = self._probes() + 1
+        self._probe_generation = self._record.generation
         return True
 
     def release(self) -> None:
         """The call ended without an outcome that counts (cancelled, caller's fault)."""
-        if self._state is BreakerState.HALF_OPEN and self._probes_in_flight > 0:
+        if self.state is BreakerState.HALF_OPEN and self._probes() > 0:
             self._probes_in_flight -= 1
 
     def record_success(self, latency_s: float = 0.0) -> None:
@@ -168,15 +210,7 @@ class CircuitBreaker:
             # A provider that answers this slowly is as good as down for interactive callers.
             self.record_failure("slow")
             return
-        state = self._state
-        if state is BreakerState.CLOSED:
-            self._consecutive_failures = 0
-            self._push(False)
-        elif state is BreakerState.HALF_OPEN:
-            # The probe succeeded (or a call admitted while closed did): the provider answers.
-            self._transition(BreakerState.CLOSED)
-        # OPEN: the success of a call admitted before the breaker opened proves little; the
-        # half-open probe decides.
+        self._apply(BreakerEvent(False, self._clock()))
 
     def record_failure(self, kind: str, retry_after_s: float | None = None) -> None:
         """Count a failed call. `kind` names it (timeout, connect, 5xx, 429, slow) for diagnostics.
@@ -185,35 +219,16 @@ class CircuitBreaker:
         thresholds are not reached: the provider told us when it will accept calls again, and
         calling earlier only burns our retry budget and its rate limit.
         """
-        now = self._clock()
-        cooldown_until = now + retry_after_s if retry_after_s and retry_after_s > 0 else None
-        state = self._state
-        if state is BreakerState.CLOSED:
-            self._consecutive_failures += 1
-            self._push(True)
-            if self._thresholds_reached():
-                self._open(now, cooldown_until)
-            elif cooldown_until is not None:
-                self._open(now, cooldown_until, from_cooldown_only=True)
-        elif state is BreakerState.HALF_OPEN:
-            self._consecutive_failures += 1
-            self._open(now, cooldown_until)
-        elif cooldown_until is not None and cooldown_until > self._open_until:
-            self._open_until = cooldown_until
+        self._apply(BreakerEvent(True, self._clock(), kind, retry_after_s))
 
     def inherit(self, previous: CircuitBreaker) -> None:
-        """Take over the counters and state of `previous`, the same provider's breaker before a
-        config reload: an open breaker stays open, so a reload during an outage does not send
-        traffic to the dead provider again. No transition is reported (none happened). A probe
-        still in flight belongs to `previous` and reports there, so at most one extra probe may
-        follow."""
-        self._state = previous._state
-        self._consecutive_failures = previous._consecutive_failures
-        self._window = deque(previous._window, maxlen=self.config.window_size)
-        self._window_failures = sum(self._window)
-        self._opened_at = previous._opened_at
-        self._open_until = previous._open_until
+        """Take over the state of `previous`, the same provider's breaker before a config reload:
+        an open breaker stays open, so a reload during an outage does not send traffic to the
+        dead provider again. No transition is reported (none happened). A probe still in flight
+        belongs to `previous` and reports there, so at most one extra probe may follow."""
+        self._record = previous._record
         self._probes_in_flight = 0
+        self._reported = previous._reported
 
     # -- listeners --------------------------------------------------------------------------
 
@@ -223,47 +238,21 @@ class CircuitBreaker:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _push(self, failed: bool) -> None:
-        window = self._window
-        if len(window) == window.maxlen and window[0]:
-            self._window_failures -= 1
-        window.append(failed)
-        if failed:
-            self._window_failures += 1
+    def _apply(self, event: BreakerEvent) -> None:
+        before = visible_state(self._record, event.at)
+        self._report(before)  # a half-open breaker noticed by its outcome, not by an admission
+        self._record = apply_breaker_event(self._record, event, self.config)
+        self._report(visible_state(self._record, event.at))
 
-    def _thresholds_reached(self) -> bool:
-        config = self.config
-        if self._consecutive_failures >= config.failure_threshold:
-            return True
-        calls = len(self._window)
-        return (
-            calls >= config.minimum_calls and self._window_failures / calls >= config.failure_rate_threshold
-        )
-
-    def _open(self, now: float, cooldown_until: float | None, *, from_cooldown_only: bool = False) -> None:
-        open_until = now if from_cooldown_only else now + self.config.reset_timeout_s
-        if cooldown_until is not None and cooldown_until > open_until:
-            open_until = cooldown_until
-        self._opened_at = now
-        self._open_until = open_until
-        self._transition(BreakerState.OPEN)
-
-    def _transition(self, new_state: BreakerState) -> None:
-        """The one place the state changes (see the design note in the module docstring)."""
-        old_state = self._state
-        self._probes_in_flight = 0
-        if new_state is BreakerState.CLOSED:
-            self._consecutive_failures = 0
-            self._window.clear()
-            self._window_failures = 0
-            self._opened_at = None
-            self._open_until = 0.0
-        self._state = new_state
-        if old_state is new_state:
+    def _report(self, state: BreakerState) -> None:
+        """Tell listeners when the state differs from the one they were last told."""
+        old = self._reported
+        if state is old:
             return
+        self._reported = state
         for listener in self._listeners:
             try:
-                listener(self.name, old_state, new_state)
+                listener(self.name, old, state)
             except Exception:
                 # A broken metrics hook must not break the breaker.
                 logger.warning("breaker listener failed", exc_info=True)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Any
 
 from router_service import domain as d
-from router_service.probes import ProbeResult
+from router_service.breaker import Breakers, BreakerSnapshot
+from router_service.pricing import PriceTable
+from router_service.probes import ProbeResult, ProbeScheduler
+from router_service.registry import ModelEntry, Registry
 from sekha_runtime.errors import FieldViolation, InvalidArgumentError, NotFoundError
 
 DEFAULT_PAGE_SIZE = 100
@@ -21,7 +23,7 @@ MAX_PAGE_SIZE = 1000
 
 @dataclass(frozen=True)
 class ModelView:
-    entry: Any  # registry.ModelEntry
+    entry: ModelEntry
     price: d.Price | None
     breaker_state: str
     available: bool
@@ -33,7 +35,7 @@ class ProviderView:
     type: str
     enabled: bool
     disabled_reason: str
-    breaker: Any  # breaker.BreakerSnapshot
+    breaker: BreakerSnapshot
     last_probe: ProbeResult | None
     priority: int
     model_count: int
@@ -57,7 +59,9 @@ def page_size_or_default(page_size: int, field: str = "page_size") -> int:
 
 
 class Catalog:
-    def __init__(self, registry: Any, prices: Any, breakers: Any, probes: Any) -> None:
+    def __init__(
+        self, registry: Registry, prices: PriceTable, breakers: Breakers, probes: ProbeScheduler
+    ) -> None:
         self.registry = registry
         self.prices = prices
         self.breakers = breakers

@@ -86,7 +86,7 @@ _PROVIDER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 @functools.cache
 def litellm_provider_names() -> frozenset[str]:
     """Every provider name LiteLLM knows (imports LiteLLM, so only called when needed)."""
-    from router_service.registry import import_litellm
+    from router_service.litellm_import import import_litellm
 
     litellm = import_litellm()
     return frozenset(str(getattr(p, "value", p)) for p in litellm.provider_list)

@@ -1,7 +1,7 @@
 """The Router's data plane: route, call, fall back, stream, count and price.
 
 `Gateway` ties the decision plane (registry, prices, token estimates, routing,
-breakers) to the provider clients. The rules it enforces, from DESIGN.md:
+breakers) to the provider clients. The rules it enforces (docs/ARCHITECTURE.md §4):
 
 * candidates are tried in the route's order; a failure that counts (connect,
   reset, timeout, 5xx, 429) feeds the breaker and moves on, with jittered
@@ -39,12 +39,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from router_service import domain as d
+from router_service.breaker import Breakers
 from router_service.image_fetch import ImageInliner
 from router_service.limits import Limits, check_chat, check_embed
+from router_service.pricing import PriceTable
 from router_service.providers.base import ProviderClient, StreamEnd, TextDelta
 from router_service.providers.errors import ProviderAuthError, ProviderFailure, ProviderRejection
+from router_service.registry import Registry
+from router_service.routing import Router
 from router_service.spend import SpendGuard, SpendTicket, resolve_identity
 from router_service.structured import check_conformance
+from router_service.tokens import TokenEstimator
 from sekha_runtime.errors import (
     AttemptSummary,
     BudgetExhaustedError,
@@ -202,11 +207,11 @@ class Gateway:
     def __init__(
         self,
         *,
-        registry: Any,
-        prices: Any,
-        estimator: Any,
-        router: Any,
-        breakers: Any,
+        registry: Registry,
+        prices: PriceTable,
+        estimator: TokenEstimator,
+        router: Router,
+        breakers: Breakers,
         providers: Mapping[str, ProviderClient],
         provider_timeouts: Mapping[str, float],
         limits: Limits,

@@ -28,7 +28,6 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -303,7 +302,7 @@ class ImageInliner:
             raise InvalidArgumentError(violations)
         messages = []
         for i, message in enumerate(request.messages):
-            parts: list[Any] = []
+            parts: list[d.ContentPart] = []
             for j, part in enumerate(message.parts):
                 if (i, j) in fetched and part.image is not None:
                     data, mime = fetched[(i, j)]

@@ -41,7 +41,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from router_service import domain as d
-from router_service.breaker import BreakerState
+from router_service.breaker import Breakers, BreakerState
 from router_service.config import ProviderConfig, RouterConfig
 from router_service.providers.base import ProviderSpec
 from router_service.providers.openai_compat import OPENAI_COMPATIBLE_TYPES, resolve_base_url
@@ -239,7 +239,7 @@ class RouterObserver:
         self._clock = clock
         self._providers: dict[str, ProviderConfig] = {}
         self._addresses: dict[str, tuple[str | None, int | None]] = {}
-        self._breakers: Any = None
+        self._breakers: Breakers | None = None
         self._models: dict[tuple[str, str, str], _Model] = {}
         self._attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._overhead_attributes = {rpc: {"rpc": rpc} for rpc in _ROUTED_RPCS}
@@ -250,7 +250,7 @@ class RouterObserver:
             description="Circuit breaker state per provider: 0 closed, 1 half-open, 2 open",
         )
 
-    def bind(self, config: RouterConfig, breakers: Any) -> None:
+    def bind(self, config: RouterConfig, breakers: Breakers) -> None:
         """Observe this configuration's providers and breakers (at start and after each reload)."""
         self._providers = {p.id: p for p in config.providers}
         self._addresses = {p.id: _server_address(p) for p in config.providers}

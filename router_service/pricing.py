@@ -1,32 +1,25 @@
-"""Prices, token estimates and costs.
+"""Prices and costs.
 
 Where a price comes from, in order: the model's `price:` in the configuration; zero for the
 in-process `local` provider (it runs on our own CPU); LiteLLM's bundled price map. Otherwise the
 price is unknown (None) and stays unknown: an unknown price is never treated as $0, so a request
 with a cost ceiling never lands on a model whose cost nobody knows.
 
-Token estimates are made once per request, before routing, with LiteLLM's token counter. The
-count is an estimate for the cost ceiling and the context-window check, not a bill: the real
-cost comes from the usage the provider reports.
+The token counts a cost estimate is made from come from `router_service.tokens`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from router_service.domain import ChatMessage, ChatRequest, Cost, Price, Usage
+from router_service.domain import Cost, Price, Usage
 
 if TYPE_CHECKING:
     from router_service.registry import ModelEntry, Registry
 
 __all__ = [
-    "IMAGE_TOKENS_HIGH_DETAIL",
-    "IMAGE_TOKENS_LOW_DETAIL",
     "PriceTable",
-    "TokenEstimate",
-    "TokenEstimator",
     "estimate_cost",
     "real_cost",
     "resolve_price",
@@ -38,22 +31,6 @@ PRICE_SOURCE_LITELLM = "litellm"
 PRICE_SOURCE_UNKNOWN = "unknown"
 
 _FREE = Price(input_per_million=0.0, output_per_million=0.0)
-
-# Images are not tokenised locally: LiteLLM would fetch an image URL to learn its size, and
-# inline bytes would have to be decoded; either is too slow and the first is network I/O on the
-# request path. These fixed figures are OpenAI's published image costs: 85 tokens for a
-# low-detail image, and 765 for a 1024x1024 image at high detail (4 tiles x 170 + 85). "auto"
-# counts as high, so the estimate errs on the side of the caller's cost ceiling.
-IMAGE_TOKENS_LOW_DETAIL = 85
-IMAGE_TOKENS_HIGH_DETAIL = 765
-
-# A model whose tokenizer is tiktoken's own (or needs no download) is counted with its own
-# tokenizer; these stand-ins replace tokenizers LiteLLM would download from the Hugging Face hub
-# (llama, cohere), because the router never downloads anything at run time.
-_DEFAULT_TOKENIZER_MODEL = "gpt-4o"
-_OFFLINE_FALLBACK_TOKENIZER_MODEL = "gpt-3.5-turbo"  # tiktoken cl100k_base, bundled with LiteLLM
-
-TokenCounter = Callable[..., int]
 
 
 def resolve_price(
@@ -116,192 +93,3 @@ class PriceTable:
 
     def __contains__(self, key: object) -> bool:
         return key in self._prices
-
-
-@dataclass(frozen=True, slots=True)
-class TokenEstimate:
-    input_tokens: int
-    output_tokens: int
-
-
-class TokenEstimator:
-    """Counts a request's tokens once, before routing, with LiteLLM's token counter.
-
-    The tokenizer depends on the model family, but one request is counted once (with the
-    tokenizer of the model the caller names, typically the first candidate for the task), not
-    once per candidate: counting is the most expensive step before the provider call, and the
-    families differ by a few percent, well inside an estimate's error.
-
-    `counter` defaults to `litellm.token_counter`; it is injectable so a caller can wrap it.
-    """
-
-    def __init__(
-        self,
-        default_max_tokens: int = 512,
-        *,
-        counter: TokenCounter | None = None,
-        default_model: str = _DEFAULT_TOKENIZER_MODEL,
-    ) -> None:
-        self._default_max_tokens = default_max_tokens
-        self._counter = counter
-        self._default_model = default_model
-        self._tokenizer_model: dict[str, str] = {}
-
-    def output_tokens(self, max_tokens: int | None) -> int:
-        """Estimated output: the request's max_tokens, else the configured default."""
-        return max_tokens if max_tokens else self._default_max_tokens
-
-    def tokenizer_model(self, litellm_model: str | None) -> str:
-        """The model name whose tokenizer counts for `litellm_model` (cached per model)."""
-        model = litellm_model or self._default_model
-        chosen = self._tokenizer_model.get(model)
-        if chosen is None:
-            chosen = model if _tokenizer_is_offline(model) else _OFFLINE_FALLBACK_TOKENIZER_MODEL
-            self._tokenizer_model[model] = chosen
-        return chosen
-
-    def count_messages(self, messages: Sequence[ChatMessage], litellm_model: str | None = None) -> int:
-        """Input tokens of a conversation: one token-counter call, plus a fixed figure per image."""
-        wire = [{"role": str(m.role), "content": m.text} for m in messages]
-        count = int(self._count(model=self.tokenizer_model(litellm_model), messages=wire))
-        for message in messages:
-            for part in message.parts:
-                if part.image is not None:
-                    count += (
-                        IMAGE_TOKENS_LOW_DETAIL if part.image.detail == "low" else IMAGE_TOKENS_HIGH_DETAIL
-                    )
-        return count
-
-    def count_text(self, text: str, litellm_model: str | None = None) -> int:
-        """Tokens of one text (e.g. a reply whose usage the provider did not report)."""
-        if not text:
-            return 0
-        return int(self._count(model=self.tokenizer_model(litellm_model), text=text))
-
-    def count_texts(self, texts: Sequence[str], litellm_model: str | None = None) -> int:
-        """Input tokens of embedding inputs (one token-counter call for all of them)."""
-        if not texts:
-            return 0
-        return int(self._count(model=self.tokenizer_model(litellm_model), text=list(texts)))
-
-    def estimate_chat(self, request: ChatRequest, litellm_model: str | None = None) -> TokenEstimate:
-        return TokenEstimate(
-            input_tokens=self.count_messages(request.messages, litellm_model),
-            output_tokens=self.output_tokens(request.generation.max_tokens),
-        )
-
-    def estimate_embed(self, inputs: Sequence[str], litellm_model: str | None = None) -> TokenEstimate:
-        return TokenEstimate(input_tokens=self.count_texts(inputs, litellm_model), output_tokens=0)
-
-    def preload(self) -> None:
-        """Load the tokenizer every request counts with (its encoding takes 0.4-1.8 s to load).
-
-        Loading is synchronous: done lazily by the first request, it would stall the event loop
-        and every call on it, health checks included. The server calls this (in a thread) before
-        health says SERVING.
-        """
-        self._count(model=self.tokenizer_model(None), text="preload")
-
-    def _count(self, **kwargs: Any) -> int:
-        counter = self._counter
-        if counter is None:
-            counter = self._counter = _default_counter()
-        return counter(**kwargs)
-
-
-def _default_counter() -> TokenCounter:
-    """LiteLLM's counter, in front of it the same counts for our tokenizers without importing LiteLLM."""
-    lean = TiktokenCounter()
-
-    def count(*, model: str, **kwargs: Any) -> int:
-        if lean.supports(model):
-            return lean(model=model, **kwargs)
-        from router_service.registry import import_litellm
-
-        return int(import_litellm().token_counter(model=model, **kwargs))
-
-    return count
-
-
-class TiktokenCounter:
-    """``litellm.token_counter`` for the two tokenizers the router counts with, without LiteLLM.
-
-    Importing LiteLLM costs about 130 MB of memory and 1.5 s of start-up, and its counter spends
-    three times longer per request than the encoding itself. This computes the same numbers:
-    the same tiktoken encodings (loaded offline from the copy bundled with LiteLLM, as LiteLLM
-    does), the same 1024-character chunks, 3 tokens per message plus its role and content, and
-    3 to prime the reply.
-    """
-
-    ENCODINGS: Mapping[str, str] = {
-        _DEFAULT_TOKENIZER_MODEL: "o200k_base",
-        _OFFLINE_FALLBACK_TOKENIZER_MODEL: "cl100k_base",
-    }
-    CHUNK_CHARS = 1024  # LiteLLM's TIKTOKEN_ENCODE_CHUNK_SIZE_CHARS: equal chunks give equal counts
-
-    def __init__(self) -> None:
-        self._encoders: dict[str, Callable[[str], list[int]]] = {}
-
-    def supports(self, model: str) -> bool:
-        return model in self.ENCODINGS
-
-    def _encoder(self, model: str) -> Callable[[str], list[int]]:
-        encoder = self._encoders.get(model)
-        if encoder is None:
-            _use_bundled_tiktoken_files()
-            import tiktoken
-
-            encoder = self._encoders[model] = tiktoken.get_encoding(self.ENCODINGS[model]).encode_ordinary
-        return encoder
-
-    def count_text(self, model: str, text: str) -> int:
-        encode, step = self._encoder(model), self.CHUNK_CHARS
-        return sum(len(encode(text[start : start + step])) for start in range(0, len(text), step))
-
-    def __call__(
-        self,
-        *,
-        model: str,
-        messages: Sequence[Mapping[str, Any]] | None = None,
-        text: str | Sequence[str] | None = None,
-    ) -> int:
-        if text is not None:
-            return self.count_text(model, text if isinstance(text, str) else "".join(text))
-        total = 3  # every reply is primed with <|start|>assistant<|message|>
-        for message in messages or ():
-            total += 3 + sum(self.count_text(model, v) for v in message.values() if isinstance(v, str))
-        return total
-
-
-def _use_bundled_tiktoken_files() -> None:
-    """Point tiktoken at the encodings LiteLLM ships (what LiteLLM itself does on import)."""
-    import importlib.util
-    import os
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("litellm")  # locates the package without running it
-    if spec is None or not spec.submodule_search_locations:
-        return
-    bundled = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
-    os.environ["TIKTOKEN_CACHE_DIR"] = os.environ.get("CUSTOM_TIKTOKEN_CACHE_DIR") or str(bundled)
-
-
-def _tokenizer_is_offline(model: str) -> bool:
-    """Whether LiteLLM counts this model without downloading a tokenizer."""
-    if model in TiktokenCounter.ENCODINGS:
-        return True
-    from router_service.registry import import_litellm
-
-    kind: str | None
-    try:
-        import_litellm()
-        from litellm.utils import huggingface_tokenizer_kind  # present in the pinned LiteLLM
-
-        kind = huggingface_tokenizer_kind(model)
-    except Exception:
-        lowered = model.lower()
-        downloads = "llama" in lowered or "replicate" in lowered or "command-r" in lowered
-        kind = "download" if downloads else None
-    # tiktoken (None) ships with LiteLLM, and so does the Anthropic tokenizer; the others are
-    # fetched from the Hugging Face hub on first use.
-    return kind is None or kind == "anthropic"

@@ -15,8 +15,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from router_service.breaker import Breakers
 from router_service.providers.base import ProviderClient
 from router_service.providers.errors import ProviderAuthError, ProviderError, ProviderFailure
 
@@ -37,7 +37,7 @@ class ProbeScheduler:
         providers: Mapping[str, ProviderClient],
         intervals: Mapping[str, float],
         timeouts: Mapping[str, float],
-        breakers: Any,
+        breakers: Breakers,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:

@@ -15,15 +15,15 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType, ModuleType
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from router_service.config import KNOWN_LOCAL_EMBEDDING_DIMENSIONS, ProviderConfig, RouterConfig
 from router_service.domain import Capability, Price, Task
+from router_service.litellm_import import import_litellm
 from router_service.pricing import resolve_price
 from sekha_runtime.errors import NotFoundError
 
@@ -34,19 +34,7 @@ __all__ = [
     "ModelInfoSource",
     "Registry",
     "StaticModelInfo",
-    "import_litellm",
 ]
-
-
-def import_litellm() -> ModuleType:
-    """Import LiteLLM without it fetching its price map from the internet."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    # The router fetches image URLs only through its own SSRF-safe fetcher (limits.inline_image_urls);
-    # LiteLLM must never download one for a provider that wants bytes (read once, at import).
-    os.environ.setdefault("MAX_IMAGE_URL_DOWNLOAD_SIZE_MB", "0")
-    import litellm
-
-    return litellm
 
 
 @dataclass(frozen=True, slots=True)

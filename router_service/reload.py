@@ -21,17 +21,20 @@ import dataclasses
 import logging
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from router_service import domain as d
 from router_service.breaker import BreakerRegistry
 from router_service.config import RouterConfig
+from router_service.gateway import NO_DEADLINE, Deadline, Gateway
 from sekha_runtime.inuse import InUse
 from sekha_runtime.server.auth import ApiKeyAuthInterceptor, KeyRing
 from sekha_runtime.server.reload import Reloader, changed_settings
 
 if TYPE_CHECKING:
-    from router_service.gateway import Gateway
+    from router_service.rpc.servicer import RouterServicer
     from router_service.server import RouterApp, RouterCore, RouterDeps
+    from router_service.spend import SpendGuard
 
 __all__ = ["ConfigReloader", "TrackedGateway", "install_sighup", "restart_needed"]
 
@@ -41,27 +44,44 @@ log = logging.getLogger(__name__)
 class TrackedGateway(InUse):
     """A gateway that counts the requests running on it, so it can be retired once they end.
 
-    Everything but the request methods passes straight through to the wrapped gateway.
+    It offers what the servicer and the HTTP door use of a `Gateway`: the request methods,
+    counted, and `route` and `spend`, passed through.
     """
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
         self.gateway = gateway
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.gateway, name)
+    @property
+    def spend(self) -> SpendGuard | None:
+        return self.gateway.spend
 
-    async def chat(self, *args: Any, **kwargs: Any) -> Any:
-        with self:
-            return await self.gateway.chat(*args, **kwargs)
+    def route(
+        self,
+        prefs: d.RoutingPreferences,
+        messages: tuple[d.ChatMessage, ...],
+        inputs: tuple[str, ...],
+        max_tokens: int | None,
+    ) -> d.RoutingDecision:
+        return self.gateway.route(prefs, messages, inputs, max_tokens)
 
-    async def embed(self, *args: Any, **kwargs: Any) -> Any:
+    async def chat(
+        self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
+    ) -> d.ChatResult:
         with self:
-            return await self.gateway.embed(*args, **kwargs)
+            return await self.gateway.chat(request, deadline, caller)
 
-    async def stream_chat(self, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+    async def embed(
+        self, request: d.EmbedRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
+    ) -> d.EmbedResult:
         with self:
-            events = self.gateway.stream_chat(*args, **kwargs)
+            return await self.gateway.embed(request, deadline, caller)
+
+    async def stream_chat(
+        self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
+    ) -> AsyncGenerator[d.StreamOutput | d.ChatResult, None]:
+        with self:
+            events = self.gateway.stream_chat(request, deadline, caller)
             try:
                 async for event in events:
                     yield event
@@ -83,7 +103,7 @@ class ConfigReloader(Reloader[RouterConfig, tuple["RouterCore", bool]]):
     def __init__(
         self,
         app: RouterApp,
-        servicer: Any,
+        servicer: RouterServicer,
         core: RouterCore,
         deps: RouterDeps,
         *,

@@ -31,7 +31,7 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 
-from router_service.breaker import BreakerRegistry
+from router_service.breaker import Breakers
 from router_service.domain import (
     Candidate,
     Capability,
@@ -138,7 +138,7 @@ class Router:
         self,
         registry: Registry,
         prices: PriceTable,
-        breakers: BreakerRegistry,
+        breakers: Breakers,
         *,
         max_candidates: int | None = None,
     ) -> None:

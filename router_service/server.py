@@ -12,21 +12,23 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+
+import grpc
 
 from router_service.breaker import BreakerRegistry
 from router_service.catalog import Catalog
 from router_service.config import ProviderConfig, RouterConfig
 from router_service.gateway import Gateway, Observer, RetryPolicy
 from router_service.http.app import HttpDoor
-from router_service.image_fetch import image_inliner_for
+from router_service.image_fetch import ImageFetcher, image_inliner_for
 from router_service.limits import Limits
 from router_service.observability import RouterObserver, inject_trace_headers
-from router_service.pricing import PriceTable, TokenEstimator
+from router_service.pricing import PriceTable
 from router_service.probes import ProbeScheduler
 from router_service.providers.base import ProviderClient, ProviderSpec
 from router_service.providers.factory import make_provider
-from router_service.registry import Registry
+from router_service.providers.local import LocalEmbedder, LocalEmbeddingProvider
+from router_service.registry import ModelInfoSource, Registry
 from router_service.reload import ConfigReloader, TrackedGateway
 from router_service.routing import Router
 from router_service.rpc import convert
@@ -34,6 +36,7 @@ from router_service.rpc.servicer import RouterServicer
 from router_service.shared_breaker import SharedBreakerRegistry
 from router_service.spend import SpendGuard
 from router_service.state import StateStore, open_store
+from router_service.tokens import TokenEstimator
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
 from sekha_runtime.server.auth import ApiKeyAuthInterceptor, refuse_if_open
@@ -51,15 +54,15 @@ class RouterDeps:
     """What tests (and embedders of the router) may replace."""
 
     clock: Callable[[], float] = time.monotonic
-    model_info: Any = None  # registry.ModelInfoSource; None = LiteLLM's bundled model info
+    model_info: ModelInfoSource | None = None  # None: LiteLLM's bundled model info
     providers: Mapping[str, ProviderClient] | None = None
-    local_embedder: Any = None  # providers.local.LocalEmbedder shared by `local` providers
+    local_embedder: LocalEmbedder | None = None  # shared by `local` providers
     observer: Observer | None = None
-    extra_interceptors: list[Any] = field(default_factory=list)
-    server_credentials: Any = None
+    extra_interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
+    server_credentials: grpc.ServerCredentials | None = None
     wall_clock: Callable[[], float] = time.time  # budgets' periods, rate limits, shared breakers
     state_store: StateStore | None = None  # used instead of opening config.state (not closed by us)
-    image_fetcher: Any = None  # image_fetch.ImageFetcher used when limits.inline_image_urls is on
+    image_fetcher: ImageFetcher | None = None  # used when limits.inline_image_urls is on
     # Traces and metrics (`sekha_runtime.telemetry.setup_telemetry`); None: none at all. The caller owns
     # it (shuts it down); the server adds spans and metrics, and serves /metrics on
     # server.metrics_port when the telemetry has a Prometheus registry.
@@ -105,18 +108,17 @@ def provider_spec(provider: ProviderConfig) -> ProviderSpec:
 
 def build_providers(
     config: RouterConfig,
-    local_embedder: Any = None,
+    local_embedder: LocalEmbedder | None = None,
     headers_hook: Callable[[dict[str, str]], None] | None = None,
 ) -> dict[str, ProviderClient]:
     """`headers_hook` adds headers to every provider HTTP request (the trace context)."""
-    shared: dict[str, Any] = {"embedder": local_embedder}
+    shared = [local_embedder]  # one model for every `local` provider, made on first use
 
-    def local_embedder_factory() -> Any:
-        if shared["embedder"] is None:
-            from router_service.providers.local import LocalEmbedder
-
-            shared["embedder"] = LocalEmbedder()
-        return shared["embedder"]
+    def local_embedder_factory() -> LocalEmbedder:
+        embedder = shared[0]
+        if embedder is None:
+            embedder = shared[0] = LocalEmbedder()
+        return embedder
 
     return {
         p.id: make_provider(provider_spec(p), local_embedder_factory, headers_hook=headers_hook)
@@ -143,9 +145,11 @@ class RouterCore:
     catalog: Catalog
 
     @property
-    def local_embedder(self) -> Any:
+    def local_embedder(self) -> LocalEmbedder | None:
         """The in-process embedding model shared by `local` providers (None without one)."""
-        return next((p.embedder for p in self.providers.values() if hasattr(p, "embedder")), None)
+        return next(
+            (p.embedder for p in self.providers.values() if isinstance(p, LocalEmbeddingProvider)), None
+        )
 
     async def close(self, keep_local_embedder: bool = False, keep_providers: bool = False) -> None:
         """Stop probes, close provider clients, drain the ledger, stop shared breakers.
@@ -158,7 +162,7 @@ class RouterCore:
             closers += [
                 p.aclose
                 for p in self.providers.values()
-                if not (keep_local_embedder and hasattr(p, "embedder"))
+                if not (keep_local_embedder and isinstance(p, LocalEmbeddingProvider))
             ]
         closers.append(self.spend.drain)
         if isinstance(self.breakers, SharedBreakerRegistry):
@@ -194,7 +198,7 @@ async def build_core(config: RouterConfig, deps: RouterDeps, store: StateStore) 
         reservation_ttl_s=config.state.reservation_ttl_s,
         wall_clock=deps.wall_clock,
     )
-    router = Router(registry, prices, breakers)  # type: ignore[arg-type]  # same API, duck-typed
+    router = Router(registry, prices, breakers)
     if isinstance(deps.observer, RouterObserver):
         deps.observer.bind(config, breakers)
     tracing = deps.telemetry is not None and deps.telemetry.tracing_enabled
@@ -271,7 +275,7 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
     refuse_if_open(config.auth, config.listen_hosts(), "router")
     deps = deps or RouterDeps()
     telemetry = deps.telemetry if deps.telemetry is not None and deps.telemetry.enabled else None
-    telemetry_interceptors: tuple[Any, ...] = ()
+    telemetry_interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
     if telemetry is not None:
         # One observer for the server's life: a config reload rebinds it to the new core.
         observer = deps.observer or RouterObserver(telemetry)

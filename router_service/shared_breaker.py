@@ -32,8 +32,8 @@ breaker, with local probe permits (up to `half_open_max_probes` per replica). It
 queued (bounded; those older than the reset timeout are dropped) and are sent once the store is
 back, after which the shared state is adopted again.
 
-One difference from the local breaker, shared by `state.base.apply_breaker_event`: a failure
-reported after the reset timeout re-opens the breaker even if no probe was admitted yet.
+The rules themselves (when to open, half-open, close) are `router_service.breaker_rules`, the same
+ones the local breaker and the Redis store apply.
 """
 
 from __future__ import annotations
@@ -45,17 +45,17 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
-from router_service.breaker import BreakerConfig, BreakerListener, BreakerSnapshot, BreakerState
-from router_service.state.base import (
-    CLOSED_RECORD,
-    BreakerEvent,
-    BreakerRecord,
-    StateStore,
-    StoreUnavailableError,
-    apply_breaker_event,
+from router_service.breaker import (
+    BreakerConfig,
+    BreakerListener,
+    BreakerSnapshot,
+    BreakerState,
+    visible_state,
 )
+from router_service.breaker_rules import CLOSED_RECORD, BreakerEvent, BreakerRecord, apply_breaker_event
+from router_service.config import RouterConfig
+from router_service.state.base import StateStore, StoreUnavailableError
 
 __all__ = ["SharedBreaker", "SharedBreakerRegistry"]
 
@@ -110,10 +110,7 @@ class SharedBreaker:
         return not self._store.healthy
 
     def _visible_state(self, now: float) -> BreakerState:
-        record = self._record
-        if record.state == "closed":
-            return BreakerState.CLOSED
-        return BreakerState.HALF_OPEN if now >= record.open_until else BreakerState.OPEN
+        return visible_state(self._record, now)
 
     @property
     def state(self) -> BreakerState:
@@ -340,13 +337,18 @@ class SharedBreakerRegistry:
             self.get(provider_id)
 
     @classmethod
-    def from_config(cls, config: Any, store: StateStore, **kwargs: Any) -> SharedBreakerRegistry:
+    def from_config(
+        cls, config: RouterConfig, store: StateStore, *, wall_clock: Clock = time.time
+    ) -> SharedBreakerRegistry:
         """Build from a RouterConfig: one shared breaker per configured provider."""
-        state = getattr(config, "state", None)
-        if state is not None:
-            kwargs.setdefault("sync_interval_s", state.breaker_sync_interval_s)
-            kwargs.setdefault("probe_ttl_s", state.probe_permit_ttl_s)
-        return cls(config.breaker_config_for, store, provider_ids=[p.id for p in config.providers], **kwargs)
+        return cls(
+            config.breaker_config_for,
+            store,
+            wall_clock=wall_clock,
+            sync_interval_s=config.state.breaker_sync_interval_s,
+            probe_ttl_s=config.state.probe_permit_ttl_s,
+            provider_ids=[p.id for p in config.providers],
+        )
 
     def get(self, provider_id: str) -> SharedBreaker:
         breaker = self._breakers.get(provider_id)

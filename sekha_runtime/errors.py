@@ -2,9 +2,16 @@
 
 Domain code raises these; it never imports grpc. Each service's error
 interceptor (`sekha_runtime.server.errors`) maps them to a gRPC status with
-google.rpc details, following the table in DESIGN.md. Every message here is
+google.rpc details, following the table in docs/ARCHITECTURE.md §3. Every message here is
 written for the caller: it must never carry provider error text, prompts or
 keys, because it is sent over the wire verbatim.
+
+Where a condition is exactly one status code the class is named after it
+(`NotFoundError`, `UnavailableError`, ...), like the client's error classes in
+`sekha.client`, which name the status a caller received. The names coincide on
+purpose and the two hierarchies never meet in one namespace: the client cannot
+import this module, and the one module that handles both
+(`embedding_service.router_vectors`) imports them as modules (`c.` and `e.`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ connection) while requests keep running on the old one; each counts its users wi
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 __all__ = ["InUse"]
 
@@ -25,7 +24,7 @@ class InUse:
         self._idle.clear()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.active -= 1
         if self.active == 0:
             self._idle.set()

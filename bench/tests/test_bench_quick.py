@@ -22,6 +22,8 @@ from bench.loadgen import USER_TEXT
 from bench.profiling import summarize_folded
 from bench.stats import percentile, summarize_ms
 
+pytestmark = [pytest.mark.subprocess]
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 150  # a hang guard; the quick run takes about 50 s on 2 cores
 MACHINE_KEYS = {"nproc", "cpu_model", "python", "grpcio", "litellm", "git_commit", "measured_at"}

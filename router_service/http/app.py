@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from router_service import domain as d
 from router_service.catalog import Catalog
-from router_service.gateway import Deadline, Gateway
+from router_service.gateway import Deadline
 from router_service.http import convert
 from router_service.http.errors import HttpError, http_error
 from router_service.http.schema import (
@@ -39,6 +39,7 @@ from router_service.http.schema import (
     error_path,
     unsupported_fields,
 )
+from router_service.reload import TrackedGateway
 from sekha.keys import presented_key
 from sekha.tracing import extract_from_metadata
 from sekha_runtime.errors import FieldViolation, InvalidArgumentError, UnauthenticatedError
@@ -56,7 +57,7 @@ _CALLER = web.RequestKey("caller", str)
 class ServingCore(Protocol):
     """Where the current gateway and catalog live (the gRPC servicer; a reload swaps both)."""
 
-    gateway: Gateway | Any
+    gateway: TrackedGateway
     catalog: Catalog
 
 
@@ -145,8 +146,8 @@ class HttpDoor:
         )
         started = time.perf_counter()
         parent = extract_from_metadata(request.headers.items())
+        active: otel_context.Context | None = parent
         span = None
-        active: otel_context.Context | None
         if self._tracer is not None and route not in _OPEN_PATHS:
             span = self._tracer.start_span(
                 f"{request.method} {route}",
@@ -155,8 +156,6 @@ class HttpDoor:
                 attributes={"http.request.method": request.method, "http.route": route},
             )
             active = trace.set_span_in_context(span, parent)
-        else:
-            active = parent
         token = otel_context.attach(active) if active is not None else None
         status = 500
         try:

@@ -14,7 +14,6 @@ import math
 import traceback
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from sekha_runtime import errors as e
 from sekha_runtime.server.errors import MAX_MESSAGE_CHARS
@@ -46,7 +45,7 @@ class HttpError:
     param: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> dict[str, dict[str, str | None]]:
         # A message may echo the caller's input: bounded like every gRPC status message.
         message = bound(self.message, MAX_MESSAGE_CHARS)
         return {"error": {"message": message, "type": self.type, "param": self.param, "code": self.code}}

@@ -390,7 +390,10 @@ def classify_litellm_error(exc: BaseException, now: Callable[[], float] = time.t
     """Classify any exception raised by ``litellm.acompletion`` / ``aembedding`` / their streams."""
     if isinstance(exc, ProviderError):
         return exc
-    import litellm.exceptions as lx  # imported lazily: litellm is heavy and only this path needs it
+    # Imported here: litellm is heavy and only this path needs it (always through import_litellm).
+    from router_service.litellm_import import import_litellm
+
+    lx = import_litellm().exceptions
 
     cause_type = type(exc).__name__
     # Subclasses before their bases: both of these subclass BadRequestError.

@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from types import ModuleType
 from typing import Any
 
 import aiohttp
 
 from router_service.domain import ChatRequest, FinishReason, ReasoningDelta, Usage
+from router_service.litellm_import import import_litellm
 from router_service.providers.base import (
     ProviderChatResult,
     ProviderEmbedResult,
@@ -70,33 +69,6 @@ _PROBE_URLS: Mapping[str, str] = {
     "fireworks_ai": "https://api.fireworks.ai/inference/v1/models",
     **{kind: f"{url}/models" for kind, url in DEFAULT_BASE_URLS.items()},
 }
-
-
-def import_litellm() -> ModuleType:
-    """Import LiteLLM offline and quiet; idempotent (the module system caches the import)."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    # The router fetches image URLs only through its own SSRF-safe fetcher (limits.inline_image_urls);
-    # LiteLLM must never download one for a provider that wants bytes (read once, at import).
-    os.environ.setdefault("MAX_IMAGE_URL_DOWNLOAD_SIZE_MB", "0")
-    import litellm
-
-    litellm.telemetry = False
-    litellm.suppress_debug_info = True
-    # Keeps messages and responses out of LiteLLM's logging objects and callbacks.
-    litellm.turn_off_message_logging = True
-    litellm.redact_messages_in_exceptions = True
-    litellm.log_raw_request_response = False
-    litellm.set_verbose = False
-    # litellm's OpenAI embedding path reads max_retries=0 as "unset" and retries twice
-    # (``max_retries or DEFAULT_MAX_RETRIES``); the router must stay the only retry loop.
-    litellm.DEFAULT_MAX_RETRIES = 0  # type: ignore[misc]  # Final in litellm, read at call time
-    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "openai", "httpx", "httpcore"):
-        # Their debug logs print request bodies (the OpenAI SDK logs full request options):
-        # nothing below WARNING from them, even when the process logs at DEBUG.
-        lite_logger = logging.getLogger(name)
-        if lite_logger.level < logging.WARNING:
-            lite_logger.setLevel(logging.WARNING)
-    return litellm
 
 
 def _usage_of(response: Any) -> Usage | None:

@@ -7,22 +7,19 @@ gateway; the error interceptor turns them into statuses.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 import grpc
 
 from router_service.catalog import Catalog
 from router_service.domain import ChatResult
-from router_service.gateway import Deadline, Gateway
+from router_service.gateway import Deadline
+from router_service.reload import TrackedGateway
 from router_service.rpc import convert
 from router_service.spend import visible_caller
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
 from sekha_runtime.errors import UnimplementedError
 from sekha_runtime.server.auth import current_caller
-
-if TYPE_CHECKING:
-    from router_service.reload import TrackedGateway
 
 
 def _caller() -> str | None:
@@ -32,7 +29,8 @@ def _caller() -> str | None:
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
-    def __init__(self, gateway: Gateway | TrackedGateway, catalog: Catalog) -> None:
+    def __init__(self, gateway: TrackedGateway, catalog: Catalog) -> None:
+        """`gateway` is swapped for a new one by a config reload (`router_service.reload`)."""
         self.gateway = gateway
         self.catalog = catalog
 

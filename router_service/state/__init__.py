@@ -1,7 +1,7 @@
 """Router state that outlives a request: budgets, the spend ledger, rate limits, breaker state.
 
 `open_store(config)` builds the backend the `state:` config section names and starts it. See
-`base.StateStore` for the interface, `memory` for the in-process backends (memory, SQLite) and
+`base.StateStore` for the interface, `memory` and `sqlite` for the in-process backends and
 `redis_store` for the one shared by replicas.
 """
 
@@ -25,7 +25,8 @@ from router_service.state.base import (
     StateStore,
     StoreUnavailableError,
 )
-from router_service.state.memory import MemoryStore, SqliteStore
+from router_service.state.memory import MemoryStore
+from router_service.state.sqlite import SqliteStore
 
 __all__ = [
     "BreakerEvent",

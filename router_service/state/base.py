@@ -16,9 +16,9 @@ drive every time-dependent rule without sleeping. Replicas sharing a Redis are a
 NTP-synchronised clocks; a skew of a second shifts a breaker's reset timeout or a rate-limit bucket
 by that second, nothing worse.
 
-`apply_breaker_event` is the breaker state machine as a pure function. The in-memory store uses it
-as the authority, `SharedBreaker` uses it for its optimistic local mirror, and the Redis Lua script
-in `redis_store.py` is a line-by-line port of it (a test checks the two agree).
+The breaker types and rules the interface speaks (`BreakerRecord`, `BreakerEvent`,
+`BreakerSettings`, `apply_breaker_event`) live in `router_service.breaker_rules`, the one home of
+the breaker's rules; they are imported here because they are part of this interface.
 """
 
 from __future__ import annotations
@@ -27,12 +27,21 @@ import abc
 import enum
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from router_service.breaker_rules import (
+    CLOSED_RECORD,
+    BreakerEvent,
+    BreakerRecord,
+    BreakerSettings,
+    apply_breaker_event,
+)
+
 __all__ = [
+    "CLOSED_RECORD",
     "NANOS_PER_USD",
     "BreakerEvent",
     "BreakerRecord",
@@ -266,121 +275,6 @@ class RateDecision:
 def gcra_interval_us(limit: RateLimit) -> float:
     """Microseconds one unit occupies in the bucket (GCRA's emission interval)."""
     return limit.period_s * 1e6 / limit.limit
-
-
-# -------------------------------------------------------------------------- breakers
-
-
-class BreakerSettings(Protocol):
-    """The fields of `router_service.config.CircuitBreakerConfig` the state machine reads (a
-    Protocol, so this module does not import the config module, which imports the spend section)."""
-
-    @property
-    def failure_threshold(self) -> int: ...
-    @property
-    def failure_rate_threshold(self) -> float: ...
-    @property
-    def window_size(self) -> int: ...
-    @property
-    def minimum_calls(self) -> int: ...
-    @property
-    def reset_timeout_s(self) -> float: ...
-    @property
-    def half_open_max_probes(self) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerRecord:
-    """A breaker's shared state. HALF_OPEN is not stored: it is OPEN with `open_until` passed.
-
-    `generation` grows each time the breaker opens; half-open probe permits belong to one
-    generation, so permits of an earlier open period can never admit a probe of a later one.
-    `window` holds the last calls oldest first, True for a failure.
-    """
-
-    state: Literal["closed", "open"] = "closed"
-    open_until: float = 0.0
-    opened_at: float | None = None
-    consecutive_failures: int = 0
-    window: tuple[bool, ...] = ()
-    generation: int = 0
-
-    def half_open(self, now: float) -> bool:
-        return self.state == "open" and now >= self.open_until
-
-    @property
-    def window_failures(self) -> int:
-        return sum(self.window)
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerEvent:
-    """One call outcome. Slow successes arrive already turned into failures of kind `slow`."""
-
-    failed: bool
-    at: float
-    kind: str = ""
-    retry_after_s: float | None = None
-
-
-CLOSED_RECORD = BreakerRecord()
-
-
-def apply_breaker_event(
-    record: BreakerRecord, event: BreakerEvent, settings: BreakerSettings
-) -> BreakerRecord:
-    """The breaker rules of `router_service.breaker` over a `BreakerRecord` (see its docstring).
-
-    One deliberate difference: a failure reported after the reset timeout, before any probe was
-    admitted, re-opens the breaker (the local breaker only extends a cooldown). With several
-    replicas "no probe yet" is not knowable locally, and a fresh failure is evidence either way.
-    """
-    now = event.at
-    retry_after = event.retry_after_s
-    cooldown_until = now + retry_after if retry_after is not None and retry_after > 0 else None
-    half_open = record.half_open(now)
-    if not event.failed:
-        if record.state == "closed":
-            return replace(record, consecutive_failures=0, window=_push(record.window, False, settings))
-        if half_open:
-            return BreakerRecord(generation=record.generation)
-        return record  # OPEN: a late success of a call admitted before opening proves little
-    if record.state == "closed":
-        window = _push(record.window, True, settings)
-        failures = record.consecutive_failures + 1
-        record = replace(record, consecutive_failures=failures, window=window)
-        if _thresholds_reached(failures, window, settings):
-            return _open(record, now, now + settings.reset_timeout_s, cooldown_until)
-        if cooldown_until is not None:
-            return _open(record, now, now, cooldown_until)
-        return record
-    if half_open:
-        record = replace(record, consecutive_failures=record.consecutive_failures + 1)
-        return _open(record, now, now + settings.reset_timeout_s, cooldown_until)
-    if cooldown_until is not None and cooldown_until > record.open_until:
-        return replace(record, open_until=cooldown_until)
-    return record
-
-
-def _push(window: tuple[bool, ...], failed: bool, settings: BreakerSettings) -> tuple[bool, ...]:
-    return (*window, failed)[-settings.window_size :]
-
-
-def _thresholds_reached(failures: int, window: tuple[bool, ...], settings: BreakerSettings) -> bool:
-    if failures >= settings.failure_threshold:
-        return True
-    calls = len(window)
-    return calls >= settings.minimum_calls and sum(window) / calls >= settings.failure_rate_threshold
-
-
-def _open(
-    record: BreakerRecord, now: float, open_until: float, cooldown_until: float | None
-) -> BreakerRecord:
-    if cooldown_until is not None and cooldown_until > open_until:
-        open_until = cooldown_until
-    return replace(
-        record, state="open", open_until=open_until, opened_at=now, generation=record.generation + 1
-    )
 
 
 # ------------------------------------------------------------------------- interface

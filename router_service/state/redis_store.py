@@ -62,10 +62,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from router_service.state.base import (
+from router_service.breaker_rules import (
+    LUA_RULES,
+    RULE_PARAMETERS,
     BreakerEvent,
     BreakerRecord,
     BreakerSettings,
+    lua_rule_arguments,
+)
+from router_service.state.base import (
     BudgetKey,
     BudgetUsage,
     RateDecision,
@@ -311,73 +316,29 @@ local function reply(b)
 end
 """
 
-# A port of `state.base.apply_breaker_event`; keep the two in step (tests compare them).
-# KEYS: hash, window list. ARGV: failure_threshold, failure_rate_threshold, window_size,
-# minimum_calls, reset_timeout_s, key_ttl_s, then per event: failed(0|1), at, retry_after ('' = none)
+# The breaker rules are `breaker_rules.LUA_RULES` (the port of `apply_breaker_event` that sits next
+# to it); this script only reads the record, applies the events in order and writes it back.
+# KEYS: hash, window list. ARGV: the rule settings (`lua_rule_arguments`), then the keys' TTL,
+# then per event: failed(0|1), at, retry_after ('' = none).
+_BREAKER_TTL_ARG = len(RULE_PARAMETERS) + 1
 _LUA_BREAKER_EVENTS = (
     _LUA_BREAKER_READ
-    + """
+    + LUA_RULES
+    + f"""
 local h, w = KEYS[1], KEYS[2]
-local fthr, rthr = tonumber(ARGV[1]), tonumber(ARGV[2])
-local wsize, minc, reset = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local b = read(h, w)
-local function push(v)
-  b.window[#b.window + 1] = v
-  while #b.window > wsize do table.remove(b.window, 1) end
-end
-local function thresholds_reached()
-  if b.consec >= fthr then return true end
-  local calls = #b.window
-  if calls < minc then return false end
-  local failures = 0
-  for _, v in ipairs(b.window) do if v == '1' then failures = failures + 1 end end
-  return failures / calls >= rthr
-end
-local function open(now, open_until, cooldown)
-  if cooldown and cooldown > open_until then open_until = cooldown end
-  b.state = 'open'
-  b.open_until = open_until
-  b.opened_at = string.format('%.17g', now)
-  b.gen = b.gen + 1
-end
-for e = 7, #ARGV, 3 do
-  local failed = ARGV[e] == '1'
-  local now = tonumber(ARGV[e + 1])
-  local ra = tonumber(ARGV[e + 2])
-  local cooldown = nil
-  if ra and ra > 0 then cooldown = now + ra end
-  local half_open = b.state == 'open' and now >= b.open_until
-  if not failed then
-    if b.state == 'closed' then
-      b.consec = 0
-      push('0')
-    elseif half_open then
-      redis.call('DEL', h .. ':p:' .. b.gen)
-      b.state, b.open_until, b.opened_at, b.consec, b.window = 'closed', 0, '', 0, {}
-    end
-  else
-    if b.state == 'closed' then
-      b.consec = b.consec + 1
-      push('1')
-      if thresholds_reached() then
-        open(now, now + reset, cooldown)
-      elseif cooldown then
-        open(now, now, cooldown)
-      end
-    elseif half_open then
-      b.consec = b.consec + 1
-      open(now, now + reset, cooldown)
-    elseif cooldown and cooldown > b.open_until then
-      b.open_until = cooldown
-    end
+for e = {_BREAKER_TTL_ARG + 1}, #ARGV, 3 do
+  local generation = b.gen
+  if apply_event(b, ARGV[e] == '1', tonumber(ARGV[e + 1]), tonumber(ARGV[e + 2])) then
+    redis.call('DEL', h .. ':p:' .. generation)
   end
 end
 redis.call('HSET', h, 'state', b.state, 'open_until', string.format('%.17g', b.open_until),
            'opened_at', b.opened_at, 'consec', b.consec, 'gen', b.gen)
 redis.call('DEL', w)
 if #b.window > 0 then redis.call('RPUSH', w, unpack(b.window)) end
-redis.call('EXPIRE', h, ARGV[6])
-redis.call('EXPIRE', w, ARGV[6])
+redis.call('EXPIRE', h, ARGV[{_BREAKER_TTL_ARG}])
+redis.call('EXPIRE', w, ARGV[{_BREAKER_TTL_ARG}])
 return reply(b)
 """
 )
@@ -862,14 +823,7 @@ class RedisStore(StateStore):
     async def breaker_events(
         self, name: str, events: Sequence[BreakerEvent], settings: BreakerSettings
     ) -> BreakerRecord:
-        args: list[Any] = [
-            str(settings.failure_threshold),
-            repr(float(settings.failure_rate_threshold)),
-            str(settings.window_size),
-            str(settings.minimum_calls),
-            repr(float(settings.reset_timeout_s)),
-            str(_BREAKER_KEY_TTL_S),
-        ]
+        args: list[Any] = [*lua_rule_arguments(settings), str(_BREAKER_KEY_TTL_S)]
         for event in events:
             retry_after = "" if event.retry_after_s is None else repr(float(event.retry_after_s))
             args += ["1" if event.failed else "0", repr(event.at), retry_after]

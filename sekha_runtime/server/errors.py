@@ -2,7 +2,7 @@
 
 One interceptor per server wraps every RPC handler (unary and server
 streaming). It is the only place where an exception becomes a status, so the
-rules of DESIGN.md's error table live here and nowhere else:
+rules of the error table (docs/ARCHITECTURE.md §3) live here and nowhere else:
 
 * a `sekha_runtime.errors.GatewayError` becomes its code plus rich details
   (BadRequest, PreconditionFailure, QuotaFailure, RetryInfo, ErrorInfo,

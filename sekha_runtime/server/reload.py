@@ -19,7 +19,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from sekha_runtime.configloader import ConfigError
 
@@ -31,7 +31,7 @@ RetiredT = TypeVar("RetiredT")
 _MISSING = object()
 
 
-def _setting(config: Any, path: str) -> Any:
+def _setting(config: object, path: str) -> object:
     value = config
     for name in path.split("."):
         # A section a config class does not have compares as absent on both sides.
@@ -41,7 +41,7 @@ def _setting(config: Any, path: str) -> Any:
     return value
 
 
-def changed_settings(running: Any, new: Any, paths: Sequence[str]) -> str | None:
+def changed_settings(running: object, new: object, paths: Sequence[str]) -> str | None:
     """The dotted `paths` (e.g. `server`, `auth.enabled`) whose values differ, comma separated, or None."""
     changed = [path for path in paths if _setting(running, path) != _setting(new, path)]
     return ", ".join(changed) if changed else None

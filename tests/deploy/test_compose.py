@@ -303,6 +303,7 @@ def run_healthcheck(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.subprocess
 def test_healthcheck_passes_only_while_the_server_is_serving(
     health_server: tuple[str, health.HealthServicer],
 ) -> None:
@@ -322,6 +323,7 @@ def test_healthcheck_passes_only_while_the_server_is_serving(
     assert "NOT_FOUND" in unknown_service.stderr
 
 
+@pytest.mark.subprocess
 def test_healthcheck_fails_when_nothing_listens() -> None:
     # Bind and release a port so that nothing listens on it during the check.
     with socket.socket() as probe:

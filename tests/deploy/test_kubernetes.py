@@ -26,6 +26,8 @@ from embedding_service.config import EmbeddingConfig
 from router_service.config import RouterConfig
 from sekha.keys import hash_api_key
 
+pytestmark = [pytest.mark.subprocess]
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_DIR = REPO_ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("dev", "prod")

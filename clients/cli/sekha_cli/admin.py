@@ -1,25 +1,47 @@
 """The `sekha` commands that work on local files and keys: `keys hash`, `config check|migrate`, `mcp`.
 
-`config check` and `config migrate` load the services' own config models (and, for router
-files, LiteLLM's bundled model map), so they are imported here, only when those commands run.
+`config check` runs the services' own checks (`router_service.check_config`,
+`embedding_service.check_config`: each service owns its check, so `sekha config check` and
+`sekha-router check-config` say the same); `config migrate` loads the services' config models
+(and, for router files, LiteLLM's bundled model map). Both import the gateway only when they run,
+and say what to install when it is missing: the CLI's own distribution does not depend on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sekha_cli.main import EXIT_OK, EXIT_USAGE, CliError, connection_settings
+from sekha_cli.main import EXIT_OK, CliError, connection_settings
 from sekha_cli.output import print_json
 
 __all__ = ["config_check", "config_migrate", "detect_config_kind", "keys_hash", "mcp"]
 
 # Top-level sections only the embedding service's config has.
 _EMBEDDING_ONLY_KEYS = frozenset({"chroma", "state_path", "defaults", "migration", "router"})
+# The packages of the `sekha-gateway` distribution (the extra `sekha-cli[admin]` installs it).
+_GATEWAY_PACKAGES = frozenset({"router_service", "embedding_service", "sekha_runtime"})
+GATEWAY_MISSING = (
+    "`sekha config {command}` needs the gateway installed next to the CLI: "
+    "pip install 'sekha-cli[admin]' (or pip install sekha-gateway)"
+)
+
+
+@contextlib.contextmanager
+def _needs_gateway(command: str) -> Iterator[None]:
+    """A missing gateway becomes one `error:` line naming what to install, not a traceback."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _GATEWAY_PACKAGES:
+            raise
+        raise CliError(GATEWAY_MISSING.format(command=command)) from None
 
 
 def keys_hash(args: argparse.Namespace) -> int:
@@ -80,42 +102,28 @@ def config_check(args: argparse.Namespace) -> int:
         # and a file with neither `providers` nor an embedding section is most likely a router file
         # missing its providers.
         kind = "router"
-    if kind == "router":
-        from router_service.check_config import check_config_main
+    with _needs_gateway("check"):
+        if kind == "router":
+            from router_service.check_config import check_config_main as check_router
 
-        return check_config_main(path)
-    from embedding_service.config import EmbeddingConfig
-    from sekha_runtime.configloader import ConfigError
+            return check_router(path)
+        from embedding_service.check_config import check_config_main as check_embedding
 
-    try:
-        config = EmbeddingConfig.load(path)
-    except ConfigError as exc:
-        count = len(exc.errors)
-        print(f"{exc.source or path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
-        for line in exc.errors:
-            print(f"  {line}", file=sys.stderr)
-        return EXIT_USAGE
-    chroma = config.chroma
-    store = f"http {chroma.host}:{chroma.port}" if chroma.mode == "http" else f"persistent {chroma.path}"
-    print(f"{path}: OK, embedding service")
-    print(f"  listen   {config.server.host}:{config.server.port}")
-    print(f"  router   {config.router.target}")
-    print(f"  chroma   {store} (space {chroma.hnsw.space})")
-    print(f"  model    {config.defaults.model or 'the router chooses for a new base'}")
-    return EXIT_OK
+        return check_embedding(path)
 
 
 def config_migrate(args: argparse.Namespace) -> int:
     from sekha_cli.config_migrate import MigrationError, migrate_file
 
     try:
-        report = migrate_file(
-            Path(args.old),
-            Path(args.new),
-            embedding_out=Path(args.embedding_out) if args.embedding_out else None,
-            force=args.force,
-            fmt=args.format,
-        )
+        with _needs_gateway("migrate"):
+            report = migrate_file(
+                Path(args.old),
+                Path(args.new),
+                embedding_out=Path(args.embedding_out) if args.embedding_out else None,
+                force=args.force,
+                fmt=args.format,
+            )
     except MigrationError as exc:
         raise CliError(str(exc)) from None
     print(report.render())

@@ -741,7 +741,7 @@ def _litellm_provider_names() -> frozenset[str]:
 
 
 def _litellm_model_provider(model: str) -> str | None:
-    from router_service.registry import import_litellm
+    from router_service.litellm_import import import_litellm
 
     entry = import_litellm().model_cost.get(model)
     return str(entry.get("litellm_provider")) if isinstance(entry, Mapping) else None

@@ -7,6 +7,11 @@ details, so callers branch on types and fields instead of parsing strings.
 
     async with RouterClient(ConnectionConfig("127.0.0.1:50051")) as router:
         reply = await router.chat(ChatRequest(messages=[user("hi")]))
+
+The error classes are named after the status code received (`UnavailableError` is UNAVAILABLE),
+as in other gRPC client libraries. The servers' domain errors (`sekha_runtime.errors`, not part
+of this distribution) use the same names where a condition is exactly one status; the two never
+share a namespace (docs/ARCHITECTURE.md §3).
 """
 
 from __future__ import annotations
