@@ -134,7 +134,7 @@ def test_litellm_supplies_prices_per_million(litellm_registry: Registry, litellm
     assert entry.price_source == "litellm"
 
 
-def test_litellm_supplies_cache_and_reasoning_rates() -> None:
+def test_litellm_supplies_cache_and_reasoning_rates(litellm: ModuleType) -> None:
     # cache_read_input_token_cost, cache_creation_input_token_cost, output_cost_per_reasoning_token
     with_rates = {
         name: entry
