@@ -1,15 +1,19 @@
 """The Router's data plane: route, call, fall back, stream, count and price.
 
 `Gateway` ties the decision plane (registry, prices, token estimates, routing,
-breakers) to the provider clients. The rules it enforces, from DESIGN.md:
+breakers) to the provider clients. Chat, StreamChat and Embed each make only their
+provider call; `Attempts` and `Attempt` are the one place that admits, classifies
+and books the calls, under these rules:
 
 * candidates are tried in the route's order; a failure that counts (connect,
   reset, timeout, 5xx, 429) feeds the breaker and moves on, with jittered
   backoff, until the candidates, the attempt budget or the deadline run out;
 * the caller's own mistakes (400/422, context length, content policy) return
-  at once and never feed a breaker; 401/403 disables the provider;
+  at once and never feed a breaker; 401/403 disables the provider and spares
+  its breaker, before or after a stream's first chunk alike;
 * a stream falls back only before its first chunk; once output went out, a
-  broken stream ends with UNAVAILABLE (StreamInterruptedError);
+  broken stream ends with UNAVAILABLE (StreamInterruptedError, carrying every
+  attempt of the request), and the delivered output is billed;
 * every upstream timeout is min(provider timeout, caller's remaining deadline);
   a timeout caused by the caller's deadline is not the provider's fault;
 * usage comes from the provider; when it reports none, tokens are counted
@@ -28,7 +32,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from router_service import domain as d
@@ -150,26 +154,325 @@ class NullObserver:
         pass
 
 
-@dataclass
-class _Call:
-    """Book-keeping for one request's attempts."""
+class Attempts:
+    """One request's provider calls: the one home of the attempt rules (the module docstring).
 
-    decision: d.RoutingDecision
-    attempts: list[d.Attempt] = field(default_factory=list)
-    calls: int = 0
-    retry_after_s: float | None = None
-    previous_provider: str | None = None
-    request_id: str = ""
-    ticket: SpendTicket | None = None  # None when the gateway has no SpendGuard
-    refusal: GatewayError | None = None  # why a budget refused a candidate (first one)
+    Chat, StreamChat and Embed differ only in the provider call they make. The loop is::
 
-    async def settle(self, candidate: d.Candidate, usage: d.Usage, cost: d.Cost) -> None:
-        if self.ticket is not None:
-            await self.ticket.settle(candidate.provider_id, candidate.model, usage, cost)
+        async for attempt in attempts:          # admitted candidates, in the plan's order
+            async with attempt:                 # books whatever ends the call
+                reply = await attempt.provider.chat(...)
+                cost = await attempt.succeed(usage)
+                return ...
+        raise attempts.exhausted()
+
+    Admission (disabled provider, backoff, deadline, breaker permit, budget reservation) happens
+    in `__anext__`; the caller's rate limits when the request opens (`Attempts.open`). Leaving
+    `async with` by a provider failure books it (breaker, observer) and moves on to the next
+    candidate; a rejection of the request itself, a failure after output reached the caller, or
+    the deadline passing end the request with the matching error; any other exit (the caller
+    cancelling, the server stopping) gives the breaker permit back and books nothing against the
+    provider. Output already delivered is billed on every way out, since the provider bills it.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        decision: d.RoutingDecision,
+        operation: str,
+        request: d.ChatRequest | d.EmbedRequest,
+        deadline: Deadline,
+        request_id: str,
+    ) -> None:
+        self.gateway = gateway
+        self.decision = decision
+        self.operation = operation
+        self.request = request
+        self.deadline = deadline
+        self.request_id = request_id
+        self.attempts: list[d.Attempt] = []
+        self.ticket: SpendTicket | None = None  # None when the gateway has no SpendGuard
+        self._plan = iter(self._planned(decision, request.routing))
+        self._calls = 0
+        self._retry_after_s: float | None = None
+        self._previous_provider: str | None = None
+        self._refusal: GatewayError | None = None  # why a budget refused a candidate (the first)
+
+    @classmethod
+    async def open(
+        cls,
+        gateway: Gateway,
+        decision: d.RoutingDecision,
+        operation: str,
+        request: d.ChatRequest | d.EmbedRequest,
+        deadline: Deadline,
+        caller: str | None,
+    ) -> Attempts:
+        """Start a request's book-keeping; raises RateLimitedError before any provider call."""
+        attempts = cls(
+            gateway, decision, operation, request, deadline, request.request_id or uuid.uuid4().hex
+        )
+        if gateway.spend is not None:
+            tokens = decision.estimated_input_tokens + decision.estimated_output_tokens
+            attempts.ticket = await gateway.spend.open(
+                resolve_identity(caller, request.metadata), operation, attempts.request_id, tokens
+            )
+        return attempts
 
     async def close(self) -> None:
+        """Give back what the request reserved and did not use (every way out calls this)."""
         if self.ticket is not None:
             await self.ticket.close()
+
+    # -- admission ------------------------------------------------------------------------
+
+    def _planned(self, decision: d.RoutingDecision, prefs: d.RoutingPreferences) -> list[d.Candidate]:
+        """The calls to make, in order: each candidate once, then again while attempts remain."""
+        max_attempts = self.gateway.retry.max_attempts
+        candidates = list(decision.candidates[:1] if prefs.disable_fallback else decision.candidates)
+        plan: list[d.Candidate] = []
+        while len(plan) < max_attempts and candidates:
+            plan.extend(candidates[: max_attempts - len(plan)])
+            if prefs.disable_fallback:
+                break
+        return plan
+
+    def __aiter__(self) -> Attempts:
+        return self
+
+    async def __anext__(self) -> Attempt:
+        for candidate in self._plan:
+            timeout_s = await self._admit(candidate)
+            if timeout_s is not None:
+                return Attempt(self, candidate, timeout_s)
+        raise StopAsyncIteration
+
+    async def _admit(self, candidate: d.Candidate) -> float | None:
+        """Admit a call: returns its timeout, or None when the candidate is skipped."""
+        gateway = self.gateway
+        if gateway.registry.disabled_reason(candidate.provider_id) is not None:
+            self.attempts.append(_skip(candidate, "provider_disabled"))
+            return None
+        if self._calls > 0:
+            retry = gateway.retry
+            delay = min(retry.backoff_max_s, retry.backoff_base_s * 2 ** (self._calls - 1))
+            delay *= 0.5 + gateway.rng.random()  # full jitter spreads retries of many callers apart
+            remaining = self.deadline.remaining()
+            if remaining is not None:
+                delay = min(delay, max(remaining - 0.001, 0.0))
+            if delay > 0:
+                await gateway.sleep(delay)
+        remaining = self.deadline.remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceededError("deadline exceeded before a provider answered")
+        breaker = gateway.breakers.get(candidate.provider_id)
+        if not breaker.try_acquire():
+            self.attempts.append(_skip(candidate, "breaker_open"))
+            return None
+        if self.ticket is not None:
+            try:
+                await self.ticket.reserve(candidate)
+            except (BudgetExhaustedError, NoRouteError) as refusal:
+                breaker.release()
+                self.attempts.append(_skip(candidate, "budget"))
+                self._refusal = self._refusal or refusal
+                return None
+            except BaseException:
+                breaker.release()  # a half-open probe permit must not leak with the error
+                raise
+        provider_timeout = gateway.provider_timeouts[candidate.provider_id]
+        if self._previous_provider is not None and self._previous_provider != candidate.provider_id:
+            gateway.observer.fallback(self.decision.task, self._previous_provider, candidate.provider_id)
+        self._previous_provider = candidate.provider_id
+        self._calls += 1
+        return provider_timeout if remaining is None else min(provider_timeout, remaining)
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def exhausted(self) -> GatewayError:
+        """The error that ends a request whose plan ran out."""
+        if self._refusal is not None and self._calls == 0:
+            # No provider was called: the budget, not the providers, is why the request failed.
+            return self._refusal
+        retry_after = self._retry_after_s
+        open_ids = [a.provider_id for a in self.attempts if a.error_kind == "breaker_open"]
+        if open_ids:
+            wait = self.gateway.breakers.seconds_until_available(open_ids)
+            retry_after = wait if retry_after is None else min(retry_after, wait)
+        tried = sum(1 for a in self.attempts if a.outcome is d.AttemptOutcome.FAILED)
+        return UnavailableError(
+            f"no provider could serve the request ({tried} failed attempts, "
+            f"{len(self.attempts) - tried} candidates skipped)",
+            retry_after_s=retry_after if retry_after is not None else 1.0,
+            attempts=self.summaries(),
+        )
+
+    def summaries(self) -> list[AttemptSummary]:
+        return [AttemptSummary(a.provider_id, a.model, a.error_kind) for a in self.attempts]
+
+    def _note_retry_after(self, seconds: float | None) -> None:
+        if seconds is not None:
+            self._retry_after_s = max(self._retry_after_s or 0.0, seconds)
+
+    def _check_deadline(self) -> None:
+        remaining = self.deadline.remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceededError("deadline exceeded before a provider answered")
+
+
+class Attempt:
+    """One admitted provider call of a request; `Attempts` describes how it is used."""
+
+    def __init__(self, attempts: Attempts, candidate: d.Candidate, timeout_s: float) -> None:
+        gateway = attempts.gateway
+        self._attempts = attempts
+        self._gateway = gateway
+        self.candidate = candidate
+        self.timeout_s = timeout_s  # min(the provider's timeout, the caller's remaining deadline)
+        self.entry: Any = gateway.registry.by_key(candidate.key)
+        self.provider: ProviderClient = gateway.providers[candidate.provider_id]
+        self._sent: list[str] = []
+        self._booked = False
+        self.started = gateway.clock()
+        self._scope = gateway.observer.attempt_started(attempts.operation, self.entry, attempts.request)
+
+    @property
+    def output(self) -> str:
+        """The text delivered to the caller so far."""
+        return "".join(self._sent)
+
+    def delivered(self, text: str) -> None:
+        """Output reached the caller: from now on the request cannot fall back."""
+        if not self._sent:
+            self._gateway.observer.first_token(self.entry, self._gateway.clock() - self.started, self._scope)
+        self._sent.append(text)
+
+    async def succeed(self, usage: d.Usage, response_model: str = "", output_text: str = "") -> d.Cost:
+        """Book the answer: breaker, upstream time, real cost, spend, attempt list, observer."""
+        gateway, attempts, candidate = self._gateway, self._attempts, self.candidate
+        latency = gateway.clock() - self.started
+        gateway.breakers.get(candidate.provider_id).record_success(latency)
+        gateway.observer.upstream_time(latency, self._scope)
+        cost = gateway.prices.real_cost(self.entry, usage)
+        await self._settle(usage, cost)
+        attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
+        attempts.attempts.append(attempt)
+        operation = attempts.operation
+        extra = {"response_model": response_model, "output_text": output_text} if operation == "chat" else {}
+        gateway.observer.attempt_finished(
+            operation, self.entry, attempt, usage, cost, scope=self._scope, **extra
+        )
+        self._booked = True
+        return cost
+
+    async def __aenter__(self) -> Attempt:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> bool:
+        """Book how the call ended; True (go on to the next candidate) after a provider failure."""
+        if exc is None or self._booked:
+            return False
+        if isinstance(exc, ProviderFailure | ProviderAuthError):
+            await self._failed(exc)
+            return True
+        if isinstance(exc, ProviderRejection):
+            raise await self._rejected(exc) from None
+        self._cancelled()
+        return False
+
+    # -- bookings -------------------------------------------------------------------------
+
+    def _billed(self) -> tuple[d.Usage, d.Cost]:
+        """What the output delivered so far costs (the provider generated it, and bills it)."""
+        gateway = self._gateway
+        usage = gateway._usage(self.entry, None, self._attempts.decision, self.output)
+        return usage, gateway.prices.real_cost(self.entry, usage)
+
+    async def _settle(self, usage: d.Usage, cost: d.Cost) -> None:
+        ticket = self._attempts.ticket
+        if ticket is not None:
+            await ticket.settle(self.candidate.provider_id, self.candidate.model, usage, cost)
+
+    def _finish(
+        self, outcome: d.AttemptOutcome, kind: str, latency: float, usage: d.Usage | None, cost: d.Cost | None
+    ) -> None:
+        attempt = d.Attempt(self.candidate.provider_id, self.candidate.model, outcome, kind, latency)
+        self._attempts.attempts.append(attempt)
+        self._gateway.observer.attempt_finished(
+            self._attempts.operation, self.entry, attempt, usage, cost, scope=self._scope
+        )
+        self._booked = True
+
+    def _cut_short_for_caller(self, kind: str) -> bool:
+        """A timeout that the caller's deadline caused: we cut the call short, the provider was
+        not necessarily slow, so it is not the provider's fault."""
+        gateway = self._gateway
+        return (
+            kind == "timeout"
+            and self._attempts.deadline.at is not None
+            and self.timeout_s < gateway.provider_timeouts[self.candidate.provider_id]
+        )
+
+    async def _failed(self, exc: ProviderFailure | ProviderAuthError) -> None:
+        """Book a provider failure; raises when it ends the request."""
+        gateway, attempts, candidate = self._gateway, self._attempts, self.candidate
+        latency = gateway.clock() - self.started
+        breaker = gateway.breakers.get(candidate.provider_id)
+        if isinstance(exc, ProviderAuthError):
+            # The provider's credentials, not the provider, failed: disabled, breaker spared.
+            breaker.release()
+            gateway.registry.disable_provider(
+                candidate.provider_id, f"provider answered HTTP {exc.status}: check its api_key"
+            )
+            kind = "auth"
+        else:
+            kind = exc.kind
+            if self._cut_short_for_caller(kind):
+                breaker.release()
+            else:
+                breaker.record_failure(kind, exc.retry_after_s)
+            attempts._note_retry_after(exc.retry_after_s)
+        if not self._sent:
+            self._finish(d.AttemptOutcome.FAILED, kind, latency, None, None)
+            attempts._check_deadline()
+            return
+        usage, cost = self._billed()
+        gateway.observer.upstream_time(latency, self._scope)
+        self._finish(d.AttemptOutcome.FAILED, kind, latency, usage, cost)
+        await self._settle(usage, cost)
+        raise StreamInterruptedError(
+            f"the stream from {candidate.provider_id} broke after output was sent; the answer is incomplete",
+            attempts=attempts.summaries(),
+        ) from None
+
+    async def _rejected(self, exc: ProviderRejection) -> ProviderRejectedError:
+        """Book a rejection of the request itself: the caller's fault, so the breaker is spared."""
+        gateway = self._gateway
+        gateway.breakers.get(self.candidate.provider_id).release()
+        latency = gateway.clock() - self.started
+        if self._sent:
+            usage, cost = self._billed()
+            self._finish(d.AttemptOutcome.REJECTED, exc.kind, latency, usage, cost)
+            await self._settle(usage, cost)
+        else:
+            self._finish(d.AttemptOutcome.REJECTED, exc.kind, latency, None, None)
+        message = _REJECTION_MESSAGES.get(exc.kind, "the provider rejected the request as invalid")
+        return ProviderRejectedError(message, kind=exc.kind, field_path="messages")
+
+    def _cancelled(self) -> None:
+        """The call ended without an outcome (cancelled, closed early, or a bug): not the
+        provider's fault. Nothing here awaits: the task may be being cancelled."""
+        gateway = self._gateway
+        gateway.breakers.get(self.candidate.provider_id).release()
+        self._booked = True
+        if not self._sent:
+            gateway.observer.attempt_cancelled(self._scope)
+            return
+        usage, cost = self._billed()
+        gateway.observer.attempt_cancelled(self._scope, usage, cost)
+        ticket = self._attempts.ticket
+        if ticket is not None:
+            ticket.settle_soon(self.candidate.provider_id, self.candidate.model, usage, cost)
 
 
 class Gateway:
@@ -270,158 +573,6 @@ class Gateway:
             return self.router.decide(task, prefs, 0, max_tokens or self.default_max_tokens, False)
         return self.decide_chat(request)
 
-    # --------------------------------------------------------------- attempts
-
-    def _plan(self, decision: d.RoutingDecision, prefs: d.RoutingPreferences) -> list[d.Candidate]:
-        """The calls to make, in order: each candidate once, then again while attempts remain."""
-        candidates = list(decision.candidates[:1] if prefs.disable_fallback else decision.candidates)
-        plan: list[d.Candidate] = []
-        while len(plan) < self.retry.max_attempts and candidates:
-            plan.extend(candidates[: self.retry.max_attempts - len(plan)])
-            if prefs.disable_fallback:
-                break
-        return plan
-
-    async def _before_call(self, call: _Call, candidate: d.Candidate, deadline: Deadline) -> float | None:
-        """Admit a call: returns its timeout, or None when the candidate is skipped."""
-        if self.registry.disabled_reason(candidate.provider_id) is not None:
-            call.attempts.append(_skip(candidate, "provider_disabled"))
-            return None
-        if call.calls > 0:
-            delay = min(self.retry.backoff_max_s, self.retry.backoff_base_s * 2 ** (call.calls - 1))
-            delay *= 0.5 + self.rng.random()  # full jitter spreads retries of many callers apart
-            remaining = deadline.remaining()
-            if remaining is not None:
-                delay = min(delay, max(remaining - 0.001, 0.0))
-            if delay > 0:
-                await self.sleep(delay)
-        remaining = deadline.remaining()
-        if remaining is not None and remaining <= 0:
-            raise DeadlineExceededError("deadline exceeded before a provider answered")
-        breaker = self.breakers.get(candidate.provider_id)
-        if not breaker.try_acquire():
-            call.attempts.append(_skip(candidate, "breaker_open"))
-            return None
-        if call.ticket is not None:
-            try:
-                await call.ticket.reserve(candidate)
-            except (BudgetExhaustedError, NoRouteError) as refusal:
-                breaker.release()
-                call.attempts.append(_skip(candidate, "budget"))
-                call.refusal = call.refusal or refusal
-                return None
-            except BaseException:
-                breaker.release()  # a half-open probe permit must not leak with the error
-                raise
-        provider_timeout = self.provider_timeouts[candidate.provider_id]
-        if call.previous_provider is not None and call.previous_provider != candidate.provider_id:
-            self.observer.fallback(call.decision.task, call.previous_provider, candidate.provider_id)
-        call.previous_provider = candidate.provider_id
-        call.calls += 1
-        return provider_timeout if remaining is None else min(provider_timeout, remaining)
-
-    def _on_failure(
-        self,
-        call: _Call,
-        candidate: d.Candidate,
-        exc: ProviderFailure | ProviderAuthError,
-        started: float,
-        timeout_s: float,
-        deadline: Deadline,
-        operation: str,
-        scope: Any = None,
-    ) -> None:
-        """Record a failed attempt; raise when the failure ends the request."""
-        latency = self.clock() - started
-        breaker = self.breakers.get(candidate.provider_id)
-        if isinstance(exc, ProviderAuthError):
-            breaker.release()
-            self.registry.disable_provider(
-                candidate.provider_id, f"provider answered HTTP {exc.status}: check its api_key"
-            )
-            kind = "auth"
-        else:
-            kind = exc.kind
-            caller_deadline_hit = (
-                kind == "timeout"
-                and deadline.at is not None
-                and timeout_s < self.provider_timeouts[candidate.provider_id]
-            )
-            if caller_deadline_hit:
-                # We cut the call short for the caller; the provider was not necessarily slow.
-                breaker.release()
-            else:
-                breaker.record_failure(kind, exc.retry_after_s)
-            if exc.retry_after_s is not None:
-                call.retry_after_s = max(call.retry_after_s or 0.0, exc.retry_after_s)
-        attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.FAILED, kind, latency)
-        call.attempts.append(attempt)
-        self.observer.attempt_finished(
-            operation, self.registry.by_key(candidate.key), attempt, None, None, scope=scope
-        )
-        remaining = deadline.remaining()
-        if remaining is not None and remaining <= 0:
-            raise DeadlineExceededError("deadline exceeded before a provider answered")
-
-    def _on_rejection(
-        self,
-        call: _Call,
-        candidate: d.Candidate,
-        exc: ProviderRejection,
-        started: float,
-        operation: str,
-        scope: Any = None,
-    ) -> ProviderRejectedError:
-        self.breakers.get(candidate.provider_id).release()
-        attempt = d.Attempt(
-            candidate.provider_id,
-            candidate.model,
-            d.AttemptOutcome.REJECTED,
-            exc.kind,
-            self.clock() - started,
-        )
-        call.attempts.append(attempt)
-        self.observer.attempt_finished(
-            operation, self.registry.by_key(candidate.key), attempt, None, None, scope=scope
-        )
-        message = _REJECTION_MESSAGES.get(exc.kind, "the provider rejected the request as invalid")
-        return ProviderRejectedError(message, kind=exc.kind, field_path="messages")
-
-    def _exhausted(self, call: _Call) -> GatewayError:
-        if call.refusal is not None and call.calls == 0:
-            # No provider was called: the budget, not the providers, is why the request failed.
-            return call.refusal
-        summaries = [AttemptSummary(a.provider_id, a.model, a.error_kind) for a in call.attempts]
-        retry_after = call.retry_after_s
-        open_ids = [a.provider_id for a in call.attempts if a.error_kind == "breaker_open"]
-        if open_ids:
-            wait = self.breakers.seconds_until_available(open_ids)
-            retry_after = wait if retry_after is None else min(retry_after, wait)
-        tried = sum(1 for a in call.attempts if a.outcome is d.AttemptOutcome.FAILED)
-        return UnavailableError(
-            f"no provider could serve the request ({tried} failed attempts, "
-            f"{len(call.attempts) - tried} candidates skipped)",
-            retry_after_s=retry_after if retry_after is not None else 1.0,
-            attempts=summaries,
-        )
-
-    async def _open_call(
-        self,
-        decision: d.RoutingDecision,
-        request_id: str,
-        operation: str,
-        caller: str | None,
-        metadata: Mapping[str, str],
-    ) -> _Call:
-        """Start a request's book-keeping; raises RateLimitedError before any provider call."""
-        call = _Call(decision, request_id=request_id or uuid.uuid4().hex)
-        if self.spend is not None:
-            tokens = decision.estimated_input_tokens + decision.estimated_output_tokens
-            call.ticket = await self.spend.open(
-                resolve_identity(caller, metadata), operation, call.request_id, tokens
-            )
-        return call
-
     def _usage(
         self, entry: Any, reported: d.Usage | None, decision: d.RoutingDecision, output_text: str
     ) -> d.Usage:
@@ -429,30 +580,6 @@ class Gateway:
             return reported
         output_tokens = self.estimator.count_text(output_text) if output_text else 0
         return d.Usage(decision.estimated_input_tokens, output_tokens, counted_locally=True)
-
-    async def _succeed(
-        self,
-        call: _Call,
-        candidate: d.Candidate,
-        entry: Any,
-        started: float,
-        scope: Any,
-        operation: str,
-        usage: d.Usage,
-        response_model: str = "",
-        output_text: str = "",
-    ) -> d.Cost:
-        """Book a successful attempt: breaker, upstream time, real cost, spend, attempt list, observer."""
-        latency = self.clock() - started
-        self.breakers.get(candidate.provider_id).record_success(latency)
-        self.observer.upstream_time(latency, scope)
-        cost = self.prices.real_cost(entry, usage)
-        await call.settle(candidate, usage, cost)
-        attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
-        call.attempts.append(attempt)
-        extra = {"response_model": response_model, "output_text": output_text} if operation == "chat" else {}
-        self.observer.attempt_finished(operation, entry, attempt, usage, cost, scope=scope, **extra)
-        return cost
 
     # ------------------------------------------------------------------- chat
 
@@ -462,42 +589,33 @@ class Gateway:
         """`caller` is the API key id when auth is on (None: `metadata["tenant"]` or anonymous)."""
         request = await self._inline_images(request)
         decision = self.decide_chat(request)
-        call = await self._open_call(decision, request.request_id, "chat", caller, request.metadata)
+        attempts = await Attempts.open(self, decision, "chat", request, deadline, caller)
         try:
-            return await self._chat(request, deadline, call)
+            return await self._chat(request, attempts)
         finally:
-            await call.close()
+            await attempts.close()
 
-    async def _chat(self, request: d.ChatRequest, deadline: Deadline, call: _Call) -> d.ChatResult:
+    async def _chat(self, request: d.ChatRequest, attempts: Attempts) -> d.ChatResult:
         max_tokens = request.generation.max_tokens or self.default_max_tokens
-
-        async def ask(provider: ProviderClient, entry: Any, timeout_s: float) -> Any:
-            return await provider.chat(entry.model, entry.litellm_model, request, max_tokens, timeout_s)
-
-        answer = await self._first_answer(call, request, deadline, "chat", ask)
-        reply = answer.reply
-        usage = self._usage(answer.entry, reply.usage, call.decision, reply.text)
-        cost = await self._succeed(
-            call,
-            answer.candidate,
-            answer.entry,
-            answer.started,
-            answer.scope,
-            "chat",
-            usage,
-            reply.response_model,
-            reply.text,
-        )
-        return d.ChatResult(
-            request_id=call.request_id,
-            text=reply.text,
-            finish_reason=reply.finish_reason,
-            usage=usage,
-            cost=cost,
-            decision=call.decision,
-            attempts=call.attempts,
-            response_model=reply.response_model,
-        )
+        async for attempt in attempts:
+            async with attempt:
+                entry = attempt.entry
+                reply = await attempt.provider.chat(
+                    entry.model, entry.litellm_model, request, max_tokens, attempt.timeout_s
+                )
+                usage = self._usage(entry, reply.usage, attempts.decision, reply.text)
+                cost = await attempt.succeed(usage, reply.response_model, reply.text)
+                return d.ChatResult(
+                    request_id=attempts.request_id,
+                    text=reply.text,
+                    finish_reason=reply.finish_reason,
+                    usage=usage,
+                    cost=cost,
+                    decision=attempts.decision,
+                    attempts=attempts.attempts,
+                    response_model=reply.response_model,
+                )
+        raise attempts.exhausted()
 
     async def stream_chat(
         self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
@@ -505,116 +623,54 @@ class Gateway:
         """Yield text deltas, then one ChatResult. Fallback only while nothing was yielded."""
         request = await self._inline_images(request)
         decision = self.decide_chat(request)
-        call = await self._open_call(decision, request.request_id, "chat", caller, request.metadata)
-        events = self._stream_chat(request, deadline, call)
+        attempts = await Attempts.open(self, decision, "chat", request, deadline, caller)
+        events = self._stream_chat(request, attempts)
         try:
             async for event in events:
                 yield event
         finally:
             await events.aclose()  # closes the upstream stream now, not when collected
-            await call.close()
+            await attempts.close()
 
     async def _stream_chat(
-        self, request: d.ChatRequest, deadline: Deadline, call: _Call
+        self, request: d.ChatRequest, attempts: Attempts
     ) -> AsyncGenerator[str | d.ChatResult, None]:
-        decision = call.decision
-        request_id = call.request_id
+        decision = attempts.decision
         max_tokens = request.generation.max_tokens or self.default_max_tokens
-        for candidate in self._plan(decision, request.routing):
-            timeout_s = await self._before_call(call, candidate, deadline)
-            if timeout_s is None:
-                continue
-            entry = self.registry.by_key(candidate.key)
-            provider = self.providers[candidate.provider_id]
-            started = self.clock()
-            sent: list[str] = []
-            end: StreamEnd | None = None
-            scope = self.observer.attempt_started("chat", entry, request)
-            stream = provider.stream_chat(entry.model, entry.litellm_model, request, max_tokens, timeout_s)
-            try:
-                async for event in stream:
-                    if isinstance(event, TextDelta):
-                        if not event.text:
-                            continue
-                        if not sent:
-                            self.observer.first_token(entry, self.clock() - started, scope)
-                        sent.append(event.text)
-                        yield event.text
-                    else:
-                        end = event
-            except (ProviderFailure, ProviderAuthError) as exc:
-                if sent:
-                    kind = getattr(exc, "kind", "auth")
-                    self.breakers.get(candidate.provider_id).record_failure(
-                        kind, getattr(exc, "retry_after_s", None)
-                    )
-                    # The tokens that reached the caller were generated and billed: count them.
-                    usage = self._usage(entry, None, decision, "".join(sent))
-                    cost = self.prices.real_cost(entry, usage)
-                    self.observer.upstream_time(self.clock() - started, scope)
-                    self.observer.attempt_finished(
-                        "chat",
-                        entry,
-                        d.Attempt(
-                            candidate.provider_id,
-                            candidate.model,
-                            d.AttemptOutcome.FAILED,
-                            kind,
-                            self.clock() - started,
-                        ),
-                        usage,
-                        cost,
-                        scope=scope,
-                    )
-                    await call.settle(candidate, usage, cost)
-                    raise StreamInterruptedError(
-                        f"the stream from {candidate.provider_id} broke after output was sent; "
-                        "the answer is incomplete",
-                        attempts=[
-                            AttemptSummary(
-                                candidate.provider_id, candidate.model, getattr(exc, "kind", "auth")
-                            )
-                        ],
-                    ) from None
-                self._on_failure(call, candidate, exc, started, timeout_s, deadline, "chat", scope)
-                continue
-            except ProviderRejection as exc:
-                raise self._on_rejection(call, candidate, exc, started, "chat", scope) from None
-            except BaseException:
-                # Cancelled by the caller (or the server shutting down): not the provider's fault.
-                self.breakers.get(candidate.provider_id).release()
-                if sent:
-                    # Output was generated and billed: it counts in the metrics and the ledger.
-                    billed_usage = self._usage(entry, None, decision, "".join(sent))
-                    billed_cost = self.prices.real_cost(entry, billed_usage)
-                    self.observer.attempt_cancelled(scope, billed_usage, billed_cost)
-                    if call.ticket is not None:  # settled without awaiting: this task is being cancelled
-                        call.ticket.settle_soon(
-                            candidate.provider_id, candidate.model, billed_usage, billed_cost
-                        )
-                else:
-                    self.observer.attempt_cancelled(scope)
-                raise
-            finally:
-                await _aclose(stream)
-            text = "".join(sent)
-            usage = self._usage(entry, end.usage if end else None, decision, text)
-            response_model = end.response_model if end else ""
-            cost = await self._succeed(
-                call, candidate, entry, started, scope, "chat", usage, response_model, text
-            )
-            yield d.ChatResult(
-                request_id=request_id,
-                text=text,
-                finish_reason=end.finish_reason if end else d.FinishReason.UNSPECIFIED,
-                usage=usage,
-                cost=cost,
-                decision=decision,
-                attempts=call.attempts,
-                response_model=response_model,
-            )
-            return
-        raise self._exhausted(call)
+        async for attempt in attempts:
+            async with attempt:
+                entry = attempt.entry
+                end: StreamEnd | None = None
+                stream = attempt.provider.stream_chat(
+                    entry.model, entry.litellm_model, request, max_tokens, attempt.timeout_s
+                )
+                try:
+                    async for event in stream:
+                        if isinstance(event, TextDelta):
+                            if not event.text:
+                                continue
+                            attempt.delivered(event.text)
+                            yield event.text
+                        else:
+                            end = event
+                finally:
+                    await _aclose(stream)
+                text = attempt.output
+                usage = self._usage(entry, end.usage if end else None, decision, text)
+                response_model = end.response_model if end else ""
+                cost = await attempt.succeed(usage, response_model, text)
+                yield d.ChatResult(
+                    request_id=attempts.request_id,
+                    text=text,
+                    finish_reason=end.finish_reason if end else d.FinishReason.UNSPECIFIED,
+                    usage=usage,
+                    cost=cost,
+                    decision=decision,
+                    attempts=attempts.attempts,
+                    response_model=response_model,
+                )
+                return
+        raise attempts.exhausted()
 
     # ------------------------------------------------------------------ embed
 
@@ -622,85 +678,35 @@ class Gateway:
         self, request: d.EmbedRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
     ) -> d.EmbedResult:
         decision = self.decide_embed(request)
-        call = await self._open_call(decision, request.request_id, "embeddings", caller, request.metadata)
+        attempts = await Attempts.open(self, decision, "embeddings", request, deadline, caller)
         try:
-            return await self._embed(request, deadline, call)
+            return await self._embed(request, attempts)
         finally:
-            await call.close()
+            await attempts.close()
 
-    async def _embed(self, request: d.EmbedRequest, deadline: Deadline, call: _Call) -> d.EmbedResult:
-        async def ask(provider: ProviderClient, entry: Any, timeout_s: float) -> Any:
-            reply = await provider.embed(entry.model, entry.litellm_model, request.inputs, timeout_s)
-            # Vectors of the wrong shape are the provider's failure, like any other bad answer.
-            return reply, _check_vectors(reply.vectors, len(request.inputs))
-
-        answer = await self._first_answer(call, request, deadline, "embeddings", ask)
-        reply, dimension = answer.reply
-        usage = reply.usage
-        if usage is None or not usage.input_tokens:
-            usage = d.Usage(call.decision.estimated_input_tokens, 0, counted_locally=True)
-        cost = await self._succeed(
-            call, answer.candidate, answer.entry, answer.started, answer.scope, "embeddings", usage
-        )
-        return d.EmbedResult(
-            request_id=call.request_id,
-            vectors=reply.vectors,
-            dimension=dimension,
-            usage=usage,
-            cost=cost,
-            decision=call.decision,
-            attempts=call.attempts,
-        )
-
-    # ------------------------------------------------------------------ the attempt loop
-
-    async def _first_answer(
-        self,
-        call: _Call,
-        request: d.ChatRequest | d.EmbedRequest,
-        deadline: Deadline,
-        operation: str,
-        ask: Callable[[ProviderClient, Any, float], Awaitable[Any]],
-    ) -> _Answer:
-        """Ask each planned candidate in turn (`ask(provider, entry, timeout_s)`) until one answers.
-
-        A provider failure is booked and the next candidate tried; a rejection of the request
-        itself ends the call at once; a cancellation releases the breaker's probe slot. The
-        caller books the success (`_succeed`), so its own accounting stays outside this loop.
-        Streams have their own loop: they may fall back only before their first chunk.
-        """
-        for candidate in self._plan(call.decision, request.routing):
-            timeout_s = await self._before_call(call, candidate, deadline)
-            if timeout_s is None:
-                continue
-            entry = self.registry.by_key(candidate.key)
-            provider = self.providers[candidate.provider_id]
-            started = self.clock()
-            scope = self.observer.attempt_started(operation, entry, request)
-            try:
-                reply = await ask(provider, entry, timeout_s)
-            except (ProviderFailure, ProviderAuthError) as exc:
-                self._on_failure(call, candidate, exc, started, timeout_s, deadline, operation, scope)
-                continue
-            except ProviderRejection as exc:
-                raise self._on_rejection(call, candidate, exc, started, operation, scope) from None
-            except BaseException:
-                self.breakers.get(candidate.provider_id).release()
-                self.observer.attempt_cancelled(scope)
-                raise
-            return _Answer(candidate, entry, started, scope, reply)
-        raise self._exhausted(call)
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """The attempt that answered, for the caller to book."""
-
-    candidate: d.Candidate
-    entry: Any
-    started: float
-    scope: Any
-    reply: Any
+    async def _embed(self, request: d.EmbedRequest, attempts: Attempts) -> d.EmbedResult:
+        async for attempt in attempts:
+            async with attempt:
+                entry = attempt.entry
+                reply = await attempt.provider.embed(
+                    entry.model, entry.litellm_model, request.inputs, attempt.timeout_s
+                )
+                # Vectors of the wrong shape are the provider's failure, like any other bad answer.
+                dimension = _check_vectors(reply.vectors, len(request.inputs))
+                usage = reply.usage
+                if usage is None or not usage.input_tokens:
+                    usage = d.Usage(attempts.decision.estimated_input_tokens, 0, counted_locally=True)
+                cost = await attempt.succeed(usage)
+                return d.EmbedResult(
+                    request_id=attempts.request_id,
+                    vectors=reply.vectors,
+                    dimension=dimension,
+                    usage=usage,
+                    cost=cost,
+                    decision=attempts.decision,
+                    attempts=attempts.attempts,
+                )
+        raise attempts.exhausted()
 
 
 def _too_long_or(exc: NoRouteError, field_path: str) -> GatewayError:
