@@ -8,6 +8,16 @@ rate over the last ``window_size`` calls reaches ``failure_rate_threshold`` once
 at least ``minimum_calls`` calls. OPEN turns into HALF_OPEN lazily: reads compare the injected
 clock with the time the breaker may be probed again, so no timer task is needed.
 
+How long it stays open grows with each reopening (as Envoy's outlier detection ejects for
+longer each time): the first opening lasts ``initial_reset_timeout_s``, each reopening without
+a close in between twice as long as the one before, up to ``reset_timeout_s``
+(`state.base.reset_timeout_for`, shared with the Redis breaker). A lone local server that was
+started a moment late is back in seconds; a provider that stays down is probed every
+``reset_timeout_s``.
+
+Every transition has a cause (``transition_cause``, read by listeners such as the event log):
+the failures that opened it, the probe that closed or reopened it, the timeout that passed.
+
 Thread-safety: every call happens on the one asyncio event loop of the server, and no method
 awaits, so each method runs to completion without interleaving; no locks are needed. Code that
 calls these from other threads must bring its own lock.
@@ -27,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from router_service.config import CircuitBreakerConfig, RouterConfig
+from router_service.state.base import reset_timeout_for
 
 __all__ = [
     "BreakerConfig",
@@ -88,8 +99,10 @@ class CircuitBreaker:
         self._window_failures = 0
         self._opened_at: float | None = None  # monotonic
         self._open_until = 0.0  # monotonic: no call is admitted before this time
+        self._opens = 0  # openings since the breaker last closed (each lasts longer)
         self._probes_in_flight = 0
         self._listeners: list[BreakerListener] = []
+        self.transition_cause = ""  # why the last transition happened (for listeners)
 
     # -- reads (never change state) --------------------------------------------------------
 
@@ -152,7 +165,7 @@ class CircuitBreaker:
         if state is BreakerState.OPEN:
             if self._clock() < self._open_until:
                 return False
-            self._transition(BreakerState.HALF_OPEN)
+            self._transition(BreakerState.HALF_OPEN, "the open period passed: one probe call is admitted")
         if self._probes_in_flight >= self.config.half_open_max_probes:
             return False
         self._probes_in_flight += 1
@@ -174,7 +187,7 @@ class CircuitBreaker:
             self._push(False)
         elif state is BreakerState.HALF_OPEN:
             # The probe succeeded (or a call admitted while closed did): the provider answers.
-            self._transition(BreakerState.CLOSED)
+            self._transition(BreakerState.CLOSED, "a half-open probe call succeeded")
         # OPEN: the success of a call admitted before the breaker opened proves little; the
         # half-open probe decides.
 
@@ -192,12 +205,13 @@ class CircuitBreaker:
             self._consecutive_failures += 1
             self._push(True)
             if self._thresholds_reached():
-                self._open(now, cooldown_until)
+                self._open(now, cooldown_until, self._threshold_cause(kind))
             elif cooldown_until is not None:
-                self._open(now, cooldown_until, from_cooldown_only=True)
+                cause = f"the provider asked to wait {retry_after_s:g} s ({kind})"
+                self._open(now, cooldown_until, cause, from_cooldown_only=True)
         elif state is BreakerState.HALF_OPEN:
             self._consecutive_failures += 1
-            self._open(now, cooldown_until)
+            self._open(now, cooldown_until, f"the half-open probe call failed ({kind})")
         elif cooldown_until is not None and cooldown_until > self._open_until:
             self._open_until = cooldown_until
 
@@ -213,6 +227,7 @@ class CircuitBreaker:
         self._window_failures = sum(self._window)
         self._opened_at = previous._opened_at
         self._open_until = previous._open_until
+        self._opens = previous._opens
         self._probes_in_flight = 0
 
     # -- listeners --------------------------------------------------------------------------
@@ -240,15 +255,25 @@ class CircuitBreaker:
             calls >= config.minimum_calls and self._window_failures / calls >= config.failure_rate_threshold
         )
 
-    def _open(self, now: float, cooldown_until: float | None, *, from_cooldown_only: bool = False) -> None:
-        open_until = now if from_cooldown_only else now + self.config.reset_timeout_s
+    def _threshold_cause(self, kind: str) -> str:
+        if self._consecutive_failures >= self.config.failure_threshold:
+            return f"{self._consecutive_failures} failures in a row (the last: {kind})"
+        calls = len(self._window)
+        return f"{self._window_failures} of the last {calls} calls failed (the last: {kind})"
+
+    def _open(
+        self, now: float, cooldown_until: float | None, cause: str, *, from_cooldown_only: bool = False
+    ) -> None:
+        self._opens += 1
+        open_for = reset_timeout_for(self._opens, self.config)
+        open_until = now if from_cooldown_only else now + open_for
         if cooldown_until is not None and cooldown_until > open_until:
             open_until = cooldown_until
         self._opened_at = now
         self._open_until = open_until
-        self._transition(BreakerState.OPEN)
+        self._transition(BreakerState.OPEN, f"{cause}; open for {open_until - now:.3g} s")
 
-    def _transition(self, new_state: BreakerState) -> None:
+    def _transition(self, new_state: BreakerState, cause: str) -> None:
         """The one place the state changes (see the design note in the module docstring)."""
         old_state = self._state
         self._probes_in_flight = 0
@@ -258,9 +283,11 @@ class CircuitBreaker:
             self._window_failures = 0
             self._opened_at = None
             self._open_until = 0.0
+            self._opens = 0
         self._state = new_state
         if old_state is new_state:
             return
+        self.transition_cause = cause
         for listener in self._listeners:
             try:
                 listener(self.name, old_state, new_state)

@@ -8,6 +8,12 @@ and books the calls, under these rules:
 * candidates are tried in the route's order; a failure that counts (connect,
   reset, timeout, 5xx, 429) feeds the breaker and moves on, with jittered
   backoff, until the candidates, the attempt budget or the deadline run out;
+  a provider that timed out is not called again within the request (a hung
+  provider would only hang again);
+* a request without a deadline gets the router's default
+  (`retry.default_deadline_s`), so no caller waits for ever;
+* when no candidate answers, UNAVAILABLE names each attempt's provider, model
+  and cause ("connection refused by 127.0.0.1:11434"), in a bounded message;
 * the caller's own mistakes (400/422, context length, content policy) return
   at once and never feed a breaker; 401/403 disables the provider and spares
   its breaker, before or after a stream's first chunk alike;
@@ -23,6 +29,11 @@ and books the calls, under these rules:
   (a candidate the budget cannot cover is skipped like an open breaker), the
   real cost is settled after it, and whatever is left is given back on the
   way out (`SpendTicket.close` in a `finally`).
+
+Every operational event on the way (a failed attempt, a fallback, a provider
+disabled, a broken stream, a request refused by a rate limit or budget) is
+one structured log line (`sekha_runtime.events.EventLog`), rate-limited per
+provider; none carries a prompt, a provider's error text or a key.
 """
 
 from __future__ import annotations
@@ -39,8 +50,8 @@ from router_service import domain as d
 from router_service.image_fetch import ImageInliner
 from router_service.limits import Limits, check_chat, check_embed
 from router_service.providers.base import ProviderClient, StreamEnd, TextDelta
-from router_service.providers.errors import ProviderAuthError, ProviderFailure, ProviderRejection
-from router_service.spend import SpendGuard, SpendTicket, resolve_identity
+from router_service.providers.errors import REFUSED, ProviderAuthError, ProviderFailure, ProviderRejection
+from router_service.spend import Identity, SpendGuard, SpendTicket, resolve_identity
 from sekha_runtime.errors import (
     AttemptSummary,
     BudgetExhaustedError,
@@ -50,9 +61,20 @@ from sekha_runtime.errors import (
     InvalidArgumentError,
     NoRouteError,
     ProviderRejectedError,
+    RateLimitedError,
     StreamInterruptedError,
     UnavailableError,
 )
+from sekha_runtime.events import EventLog
+
+# The UNAVAILABLE message lists attempts up to about this length; the details carry them all.
+_MAX_CAUSES_CHARS = 600
+_MAX_NAME_CHARS = 80  # of a `provider/model` name, and of a cause
+_SKIP_CAUSES = {
+    "provider_disabled": "disabled",
+    "breaker_open": "circuit breaker open",
+    "budget": "not within the spend budget",
+}
 
 _REJECTION_MESSAGES = {
     "context_length": "the request is longer than the model's context window",
@@ -63,10 +85,14 @@ _REJECTION_MESSAGES = {
 
 @dataclass(frozen=True)
 class Deadline:
-    """The caller's deadline as an absolute monotonic time (None = no deadline)."""
+    """The caller's deadline as an absolute monotonic time (None = no deadline).
+
+    `default_s` is set when the caller brought none and the router's default applies.
+    """
 
     at: float | None
     clock: Callable[[], float] = time.monotonic
+    default_s: float | None = None
 
     @classmethod
     def after(cls, remaining_s: float | None, clock: Callable[[], float] = time.monotonic) -> Deadline:
@@ -166,13 +192,14 @@ class Attempts:
                 return ...
         raise attempts.exhausted()
 
-    Admission (disabled provider, backoff, deadline, breaker permit, budget reservation) happens
-    in `__anext__`; the caller's rate limits when the request opens (`Attempts.open`). Leaving
-    `async with` by a provider failure books it (breaker, observer) and moves on to the next
-    candidate; a rejection of the request itself, a failure after output reached the caller, or
-    the deadline passing end the request with the matching error; any other exit (the caller
-    cancelling, the server stopping) gives the breaker permit back and books nothing against the
-    provider. Output already delivered is billed on every way out, since the provider bills it.
+    Admission (disabled provider, a provider that timed out already, backoff, deadline, breaker
+    permit, budget reservation) happens in `__anext__`; the caller's rate limits when the
+    request opens (`Attempts.open`). Leaving `async with` by a provider failure books it
+    (breaker, observer, event log) and moves on to the next candidate; a rejection of the
+    request itself, a failure after output reached the caller, or the deadline passing end the
+    request with the matching error; any other exit (the caller cancelling, the server
+    stopping) gives the breaker permit back and books nothing against the provider. Output
+    already delivered is billed on every way out, since the provider bills it.
     """
 
     def __init__(
@@ -183,6 +210,7 @@ class Attempts:
         request: d.ChatRequest | d.EmbedRequest,
         deadline: Deadline,
         request_id: str,
+        identity: Identity,
     ) -> None:
         self.gateway = gateway
         self.decision = decision
@@ -190,6 +218,7 @@ class Attempts:
         self.request = request
         self.deadline = deadline
         self.request_id = request_id
+        self.identity = identity
         self.attempts: list[d.Attempt] = []
         self.ticket: SpendTicket | None = None  # None when the gateway has no SpendGuard
         self._plan = iter(self._planned(decision, request.routing))
@@ -197,6 +226,7 @@ class Attempts:
         self._retry_after_s: float | None = None
         self._previous_provider: str | None = None
         self._refusal: GatewayError | None = None  # why a budget refused a candidate (the first)
+        self._timed_out: set[str] = set()  # providers not to call again in this request
 
     @classmethod
     async def open(
@@ -209,14 +239,16 @@ class Attempts:
         caller: str | None,
     ) -> Attempts:
         """Start a request's book-keeping; raises RateLimitedError before any provider call."""
-        attempts = cls(
-            gateway, decision, operation, request, deadline, request.request_id or uuid.uuid4().hex
-        )
+        identity = resolve_identity(caller, request.metadata)
+        request_id = request.request_id or uuid.uuid4().hex
+        attempts = cls(gateway, decision, operation, request, deadline, request_id, identity)
         if gateway.spend is not None:
             tokens = decision.estimated_input_tokens + decision.estimated_output_tokens
-            attempts.ticket = await gateway.spend.open(
-                resolve_identity(caller, request.metadata), operation, attempts.request_id, tokens
-            )
+            try:
+                attempts.ticket = await gateway.spend.open(identity, operation, request_id, tokens)
+            except RateLimitedError as refused:
+                attempts._log_refusal("rate_limit", refused.limit, refused.scope, refused.retry_after_s)
+                raise
         return attempts
 
     async def close(self) -> None:
@@ -242,6 +274,8 @@ class Attempts:
 
     async def __anext__(self) -> Attempt:
         for candidate in self._plan:
+            if candidate.provider_id in self._timed_out:
+                continue  # a retry the plan held for a provider that hung: not made, not listed
             timeout_s = await self._admit(candidate)
             if timeout_s is not None:
                 return Attempt(self, candidate, timeout_s)
@@ -262,9 +296,8 @@ class Attempts:
                 delay = min(delay, max(remaining - 0.001, 0.0))
             if delay > 0:
                 await gateway.sleep(delay)
+        self._check_deadline()
         remaining = self.deadline.remaining()
-        if remaining is not None and remaining <= 0:
-            raise DeadlineExceededError("deadline exceeded before a provider answered")
         breaker = gateway.breakers.get(candidate.provider_id)
         if not breaker.try_acquire():
             self.attempts.append(_skip(candidate, "breaker_open"))
@@ -281,8 +314,19 @@ class Attempts:
                 breaker.release()  # a half-open probe permit must not leak with the error
                 raise
         provider_timeout = gateway.provider_timeouts[candidate.provider_id]
-        if self._previous_provider is not None and self._previous_provider != candidate.provider_id:
-            gateway.observer.fallback(self.decision.task, self._previous_provider, candidate.provider_id)
+        previous = self._previous_provider
+        if previous is not None and previous != candidate.provider_id:
+            gateway.observer.fallback(self.decision.task, previous, candidate.provider_id)
+            gateway.events.info(
+                "fallback",
+                f"falling back from {previous} to {candidate.provider_id}",
+                subject=previous,
+                from_provider=previous,
+                to_provider=candidate.provider_id,
+                to_model=candidate.model,
+                task=self.decision.task.value,
+                request_id=self.request_id,
+            )
         self._previous_provider = candidate.provider_id
         self._calls += 1
         return provider_timeout if remaining is None else min(provider_timeout, remaining)
@@ -293,16 +337,19 @@ class Attempts:
         """The error that ends a request whose plan ran out."""
         if self._refusal is not None and self._calls == 0:
             # No provider was called: the budget, not the providers, is why the request failed.
-            return self._refusal
+            refusal = self._refusal
+            if isinstance(refusal, BudgetExhaustedError):
+                self._log_refusal("budget", refusal.period, refusal.scope)
+            else:
+                self._log_refusal("budget", "price_unknown", "")
+            return refusal
         retry_after = self._retry_after_s
         open_ids = [a.provider_id for a in self.attempts if a.error_kind == "breaker_open"]
         if open_ids:
             wait = self.gateway.breakers.seconds_until_available(open_ids)
             retry_after = wait if retry_after is None else min(retry_after, wait)
-        tried = sum(1 for a in self.attempts if a.outcome is d.AttemptOutcome.FAILED)
         return UnavailableError(
-            f"no provider could serve the request ({tried} failed attempts, "
-            f"{len(self.attempts) - tried} candidates skipped)",
+            f"no provider could serve the request: {_causes(self.attempts)}",
             retry_after_s=retry_after if retry_after is not None else 1.0,
             attempts=self.summaries(),
         )
@@ -317,7 +364,27 @@ class Attempts:
     def _check_deadline(self) -> None:
         remaining = self.deadline.remaining()
         if remaining is not None and remaining <= 0:
+            default_s = self.deadline.default_s
+            if default_s is not None:
+                raise DeadlineExceededError(
+                    f"no provider answered within the router's default deadline of {default_s:g} s "
+                    "(retry.default_deadline_s); a request may set its own deadline"
+                )
             raise DeadlineExceededError("deadline exceeded before a provider answered")
+
+    def _log_refusal(self, limit: str, which: str, scope: str, retry_after_s: float | None = None) -> None:
+        caller = self.identity.caller
+        fields: dict[str, Any] = {"caller": caller, "limit": limit, "which": which, "scope": scope}
+        if retry_after_s is not None:
+            fields["retry_after_s"] = round(retry_after_s, 3)
+        self.gateway.events.warning(
+            "request_refused",
+            f"request of {caller} refused by its {which.replace('_', ' ')} {limit.replace('_', ' ')}",
+            subject=f"{caller}|{limit}",
+            operation=self.operation,
+            request_id=self.request_id,
+            **fields,
+        )
 
 
 class Attempt:
@@ -394,9 +461,15 @@ class Attempt:
             await ticket.settle(self.candidate.provider_id, self.candidate.model, usage, cost)
 
     def _finish(
-        self, outcome: d.AttemptOutcome, kind: str, latency: float, usage: d.Usage | None, cost: d.Cost | None
+        self,
+        outcome: d.AttemptOutcome,
+        kind: str,
+        latency: float,
+        usage: d.Usage | None,
+        cost: d.Cost | None,
+        cause: str = "",
     ) -> None:
-        attempt = d.Attempt(self.candidate.provider_id, self.candidate.model, outcome, kind, latency)
+        attempt = d.Attempt(self.candidate.provider_id, self.candidate.model, outcome, kind, latency, cause)
         self._attempts.attempts.append(attempt)
         self._gateway.observer.attempt_finished(
             self._attempts.operation, self.entry, attempt, usage, cost, scope=self._scope
@@ -404,7 +477,7 @@ class Attempt:
         self._booked = True
 
     def _cut_short_for_caller(self, kind: str) -> bool:
-        """A timeout that the caller's deadline caused: we cut the call short, the provider was
+        """A timeout that the request's deadline caused: we cut the call short, the provider was
         not necessarily slow, so it is not the provider's fault."""
         gateway = self._gateway
         return (
@@ -416,14 +489,23 @@ class Attempt:
     async def _failed(self, exc: ProviderFailure | ProviderAuthError) -> None:
         """Book a provider failure; raises when it ends the request."""
         gateway, attempts, candidate = self._gateway, self._attempts, self.candidate
+        provider_id = candidate.provider_id
         latency = gateway.clock() - self.started
-        breaker = gateway.breakers.get(candidate.provider_id)
+        breaker = gateway.breakers.get(provider_id)
+        cause = _failure_cause(exc, gateway.provider_addresses.get(provider_id, ""), self.timeout_s)
         if isinstance(exc, ProviderAuthError):
             # The provider's credentials, not the provider, failed: disabled, breaker spared.
             breaker.release()
-            gateway.registry.disable_provider(
-                candidate.provider_id, f"provider answered HTTP {exc.status}: check its api_key"
-            )
+            reason = f"provider answered HTTP {exc.status}: check its api_key"
+            if gateway.registry.disable_provider(provider_id, reason):
+                gateway.events.warning(
+                    "provider_disabled",
+                    f"provider {provider_id} disabled: it refused our credentials (HTTP {exc.status})",
+                    subject=provider_id,
+                    provider=provider_id,
+                    http_status=exc.status,
+                    reason=reason,
+                )
             kind = "auth"
         else:
             kind = exc.kind
@@ -431,17 +513,41 @@ class Attempt:
                 breaker.release()
             else:
                 breaker.record_failure(kind, exc.retry_after_s)
+                if kind == "timeout":
+                    attempts._timed_out.add(provider_id)
             attempts._note_retry_after(exc.retry_after_s)
+        gateway.events.warning(
+            "provider_attempt_failed",
+            f"{attempts.operation} attempt on {provider_id}/{candidate.model} failed: {cause}",
+            subject=provider_id,
+            provider=provider_id,
+            model=candidate.model,
+            operation=attempts.operation,
+            error_kind=kind,
+            http_status=exc.status,
+            latency_ms=round(latency * 1000, 1),
+            request_id=attempts.request_id,
+        )
         if not self._sent:
-            self._finish(d.AttemptOutcome.FAILED, kind, latency, None, None)
+            self._finish(d.AttemptOutcome.FAILED, kind, latency, None, None, cause)
             attempts._check_deadline()
             return
         usage, cost = self._billed()
         gateway.observer.upstream_time(latency, self._scope)
-        self._finish(d.AttemptOutcome.FAILED, kind, latency, usage, cost)
+        self._finish(d.AttemptOutcome.FAILED, kind, latency, usage, cost, cause)
         await self._settle(usage, cost)
+        gateway.events.warning(
+            "stream_interrupted",
+            f"the stream from {provider_id}/{candidate.model} broke after output was sent: {cause}",
+            subject=provider_id,
+            provider=provider_id,
+            model=candidate.model,
+            error_kind=kind,
+            chunks_delivered=len(self._sent),
+            request_id=attempts.request_id,
+        )
         raise StreamInterruptedError(
-            f"the stream from {candidate.provider_id} broke after output was sent; the answer is incomplete",
+            f"the stream from {provider_id} broke after output was sent ({cause}); the answer is incomplete",
             attempts=attempts.summaries(),
         ) from None
 
@@ -475,6 +581,59 @@ class Attempt:
             ticket.settle_soon(self.candidate.provider_id, self.candidate.model, usage, cost)
 
 
+def _failure_cause(exc: ProviderFailure | ProviderAuthError, address: str, timeout_s: float) -> str:
+    """A provider failure in a few words a caller may read: never the provider's own text."""
+    at = f" {address}" if address else ""
+    kind = exc.kind
+    if isinstance(exc, ProviderAuthError):
+        return f"credentials refused (HTTP {exc.status})"
+    if kind == "connect":
+        if exc.cause_type == REFUSED:
+            return f"connection refused by{at}" if at else "connection refused"
+        return f"could not connect to{at}" if at else "could not connect"
+    if kind == "timeout":
+        return f"no answer within {timeout_s:.3g} s"
+    if kind == "reset":
+        return "the connection broke"
+    if kind == "rate_limited":
+        wait = f", retry after {exc.retry_after_s:g} s" if exc.retry_after_s else ""
+        return f"rate limited (HTTP 429{wait})"
+    if kind == "model_not_found":
+        return "model not found (HTTP 404)"
+    if kind == "bad_response":
+        return "malformed answer"
+    if kind.startswith("http_"):
+        return f"HTTP {kind[5:]}"
+    return kind.replace("_", " ")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _causes(attempts: list[d.Attempt]) -> str:
+    """The attempts as `provider/model: cause` (repeats counted), at most ~600 characters."""
+    groups: list[tuple[str, int]] = []
+    for attempt in attempts:
+        cause = attempt.cause or _SKIP_CAUSES.get(attempt.error_kind, attempt.error_kind.replace("_", " "))
+        name = _clip(f"{attempt.provider_id}/{attempt.model}", _MAX_NAME_CHARS)
+        text = f"{name}: {_clip(cause, _MAX_NAME_CHARS)}"
+        if groups and groups[-1][0] == text:
+            groups[-1] = (text, groups[-1][1] + 1)
+        else:
+            groups.append((text, 1))
+    parts: list[str] = []
+    length = 0
+    for index, (text, count) in enumerate(groups):
+        part = text if count == 1 else f"{text} ({count} attempts)"
+        if parts and length + len(part) > _MAX_CAUSES_CHARS:
+            parts.append(f"and {len(groups) - index} more")
+            break
+        parts.append(part)
+        length += len(part) + 2
+    return "; ".join(parts) if parts else "no candidate was left to try"
+
+
 class Gateway:
     """Serves Route, Chat, StreamChat and Embed over the decision plane and the providers."""
 
@@ -494,6 +653,9 @@ class Gateway:
         observer: Observer | None = None,
         spend: SpendGuard | None = None,
         image_inliner: ImageInliner | None = None,
+        events: EventLog | None = None,
+        default_deadline_s: float | None = None,
+        provider_addresses: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
@@ -511,6 +673,9 @@ class Gateway:
         self.observer: Observer = observer or NullObserver()
         self.spend = spend
         self.image_inliner = image_inliner  # None: image URLs go to the provider as given
+        self.events = events or EventLog(__name__)
+        self.default_deadline_s = default_deadline_s  # for requests without a deadline; None: none
+        self.provider_addresses = provider_addresses or {}  # provider id -> host:port, for messages
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
@@ -573,6 +738,12 @@ class Gateway:
             return self.router.decide(task, prefs, 0, max_tokens or self.default_max_tokens, False)
         return self.decide_chat(request)
 
+    def _or_default(self, deadline: Deadline) -> Deadline:
+        """The request's deadline, or the router's default when it brought none."""
+        if deadline.at is not None or self.default_deadline_s is None:
+            return deadline
+        return Deadline(self.clock() + self.default_deadline_s, self.clock, self.default_deadline_s)
+
     def _usage(
         self, entry: Any, reported: d.Usage | None, decision: d.RoutingDecision, output_text: str
     ) -> d.Usage:
@@ -589,7 +760,7 @@ class Gateway:
         """`caller` is the API key id when auth is on (None: `metadata["tenant"]` or anonymous)."""
         request = await self._inline_images(request)
         decision = self.decide_chat(request)
-        attempts = await Attempts.open(self, decision, "chat", request, deadline, caller)
+        attempts = await Attempts.open(self, decision, "chat", request, self._or_default(deadline), caller)
         try:
             return await self._chat(request, attempts)
         finally:
@@ -623,7 +794,7 @@ class Gateway:
         """Yield text deltas, then one ChatResult. Fallback only while nothing was yielded."""
         request = await self._inline_images(request)
         decision = self.decide_chat(request)
-        attempts = await Attempts.open(self, decision, "chat", request, deadline, caller)
+        attempts = await Attempts.open(self, decision, "chat", request, self._or_default(deadline), caller)
         events = self._stream_chat(request, attempts)
         try:
             async for event in events:
@@ -678,7 +849,9 @@ class Gateway:
         self, request: d.EmbedRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
     ) -> d.EmbedResult:
         decision = self.decide_embed(request)
-        attempts = await Attempts.open(self, decision, "embeddings", request, deadline, caller)
+        attempts = await Attempts.open(
+            self, decision, "embeddings", request, self._or_default(deadline), caller
+        )
         try:
             return await self._embed(request, attempts)
         finally:

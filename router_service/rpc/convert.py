@@ -15,6 +15,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from router_service import domain as d
 from router_service.catalog import ModelView, ProviderView
+from router_service.events import StateBackendView
 from router_service.spend import SpendReport
 from router_service.state.base import SpendGrouping
 from sekha.router.v1 import router_service_pb2 as pb
@@ -383,6 +384,13 @@ def model_to_pb(view: ModelView) -> pb.Model:
     if view.price is not None:
         out.price.input_usd_per_million_tokens = view.price.input_per_million
         out.price.output_usd_per_million_tokens = view.price.output_per_million
+    return out
+
+
+def state_backend_to_pb(view: StateBackendView) -> pb.StateBackendStatus:
+    out = pb.StateBackendStatus(backend=view.backend, healthy=view.healthy, message=view.message)
+    if view.changed_at is not None:
+        out.change_time.CopyFrom(timestamp_to_pb(view.changed_at))
     return out
 
 

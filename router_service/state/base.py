@@ -51,6 +51,7 @@ __all__ = [
     "StoreUnavailableError",
     "apply_breaker_event",
     "nanos_to_usd",
+    "reset_timeout_for",
     "usd_to_nanos",
 ]
 
@@ -276,7 +277,24 @@ class BreakerSettings(Protocol):
     @property
     def reset_timeout_s(self) -> float: ...
     @property
+    def initial_reset_timeout_s(self) -> float: ...
+    @property
     def half_open_max_probes(self) -> int: ...
+
+
+# Openings beyond this many in a row all last reset_timeout_s (and 2**n stays a small float).
+_MAX_DOUBLINGS = 32
+
+
+def reset_timeout_for(opens: int, settings: BreakerSettings) -> float:
+    """How long the `opens`-th opening since the breaker last closed lasts (1 = the first):
+    `initial_reset_timeout_s`, doubling with each reopening, at most `reset_timeout_s`.
+
+    The Redis script computes the same (`_LUA_BREAKER_EVENTS`); keep the two in step.
+    """
+    initial = min(settings.initial_reset_timeout_s, settings.reset_timeout_s)
+    doublings = min(max(opens - 1, 0), _MAX_DOUBLINGS)
+    return min(settings.reset_timeout_s, initial * 2.0**doublings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +303,8 @@ class BreakerRecord:
 
     `generation` grows each time the breaker opens; half-open probe permits belong to one
     generation, so permits of an earlier open period can never admit a probe of a later one.
-    `window` holds the last calls oldest first, True for a failure.
+    `opens` counts the openings since the breaker last closed (each lasts longer, see
+    `reset_timeout_for`). `window` holds the last calls oldest first, True for a failure.
     """
 
     state: Literal["closed", "open"] = "closed"
@@ -294,6 +313,7 @@ class BreakerRecord:
     consecutive_failures: int = 0
     window: tuple[bool, ...] = ()
     generation: int = 0
+    opens: int = 0
 
     def half_open(self, now: float) -> bool:
         return self.state == "open" and now >= self.open_until
@@ -340,13 +360,13 @@ def apply_breaker_event(
         failures = record.consecutive_failures + 1
         record = replace(record, consecutive_failures=failures, window=window)
         if _thresholds_reached(failures, window, settings):
-            return _open(record, now, now + settings.reset_timeout_s, cooldown_until)
+            return _open(record, now, now + reset_timeout_for(record.opens + 1, settings), cooldown_until)
         if cooldown_until is not None:
             return _open(record, now, now, cooldown_until)
         return record
     if half_open:
         record = replace(record, consecutive_failures=record.consecutive_failures + 1)
-        return _open(record, now, now + settings.reset_timeout_s, cooldown_until)
+        return _open(record, now, now + reset_timeout_for(record.opens + 1, settings), cooldown_until)
     if cooldown_until is not None and cooldown_until > record.open_until:
         return replace(record, open_until=cooldown_until)
     return record
@@ -369,7 +389,12 @@ def _open(
     if cooldown_until is not None and cooldown_until > open_until:
         open_until = cooldown_until
     return replace(
-        record, state="open", open_until=open_until, opened_at=now, generation=record.generation + 1
+        record,
+        state="open",
+        open_until=open_until,
+        opened_at=now,
+        generation=record.generation + 1,
+        opens=record.opens + 1,
     )
 
 

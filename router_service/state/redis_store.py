@@ -17,7 +17,7 @@ P:s:log                             stream     raw ledger rows, capped (MAXLEN ~
 P:s:done:<reservation id>           string     settle marker (SET NX, 15 min): a settle replayed
                                                after an outage is not counted twice
 P:r:<limit key>                     string     GCRA theoretical arrival time (us), PX-expiring
-P:k:<breaker>                       hash       state, open_until, opened_at, consec, gen
+P:k:<breaker>                       hash       state, open_until, opened_at, consec, gen, opens
 P:k:<breaker>:w                     list       the breaker's sliding window, '1' = failure
 P:k:<breaker>:p:<gen>               string     half-open probe permits taken in generation `gen`
 ==================================  =========  ====================================================
@@ -270,15 +270,15 @@ return 1
 
 _LUA_BREAKER_READ = """
 local function read(h, w)
-  local st = redis.call('HMGET', h, 'state', 'open_until', 'opened_at', 'consec', 'gen')
+  local st = redis.call('HMGET', h, 'state', 'open_until', 'opened_at', 'consec', 'gen', 'opens')
   return {
     state = st[1] or 'closed', open_until = tonumber(st[2] or '0'), opened_at = st[3] or '',
-    consec = tonumber(st[4] or '0'), gen = tonumber(st[5] or '0'),
+    consec = tonumber(st[4] or '0'), gen = tonumber(st[5] or '0'), opens = tonumber(st[6] or '0'),
     window = redis.call('LRANGE', w, 0, -1),
   }
 end
 local function reply(b)
-  local out = {b.state, string.format('%.17g', b.open_until), b.opened_at, b.consec, b.gen}
+  local out = {b.state, string.format('%.17g', b.open_until), b.opened_at, b.consec, b.gen, b.opens}
   for _, v in ipairs(b.window) do out[#out + 1] = v end
   return out
 end
@@ -286,14 +286,20 @@ end
 
 # A port of `state.base.apply_breaker_event`; keep the two in step (tests compare them).
 # KEYS: hash, window list. ARGV: failure_threshold, failure_rate_threshold, window_size,
-# minimum_calls, reset_timeout_s, key_ttl_s, then per event: failed(0|1), at, retry_after ('' = none)
+# minimum_calls, reset_timeout_s, key_ttl_s, initial_reset_timeout_s, then per event: failed(0|1),
+# at, retry_after ('' = none)
 _LUA_BREAKER_EVENTS = (
     _LUA_BREAKER_READ
     + """
 local h, w = KEYS[1], KEYS[2]
 local fthr, rthr = tonumber(ARGV[1]), tonumber(ARGV[2])
 local wsize, minc, reset = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local initial = math.min(tonumber(ARGV[7]), reset)
 local b = read(h, w)
+-- state.base.reset_timeout_for: the n-th opening in a row lasts initial * 2^(n-1), at most reset
+local function reset_for(opens)
+  return math.min(reset, initial * 2 ^ math.min(math.max(opens - 1, 0), 32))
+end
 local function push(v)
   b.window[#b.window + 1] = v
   while #b.window > wsize do table.remove(b.window, 1) end
@@ -312,8 +318,9 @@ local function open(now, open_until, cooldown)
   b.open_until = open_until
   b.opened_at = string.format('%.17g', now)
   b.gen = b.gen + 1
+  b.opens = b.opens + 1
 end
-for e = 7, #ARGV, 3 do
+for e = 8, #ARGV, 3 do
   local failed = ARGV[e] == '1'
   local now = tonumber(ARGV[e + 1])
   local ra = tonumber(ARGV[e + 2])
@@ -326,27 +333,27 @@ for e = 7, #ARGV, 3 do
       push('0')
     elseif half_open then
       redis.call('DEL', h .. ':p:' .. b.gen)
-      b.state, b.open_until, b.opened_at, b.consec, b.window = 'closed', 0, '', 0, {}
+      b.state, b.open_until, b.opened_at, b.consec, b.window, b.opens = 'closed', 0, '', 0, {}, 0
     end
   else
     if b.state == 'closed' then
       b.consec = b.consec + 1
       push('1')
       if thresholds_reached() then
-        open(now, now + reset, cooldown)
+        open(now, now + reset_for(b.opens + 1), cooldown)
       elseif cooldown then
         open(now, now, cooldown)
       end
     elseif half_open then
       b.consec = b.consec + 1
-      open(now, now + reset, cooldown)
+      open(now, now + reset_for(b.opens + 1), cooldown)
     elseif cooldown and cooldown > b.open_until then
       b.open_until = cooldown
     end
   end
 end
 redis.call('HSET', h, 'state', b.state, 'open_until', string.format('%.17g', b.open_until),
-           'opened_at', b.opened_at, 'consec', b.consec, 'gen', b.gen)
+           'opened_at', b.opened_at, 'consec', b.consec, 'gen', b.gen, 'opens', b.opens)
 redis.call('DEL', w)
 if #b.window > 0 then redis.call('RPUSH', w, unpack(b.window)) end
 redis.call('EXPIRE', h, ARGV[6])
@@ -526,7 +533,10 @@ class RedisStore(StateStore):
         # Budget counters of the outage served their purpose; Redis is the authority again.
         self._fallback = MemoryStore()
         self._last_known.clear()
-        logger.warning("state store: redis reachable again, shared state restored")
+        logger.info(
+            "state store: redis reachable again, shared state restored",
+            extra={"event": "state_backend_recovered", "backend": "redis"},
+        )
         self._set_healthy(True)
         return True
 
@@ -535,6 +545,7 @@ class RedisStore(StateStore):
             logger.warning(
                 "state store: redis unreachable (%s); serving budgets, limits and breakers on local state",
                 type(exc).__name__,
+                extra={"event": "state_backend_lost", "backend": "redis", "error": type(exc).__name__},
             )
         self._set_healthy(False)
         if not self._closed and (self._reconnect_task is None or self._reconnect_task.done()):
@@ -800,14 +811,15 @@ class RedisStore(StateStore):
 
     @staticmethod
     def _breaker_record(reply: Sequence[Any]) -> BreakerRecord:
-        state, open_until, opened_at, consec, gen = reply[:5]
+        state, open_until, opened_at, consec, gen, opens = reply[:6]
         return BreakerRecord(
             state="open" if state == "open" else "closed",
             open_until=float(open_until),
             opened_at=float(opened_at) if opened_at else None,
             consecutive_failures=int(consec),
-            window=tuple(v == "1" for v in reply[5:]),
+            window=tuple(v == "1" for v in reply[6:]),
             generation=int(gen),
+            opens=int(opens),
         )
 
     async def breaker_events(
@@ -820,6 +832,7 @@ class RedisStore(StateStore):
             str(settings.minimum_calls),
             repr(float(settings.reset_timeout_s)),
             str(_BREAKER_KEY_TTL_S),
+            repr(float(settings.initial_reset_timeout_s)),
         ]
         for event in events:
             retry_after = "" if event.retry_after_s is None else repr(float(event.retry_after_s))
