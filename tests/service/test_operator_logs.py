@@ -8,13 +8,18 @@ key, prompt or provider error text reached the log.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from prometheus_client.parser import text_string_to_metric_families
 
 from router_service.server import RouterDeps
 from sekha import client as c
@@ -23,6 +28,7 @@ from sekha_runtime.telemetry import TelemetryConfig, setup_telemetry
 from testkit.fake_provider import Behaviour, FakeProvider
 from testkit.harness import FakeClock, chat_model, openai_provider, router_config, running_router
 from testkit.logs import JsonLog, capture_json_logs
+from testkit.redis_server import redis_server_or_skip
 
 CHAT = "/v1/chat/completions"
 PROMPT = "my private prompt PROMPT-ECHO-42"
@@ -209,3 +215,73 @@ async def test_event_lines_carry_the_requests_trace_and_span_ids(fake: FakeProvi
     assert failed["trace_id"] == fallback["trace_id"] == f"{rpc.context.trace_id:032x}"
     assert {failed["span_id"], fallback["span_id"]} <= {f"{s.context.span_id:016x}" for s in finished}
     assert_clean(log)
+
+
+# ------------------------------------------------------------------ the state backend
+
+
+async def gauge(port: int) -> float:
+    """The router's state-backend health as Prometheus scrapes it."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        text = await response.text()
+    [value] = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "sekha_router_state_backend_healthy" and sample.labels.get("backend") == "redis"
+    ]
+    return value
+
+
+async def sekha_status(router_target: str, *args: str) -> str:
+    """`sekha status`, the operator's command, as a process; its standard output."""
+    env = {**os.environ, "SEKHA_ROUTER_TARGET": router_target, "SEKHA_EMBEDDING_TARGET": "127.0.0.1:1"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sekha_cli", "status", *args, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)  # a hang guard only
+    assert process.returncode == 0
+    return out.decode()
+
+
+async def test_a_redis_outage_shows_in_status_metrics_the_log_and_the_cli(fake: FakeProvider) -> None:
+    redis = redis_server_or_skip()
+    telemetry = setup_telemetry("sekha-router", TelemetryConfig(), prometheus=True, environ={})
+    state = {"backend": "redis", "redis_url": redis.url, "redis_timeout_s": 0.3, "reconnect_interval_s": 0.05}
+    config = two_providers(fake, state=state, server={"metrics_port": 0})
+    try:
+        with capture_json_logs() as log:
+            async with running_router(config, RouterDeps(telemetry=telemetry)) as (app, router):
+                assert app.metrics_port is not None
+                before = (await router.get_provider_status()).state_backend
+                redis.stop()
+                await router.chat(ask())  # still served, on local state
+                while (await router.get_provider_status()).state_backend.healthy:
+                    await asyncio.sleep(0.05)  # the breaker sync notices within its interval
+                during = (await router.get_provider_status()).state_backend
+                down_gauge = await gauge(app.metrics_port)
+                cli = json.loads(await sekha_status(f"127.0.0.1:{app.port}", "--json"))
+                table = await sekha_status(f"127.0.0.1:{app.port}")
+                redis.start()
+                while not (await router.get_provider_status()).state_backend.healthy:
+                    await asyncio.sleep(0.05)
+                after = (await router.get_provider_status()).state_backend
+                up_gauge = await gauge(app.metrics_port)
+    finally:
+        redis.close()
+        telemetry.shutdown()
+    assert (before.backend, before.healthy, before.HasField("change_time")) == ("redis", True, False)
+    assert not during.healthy and "local state" in during.message and during.HasField("change_time")
+    assert after.healthy and after.change_time.ToSeconds() >= during.change_time.ToSeconds()
+    assert (down_gauge, up_gauge) == (0, 1)
+    assert cli["state_backend"]["healthy"] is False and "local state" in cli["state_backend"]["message"]
+    assert cli["providers"] and cli["spend"] == {"available": False, "reason": "UNAVAILABLE"}
+    assert "state      redis unreachable: this router serves" in table
+    [lost] = log.events("state_backend_lost")
+    assert (lost["level"], lost["backend"]) == ("WARNING", "redis") and lost["error"]
+    [recovered] = log.events("state_backend_recovered")
+    assert (recovered["level"], recovered["backend"]) == ("INFO", "redis")
+    assert redis.url.split("//")[1] not in log.text  # nothing Redis said or where it lives
