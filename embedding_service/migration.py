@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from embedding_service.config import MigrationConfig
 from embedding_service.domain import MigrationState
+from embedding_service.events import EVENTS
 from embedding_service.locks import BaseLocks
 from embedding_service.registry import CollectionRecord, MigrationRecord, SqliteRegistry
 from embedding_service.store import ChromaStore, StoredDocument
@@ -125,16 +126,28 @@ class MigrationRunner:
                 await self._backfill(record, source, target)
             await self._verify_and_switch(record, source, target)
         except asyncio.CancelledError:
-            _log.info("migration %s paused; it resumes from its cursor", migration_id)
+            EVENTS.info(
+                "migration_paused",
+                f"migration {migration_id} paused; it resumes from its cursor",
+                subject=migration_id,
+                migration=migration_id,
+            )
             raise
         except GatewayError as exc:
-            _log.warning("migration %s failed: %s", migration_id, type(exc).__name__)
-            await self._fail(migration_id, exc.message[:_MAX_ERROR_CHARS])
+            await self._fail(migration_id, exc.message[:_MAX_ERROR_CHARS], type(exc).__name__)
         except Exception as exc:
-            _log.error("migration %s failed unexpectedly: %s", migration_id, type(exc).__name__)
-            await self._fail(migration_id, "internal error during the migration")
+            await self._fail(migration_id, "internal error during the migration", type(exc).__name__)
 
-    async def _fail(self, migration_id: str, error: str) -> None:
+    async def _fail(self, migration_id: str, error: str, error_type: str = "") -> None:
+        # `error` is what GetMigration shows the caller: written for them, no provider text.
+        EVENTS.warning(
+            "migration_failed",
+            f"migration {migration_id} failed: {error}",
+            subject=migration_id,
+            migration=migration_id,
+            error=error_type,
+            reason=error,
+        )
         try:
             await self._registry.fail_migration(migration_id, error)
         except Exception as exc:  # the registry may be closing; the migration resumes on restart
@@ -146,8 +159,9 @@ class MigrationRunner:
         ids = await self._store.all_ids(source.chroma_name)
         remaining = [doc_id for doc_id in ids if record.cursor is None or doc_id > record.cursor]
         migrated = record.migrated_documents
-        await self._registry.update_migration(record.id, total_documents=migrated + len(remaining))
-        _log.info("migration %s: backfilling %d documents", record.id, len(remaining))
+        total = migrated + len(remaining)
+        await self._registry.update_migration(record.id, total_documents=total)
+        self._progress(record, migrated, total)
 
         async def written(prepared: _Prepared) -> None:
             nonlocal migrated
@@ -155,6 +169,7 @@ class MigrationRunner:
             await self._registry.update_migration(
                 record.id, migrated_documents=migrated, cursor=prepared.ids[-1]
             )
+            self._progress(record, migrated, total)
 
         await self._reembed(record, source, target, remaining, after_batch=written)
 
@@ -168,16 +183,27 @@ class MigrationRunner:
                 target_ids = set(await self._store.all_ids(target.chroma_name))
                 if source_ids == target_ids:
                     await self._registry.complete_migration(record.id, len(source_ids))
-                    _log.info("migration %s completed: reads switched to %s", record.id, target.name)
+                    EVENTS.info(
+                        "migration_finished",
+                        f"migration {record.id} finished: reads switched to {target.name}",
+                        subject=record.id,
+                        migration=record.id,
+                        base=record.base,
+                        collection=target.name,
+                        documents=len(source_ids),
+                    )
                     return
             missing = sorted(source_ids - target_ids)
             extra = sorted(target_ids - source_ids)
-            _log.warning(
-                "migration %s verification %d: %d missing, %d extra",
-                record.id,
-                verification,
-                len(missing),
-                len(extra),
+            EVENTS.warning(
+                "migration_verify_mismatch",
+                f"migration {record.id} verification {verification}: "
+                f"{len(missing)} missing, {len(extra)} extra",
+                subject=record.id,
+                migration=record.id,
+                verification=verification,
+                missing=len(missing),
+                extra=len(extra),
             )
             if extra:
                 await self._drop_extras(record.base, source, target, extra)
@@ -201,6 +227,19 @@ class MigrationRunner:
                 await self._store.delete(target.chroma_name, ids=stale)
 
     # -- re-embedding pipeline --------------------------------------------------------------------
+
+    @staticmethod
+    def _progress(record: MigrationRecord, done: int, total: int) -> None:
+        """One line per batch written, rate-limited per migration (the summary keeps the count)."""
+        EVENTS.info(
+            "migration_progress",
+            f"migration {record.id}: {done} of {total} documents re-embedded",
+            subject=record.id,
+            migration=record.id,
+            base=record.base,
+            done=done,
+            total=total,
+        )
 
     async def _reembed(
         self,

@@ -37,6 +37,7 @@ from embedding_service.domain import (
     UpsertResult,
     WhereFilter,
 )
+from embedding_service.events import EVENTS
 from embedding_service.fusion import FusedHit, RankedList, min_max_fusion, reciprocal_rank_fusion
 from embedding_service.locks import BaseLocks
 from embedding_service.migration import MigrationRunner
@@ -706,7 +707,17 @@ class EmbeddingStoreService:
                 updated_at=now,
             )
             await self._register_or_drop(target, self._registry.begin_migration(record, target))
-        _log.info("migration %s: %s -> %s (%s)", record.id, source.name, name, probe.model)
+        EVENTS.info(
+            "migration_started",
+            f"migration {record.id}: {source.name} -> {name} ({probe.model})",
+            subject=record.id,
+            migration=record.id,
+            base=base,
+            source_collection=source.name,
+            target_collection=name,
+            model=probe.model,
+            total=record.total_documents,
+        )
         self._migrations.spawn(record.id)
         return _migration(record)
 

@@ -39,8 +39,8 @@ from sekha_cli.views import (
     migration_view,
     model_view,
     provider_status_view,
-    state_backend_view,
     spend_view,
+    state_backend_view,
     task_from_name,
 )
 
