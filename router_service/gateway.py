@@ -227,6 +227,8 @@ class Attempts:
         self._previous_provider: str | None = None
         self._refusal: GatewayError | None = None  # why a budget refused a candidate (the first)
         self._timed_out: set[str] = set()  # providers not to call again in this request
+        # The caller chose the id: it goes into log lines clipped, never whole.
+        self.log_request_id = _clip(request_id, _MAX_NAME_CHARS)
 
     @classmethod
     async def open(
@@ -325,7 +327,7 @@ class Attempts:
                 to_provider=candidate.provider_id,
                 to_model=candidate.model,
                 task=self.decision.task.value,
-                request_id=self.request_id,
+                request_id=self.log_request_id,
             )
         self._previous_provider = candidate.provider_id
         self._calls += 1
@@ -382,7 +384,7 @@ class Attempts:
             f"request of {caller} refused by its {which.replace('_', ' ')} {limit.replace('_', ' ')}",
             subject=f"{caller}|{limit}",
             operation=self.operation,
-            request_id=self.request_id,
+            request_id=self.log_request_id,
             **fields,
         )
 
@@ -526,7 +528,7 @@ class Attempt:
             error_kind=kind,
             http_status=exc.status,
             latency_ms=round(latency * 1000, 1),
-            request_id=attempts.request_id,
+            request_id=attempts.log_request_id,
         )
         if not self._sent:
             self._finish(d.AttemptOutcome.FAILED, kind, latency, None, None, cause)
@@ -544,7 +546,7 @@ class Attempt:
             model=candidate.model,
             error_kind=kind,
             chunks_delivered=len(self._sent),
-            request_id=attempts.request_id,
+            request_id=attempts.log_request_id,
         )
         raise StreamInterruptedError(
             f"the stream from {provider_id} broke after output was sent ({cause}); the answer is incomplete",
