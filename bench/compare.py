@@ -40,7 +40,7 @@ from bench.procs import LoadGenProcess, ManagedProcess, cpu_seconds, free_port, 
 from bench.stats import method_text
 
 RESULTS = Path(__file__).parent / "results"
-TARGET_ORDER = ("direct", "echo", "reference", "router", "litellm_proxy", "portkey")
+TARGET_ORDER = ("direct", "echo", "reference", "router", "router_http", "litellm_proxy", "portkey")
 STARTUP_TARGETS = ("router", "reference", "portkey")
 
 
@@ -161,6 +161,9 @@ def _start(
         config = targets.router_config(free_port(), [targets.fake_provider_entry(fake_url)])
         source = Path(settings.router_source) if settings.router_source else None
         return targets.start_router(work_dir, config, source=source)
+    if name == "router_http":
+        source = Path(settings.router_source) if settings.router_source else None
+        return targets.start_router_http(work_dir, fake_url, source=source)
     if name == "litellm_proxy":
         if not settings.include_proxy:
             report["unavailable"][name] = "skipped (--skip-proxy)"
@@ -395,7 +398,7 @@ def derive(report: dict[str, Any], settings: GatewaySettings) -> dict[str, Any]:
     for key, cell in router.items():
         entry: dict[str, Any] = {}
         # Peers: how many times our throughput, and their added latency and CPU over ours.
-        for peer, label in (("litellm_proxy", "proxy"), ("portkey", "portkey")):
+        for peer, label in (("litellm_proxy", "proxy"), ("portkey", "portkey"), ("router_http", "http_door")):
             theirs_cell = cells.get(peer, {}).get(key)
             if not theirs_cell or not theirs_cell["throughput_rps"]:
                 continue

@@ -13,6 +13,7 @@ COLORS = {
     "echo": "#2ca02c",
     "reference": "#17becf",
     "router": "#1f77b4",
+    "router_http": "#aec7e8",
     "litellm_proxy": "#d62728",
     "portkey": "#9467bd",
 }
@@ -21,6 +22,7 @@ LABELS = {
     "echo": "bare grpc.aio echo (ceiling)",
     "reference": "minimal grpc.aio gateway (reference)",
     "router": "Sekha router",
+    "router_http": "Sekha router, OpenAI HTTP door",
     "litellm_proxy": "LiteLLM proxy",
     "portkey": "Portkey gateway (Node)",
 }

@@ -268,6 +268,34 @@ def _reference_table(gateway: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _http_door_table(gateway: dict[str, Any]) -> list[str]:
+    """The same router through its OpenAI-compatible HTTP door next to its gRPC path."""
+    cells = {name: t["cells"] for name, t in gateway["targets"].items()}
+    added = gateway["derived"]["added_latency_ms"]
+    if "router_http" not in cells or "router" not in cells:
+        return []
+    lines = [
+        "",
+        "The HTTP door (`server.http_port`, OpenAI's API) against the gRPC path of the same router "
+        "(added latency over the direct call, p50; server CPU per request):",
+        "",
+        "| workload | c | gRPC added p50 ms | HTTP added p50 ms | gRPC rps | HTTP rps "
+        "| gRPC CPU ms | HTTP CPU ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, grpc_cell in cells["router"].items():
+        http_cell = cells["router_http"].get(key) or {}
+        workload, concurrency = key.split("/c")
+        lines.append(
+            f"| {workload} | {concurrency} | {_fmt(added.get('router', {}).get(key, {}).get('p50'))} "
+            f"| {_fmt(added.get('router_http', {}).get(key, {}).get('p50'))} "
+            f"| {_fmt(grpc_cell.get('throughput_rps'), 0)} | {_fmt(http_cell.get('throughput_rps'), 0)} "
+            f"| {_fmt(grpc_cell.get('target_cpu_ms_per_request'), 3)} "
+            f"| {_fmt(http_cell.get('target_cpu_ms_per_request'), 3)} |"
+        )
+    return lines
+
+
 def _startup_table(gateway: dict[str, Any]) -> list[str]:
     startup = gateway.get("startup")
     if not startup or not startup.get("targets"):
@@ -358,6 +386,7 @@ def markdown(summary: dict[str, Any], results: dict[str, dict[str, Any]]) -> str
         for name, reason in gateway.get("unavailable", {}).items():
             lines.append(f"\n{name} unavailable: {reason}")
         lines += _reference_table(gateway)
+        lines += _http_door_table(gateway)
         lines += _startup_table(gateway)
     emb = results.get("embedding")
     if emb:

@@ -226,6 +226,27 @@ def start_router(
     return target
 
 
+def start_router_http(work_dir: Path, fake_base_url: str, source: Path | None = None) -> Target:
+    """The same router, driven through its OpenAI-compatible HTTP door (server.http_port)."""
+    port, http_port = free_port(), free_port()
+    config = router_config(port, [fake_provider_entry(fake_base_url)])
+    config["server"]["http_port"] = http_port
+    argv, env, cwd = router_launch(work_dir, config, "router_http", source)
+    process = start_process("router_http", argv, work_dir, env=env, cwd=cwd)
+    target = Target(
+        name="router_http",
+        kind="http",
+        address=f"http://127.0.0.1:{http_port}/v1",
+        process=process,
+        api_key="unused",
+    )
+    target.startup_s = wait_ready(process, lambda: _grpc_serving(port), STARTUP_TIMEOUT_S)
+    target.first_success_s = _first_success(
+        process, lambda: http_chat(target.address, "unused"), STARTUP_TIMEOUT_S
+    )
+    return target
+
+
 def reference_argv(port: int, fake_base_url: str) -> list[str]:
     return [
         sys.executable,

@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from sekha_runtime.server.security import AuthConfig, ClientTlsConfig, ServerSettings
+from sekha_runtime.configloader import ConfigPathError
+from sekha_runtime.server.security import AuthConfig, ClientTlsConfig, ServerSettings, open_listener_problem
 from sekha_runtime.telemetry import TelemetryConfig
 
 ENV_PREFIX = "SEKHA_EMBEDDING__"
@@ -71,6 +72,8 @@ class DefaultsConfig(_Strict):
     rrf_k: int = Field(default=60, ge=1)
     # Each collection is asked for fetch_multiplier x top_k hits so fusion has depth to work with.
     fetch_multiplier: int = Field(default=3, ge=2, le=4)
+    # The most documents embedded in one call and written in one batch (calls are smaller while
+    # a model is slow: see `batching`).
     write_batch_size: int = Field(default=256, ge=1)
     max_documents_per_request: int = Field(default=1000, ge=1)
     max_text_chars: int = Field(default=100_000, ge=1)
@@ -88,6 +91,20 @@ class DefaultsConfig(_Strict):
         if self.page_size > self.max_page_size:
             raise ValueError("page_size must not exceed max_page_size")
         return self
+
+
+class BatchingConfig(_Strict):
+    """Texts per embedding call to the router, sized by each model's measured speed.
+
+    A call is sized to take at most `call_fraction` of `router.timeout_s` (or of the request's
+    remaining deadline, when shorter), between `min_size` and the caller's maximum
+    (`defaults.write_batch_size`, a migration's `batch_size`); see `embedding_service.batching`.
+    """
+
+    # Texts in a model's first call, before its speed is known.
+    initial_size: int = Field(default=16, ge=1)
+    min_size: int = Field(default=1, ge=1)
+    call_fraction: float = Field(default=0.25, gt=0, le=1)
 
 
 class MigrationConfig(_Strict):
@@ -108,6 +125,32 @@ class MigrationConfig(_Strict):
         return self
 
 
+class StateConfig(_Strict):
+    """Where the collection registry, aliases, migrations and leases live (the `state:` section).
+
+    sqlite: the file at `state_path`, one process (the default, nothing else to run). redis: shared
+    by every replica of the service; leases with fencing tokens coordinate collection creation,
+    alias swaps and migration phases (`embedding_service.redis_state`).
+    """
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: SecretStr | None = Field(default=None, description="redis://[:password@]host:port/db")
+    key_prefix: str = Field(default="sekha-embedding", min_length=1, description="prefix of every Redis key")
+    redis_timeout_s: float = Field(default=0.5, gt=0, description="a slower Redis counts as down")
+    reconnect_interval_s: float = Field(default=1.0, gt=0, description="how often a down Redis is retried")
+    # A replica that stops renewing (killed, paused, cut off) loses its leases after this long;
+    # another replica then takes its migrations over.
+    lease_ttl_s: float = Field(default=10.0, ge=0.2)
+    # How long a request waits for a lease another replica holds before UNAVAILABLE + RetryInfo.
+    lease_wait_s: float = Field(default=10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _redis_needs_a_url(self) -> StateConfig:
+        if self.backend == "redis" and self.redis_url is None:
+            raise ValueError("redis_url is required when backend is redis")
+        return self
+
+
 class EmbeddingConfig(_Strict):
     """Root of the Embedding service's settings."""
 
@@ -115,11 +158,20 @@ class EmbeddingConfig(_Strict):
     router: RouterClientConfig = RouterClientConfig()
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys; off unless enabled")
     chroma: ChromaConfig = ChromaConfig()
-    # SQLite file holding the alias registry and the migrations.
+    # SQLite file holding the alias registry and the migrations (state.backend sqlite).
     state_path: Path = Path("./data/embedding_state.sqlite3")
+    state: StateConfig = StateConfig()
     defaults: DefaultsConfig = DefaultsConfig()
+    batching: BatchingConfig = BatchingConfig()
     migration: MigrationConfig = MigrationConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+
+    @model_validator(mode="after")
+    def _auth_beyond_loopback(self) -> EmbeddingConfig:
+        problem = open_listener_problem(self.auth, [self.server.host])
+        if problem is not None:
+            raise ConfigPathError([(("auth", "enabled"), problem)])
+        return self
 
     @classmethod
     def load(

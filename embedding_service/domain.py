@@ -100,11 +100,13 @@ class UpsertResult:
 
 @dataclass(frozen=True)
 class GetResult:
-    """Documents found (missing ids left out), the collection read and the next page's token."""
+    """Documents found (missing ids left out), the collection read first, the next page's token
+    and every collection read, in order of precedence."""
 
     documents: list[Document]
     collection: str
     next_page_token: str = ""
+    collections: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

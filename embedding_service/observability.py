@@ -25,8 +25,10 @@ from opentelemetry.trace import SpanKind, Tracer
 from embedding_service.config import EmbeddingConfig
 from embedding_service.domain import DocumentIn, FusionMethod, SearchResult, UpsertResult, WhereFilter
 from embedding_service.fusion import FusedHit, RankedList
-from embedding_service.registry import SqliteRegistry
+from embedding_service.leases import Leases
+from embedding_service.registry import RegistryStore
 from embedding_service.service import EmbeddingStoreService, _utc_now
+from embedding_service.state import open_state
 from embedding_service.store import ChromaStore
 from embedding_service.vectors import VectorSource
 from sekha_runtime.telemetry import Telemetry
@@ -97,13 +99,14 @@ class ObservedEmbeddingService(EmbeddingStoreService):
         self,
         config: EmbeddingConfig,
         store: Any,
-        registry: SqliteRegistry,
+        registry: RegistryStore,
         vectors: VectorSource,
         telemetry: Telemetry,
         clock: Callable[[], datetime] = _utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        leases: Leases | None = None,
     ) -> None:
-        super().__init__(config, store, registry, vectors, clock=clock, sleep=sleep)
+        super().__init__(config, store, registry, vectors, clock=clock, sleep=sleep, leases=leases)
         self._tracer = telemetry.tracer
         self._search_duration = telemetry.instruments.search_duration
         self._ingested = telemetry.instruments.documents_ingested
@@ -120,8 +123,8 @@ class ObservedEmbeddingService(EmbeddingStoreService):
         store: Any = ChromaStore(config.chroma)
         if telemetry.tracing_enabled:
             store = TracedStore(store, telemetry.tracer)
-        registry = SqliteRegistry(config.state_path, clock=clock)
-        return cls(config, store, registry, vectors, telemetry, clock=clock)
+        registry, leases = open_state(config, clock=clock)
+        return cls(config, store, registry, vectors, telemetry, clock=clock, leases=leases)
 
     def _fuse(self, ranked: list[RankedList], method: FusionMethod, rrf_k: int) -> list[FusedHit]:
         with self._tracer.start_as_current_span(
@@ -166,8 +169,9 @@ class ObservedEmbeddingService(EmbeddingStoreService):
         documents: Sequence[DocumentIn],
         model: str | None = None,
         request_id: str = "",
+        deadline_s: float | None = None,
     ) -> UpsertResult:
-        result = await super().upsert(base, documents, model, request_id)
+        result = await super().upsert(base, documents, model, request_id, deadline_s)
         for collection in result.collections:  # every written collection got every document
             self._ingested.add(result.upserted_count, {"base": base, "collection": collection.name})
         return result

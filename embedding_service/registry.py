@@ -1,10 +1,18 @@
-"""The service's own alias and migration registry, persisted in SQLite.
+"""The service's own alias and migration registry: the `RegistryStore` contract and its SQLite home.
 
 Chroma has no aliases, so this registry says, per base, which collections serve reads, which
 receive writes (two during a migration) and which one is the primary (the one GetDocuments and
 migrations start from), plus the logical name -> Chroma name alias of adopted collections. It
-also keeps migrations with their resumable cursor. One connection, used from one worker thread
-(WAL mode), so the event loop never waits on the disk.
+also keeps migrations with their resumable cursor.
+
+Two implementations keep the same contract (tests/unit/test_registry_contract.py runs both):
+`SqliteRegistry` here, for one process (the default), and
+`embedding_service.redis_state.RedisRegistry`, shared by replicas. Changes that must not come
+from a holder whose lease expired take `fence=` (the lease): the registry refuses them with
+LeaseLostError when the lease is no longer held, in the same atomic step as the change.
+
+SQLite: one connection, used from one worker thread (WAL mode), so the event loop never waits
+on the disk.
 """
 
 from __future__ import annotations
@@ -17,10 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from embedding_service.domain import DistanceMetric, MigrationState
-from sekha_runtime.errors import AlreadyExistsError, NotFoundError
+from embedding_service.leases import Lease
+from sekha_runtime.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 
 T = TypeVar("T")
 
@@ -55,7 +64,8 @@ CREATE TABLE IF NOT EXISTS migrations (
     batch_size INTEGER NOT NULL,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    error TEXT NOT NULL DEFAULT ''
+    error TEXT NOT NULL DEFAULT '',
+    source_model TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_active_migration_per_base ON migrations (base)
     WHERE state IN {_ACTIVE_STATES!r};
@@ -95,6 +105,91 @@ class MigrationRecord:
     created_at: datetime
     updated_at: datetime
     error: str = ""
+    # The model the base wrote with before (a write naming it later goes to the current model).
+    source_model: str = ""
+
+
+def not_active(record: MigrationRecord) -> FailedPreconditionError:
+    """The refusal of a phase change for a migration that already ended."""
+    return FailedPreconditionError(
+        f"migration {record.id} is {record.state.value}, not in progress", record.id, "MIGRATION_ENDED"
+    )
+
+
+class RegistryStore(Protocol):
+    """Collections, aliases and migrations of every base; see the module docstring."""
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes change this registry too (replicas)."""
+        ...
+
+    async def collections(self, base: str | None = None) -> list[CollectionRecord]:
+        """Registered collections ordered by name, of one base or of all."""
+        ...
+
+    async def collection(self, name: str) -> CollectionRecord | None:
+        """The collection registered as `name`."""
+        ...
+
+    async def name_taken(self, name: str) -> bool:
+        """Whether `name` is used as a logical or a Chroma name."""
+        ...
+
+    async def add_collection(self, record: CollectionRecord, fence: Lease | None = None) -> CollectionRecord:
+        """Register a collection; AlreadyExistsError when a name is taken or the base has a primary."""
+        ...
+
+    async def remove_collection(self, name: str, fence: Lease | None = None) -> None:
+        """Forget a collection."""
+        ...
+
+    async def begin_migration(
+        self, migration: MigrationRecord, target: CollectionRecord, fence: Lease | None = None
+    ) -> MigrationRecord:
+        """Register the target and the migration atomically; AlreadyExistsError when one is active."""
+        ...
+
+    async def migration(self, migration_id: str) -> MigrationRecord:
+        """The migration `migration_id`; NotFoundError when unknown."""
+        ...
+
+    async def migrations(self, base: str) -> list[MigrationRecord]:
+        """Every migration of `base`, ended ones included, oldest first."""
+        ...
+
+    async def active_migrations(self, base: str | None = None) -> list[MigrationRecord]:
+        """Migrations in PENDING, BACKFILLING or VERIFYING, oldest first."""
+        ...
+
+    async def update_migration(
+        self,
+        migration_id: str,
+        *,
+        state: MigrationState | None = None,
+        total_documents: int | None = None,
+        migrated_documents: int | None = None,
+        cursor: str | None = None,
+        fence: Lease | None = None,
+    ) -> MigrationRecord:
+        """Record progress or a phase change of a migration."""
+        ...
+
+    async def complete_migration(
+        self, migration_id: str, document_count: int, fence: Lease | None = None
+    ) -> MigrationRecord:
+        """Switch reads and writes of the base to the target (the alias swap), atomically."""
+        ...
+
+    async def fail_migration(
+        self, migration_id: str, error: str, fence: Lease | None = None
+    ) -> MigrationRecord:
+        """Mark FAILED and stop dual writes to the target; reads stay on the source."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connection."""
+        ...
 
 
 def _collection(row: sqlite3.Row) -> CollectionRecord:
@@ -127,7 +222,14 @@ def _migration(row: sqlite3.Row) -> MigrationRecord:
         created_at=datetime.fromisoformat(row["created_at"]),
         updated_at=datetime.fromisoformat(row["updated_at"]),
         error=row["error"],
+        source_model=row["source_model"],
     )
+
+
+def _fenced(fence: Lease | None) -> None:
+    # In one process a lease is lost only when its holder says so; checked inside the transaction.
+    if fence is not None:
+        fence.check()
 
 
 class SqliteRegistry:
@@ -152,6 +254,9 @@ class SqliteRegistry:
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=5000")
             connection.executescript(_SCHEMA)
+            columns = {row["name"] for row in connection.execute("PRAGMA table_info(migrations)")}
+            if "source_model" not in columns:  # a state file written before the column existed
+                connection.execute("ALTER TABLE migrations ADD COLUMN source_model TEXT NOT NULL DEFAULT ''")
             self._connection = connection
         return self._connection
 
@@ -163,6 +268,10 @@ class SqliteRegistry:
 
     def _now(self) -> str:
         return self._clock().isoformat()
+
+    @property
+    def shared(self) -> bool:
+        return False
 
     @staticmethod
     def _transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
@@ -226,9 +335,14 @@ class SqliteRegistry:
 
         return await self._run(query)
 
-    async def add_collection(self, record: CollectionRecord) -> CollectionRecord:
+    async def add_collection(self, record: CollectionRecord, fence: Lease | None = None) -> CollectionRecord:
         """Register a collection; AlreadyExistsError when the name or Chroma name is taken."""
-        await self._run(lambda db: self._transaction(db, lambda: self._insert_collection(db, record)))
+
+        def work(db: sqlite3.Connection) -> None:
+            _fenced(fence)
+            self._insert_collection(db, record)
+
+        await self._run(lambda db: self._transaction(db, lambda: work(db)))
         return record
 
     @staticmethod
@@ -255,19 +369,27 @@ class SqliteRegistry:
                 f"collection {record.name!r} already exists", "collection", record.name
             ) from None
 
-    async def remove_collection(self, name: str) -> None:
+    async def remove_collection(self, name: str, fence: Lease | None = None) -> None:
         """Forget a collection."""
-        await self._run(lambda db: db.execute("DELETE FROM collections WHERE name = ?", (name,)))
+
+        def work(db: sqlite3.Connection) -> None:
+            _fenced(fence)
+            db.execute("DELETE FROM collections WHERE name = ?", (name,))
+
+        await self._run(lambda db: self._transaction(db, lambda: work(db)))
 
     # -- migrations -------------------------------------------------------------------------------
 
-    async def begin_migration(self, migration: MigrationRecord, target: CollectionRecord) -> MigrationRecord:
+    async def begin_migration(
+        self, migration: MigrationRecord, target: CollectionRecord, fence: Lease | None = None
+    ) -> MigrationRecord:
         """Register the target (receiving writes, not serving reads) and the migration, atomically.
 
         AlreadyExistsError when the base already has an active migration.
         """
 
         def work(db: sqlite3.Connection) -> None:
+            _fenced(fence)
             active = db.execute(
                 f"SELECT id FROM migrations WHERE base = ? AND state IN ({_ACTIVE_MARKS})",
                 (migration.base, *_ACTIVE_STATES),
@@ -280,7 +402,7 @@ class SqliteRegistry:
             db.execute(
                 "INSERT INTO migrations (id, base, source_collection, target_collection, target_model, "
                 "state, total_documents, migrated_documents, cursor, batch_size, created_at, updated_at, "
-                "error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "error, source_model) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     migration.id,
                     migration.base,
@@ -295,6 +417,7 @@ class SqliteRegistry:
                     migration.created_at.isoformat(),
                     migration.updated_at.isoformat(),
                     migration.error,
+                    migration.source_model,
                 ),
             )
 
@@ -312,6 +435,17 @@ class SqliteRegistry:
         if found is None:
             raise NotFoundError("migration", migration_id)
         return found
+
+    async def migrations(self, base: str) -> list[MigrationRecord]:
+        """Every migration of `base`, ended ones included, oldest first."""
+
+        def query(db: sqlite3.Connection) -> list[MigrationRecord]:
+            rows = db.execute(
+                "SELECT * FROM migrations WHERE base = ? ORDER BY created_at, id", (base,)
+            ).fetchall()
+            return [_migration(row) for row in rows]
+
+        return await self._run(query)
 
     async def active_migrations(self, base: str | None = None) -> list[MigrationRecord]:
         """Migrations in PENDING, BACKFILLING or VERIFYING, oldest first."""
@@ -340,10 +474,12 @@ class SqliteRegistry:
         total_documents: int | None = None,
         migrated_documents: int | None = None,
         cursor: str | None = None,
+        fence: Lease | None = None,
     ) -> MigrationRecord:
         """Record progress or a phase change of an active migration."""
 
         def work(db: sqlite3.Connection) -> MigrationRecord:
+            _fenced(fence)
             row = db.execute("SELECT * FROM migrations WHERE id = ?", (migration_id,)).fetchone()
             if row is None:
                 raise NotFoundError("migration", migration_id)
@@ -374,11 +510,16 @@ class SqliteRegistry:
 
         return await self._run(lambda db: self._transaction(db, lambda: work(db)))
 
-    async def complete_migration(self, migration_id: str, document_count: int) -> MigrationRecord:
+    async def complete_migration(
+        self, migration_id: str, document_count: int, fence: Lease | None = None
+    ) -> MigrationRecord:
         """Switch reads and writes of the base to the target, atomically; the source is kept idle."""
 
         def work(db: sqlite3.Connection) -> MigrationRecord:
+            _fenced(fence)
             current = self._migration_sync(db, migration_id)
+            if not current.state.active:
+                raise not_active(current)
             source = db.execute(
                 "SELECT is_primary FROM collections WHERE name = ?", (current.source_collection,)
             ).fetchone()
@@ -403,11 +544,16 @@ class SqliteRegistry:
 
         return await self._run(lambda db: self._transaction(db, lambda: work(db)))
 
-    async def fail_migration(self, migration_id: str, error: str) -> MigrationRecord:
+    async def fail_migration(
+        self, migration_id: str, error: str, fence: Lease | None = None
+    ) -> MigrationRecord:
         """Mark FAILED and stop dual writes to the target; reads stay on the source."""
 
         def work(db: sqlite3.Connection) -> MigrationRecord:
+            _fenced(fence)
             current = self._migration_sync(db, migration_id)
+            if not current.state.active:
+                raise not_active(current)
             db.execute(
                 "UPDATE collections SET receiving_writes = 0, serving_reads = 0 WHERE name = ?",
                 (current.target_collection,),

@@ -10,7 +10,8 @@ assignments and no await in between, so every new request sees one whole configu
   already running finish on the channel they started on (each pins its vector source,
   `vectors.VectorSwitch`); once the last of them has finished, the old channel is closed;
 * `defaults` (request defaults and limits) and `migration` (backfill settings) apply to requests
-  that start after the swap.
+  that start after the swap; `batching` to the next embedding call (what was measured of each
+  model's speed is kept).
 
 Running migrations are left alone: their tasks are neither cancelled nor started again, so a
 backfill is never interrupted or run twice; its next batch embeds through the new router.
@@ -18,8 +19,8 @@ backfill is never interrupted or run twice; its next batch embeds through the ne
 A reload is refused, and the running config keeps serving, when the new file does not validate,
 when the new router channel cannot be set up (e.g. an unreadable TLS file), or when it changes
 what only a restart can apply: `server` (listener, TLS, limits), `auth.enabled`, `telemetry`
-(exporters and logging are set up once per process), `chroma` (where the vectors live) or
-`state_path` (the registry of collections and migrations).
+(exporters and logging are set up once per process), `chroma` (where the vectors live),
+`state_path` or `state` (the registry of collections and migrations, and the leases).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ __all__ = ["RESTART_SETTINGS", "ConfigReloader", "install_sighup", "restart_need
 log = logging.getLogger(__name__)
 
 # What the process builds once: the listener, the auth interceptor chain, exporters and logging,
-# the Chroma client and the SQLite registry.
-RESTART_SETTINGS = ("server", "auth.enabled", "telemetry", "chroma", "state_path")
+# the Chroma client, the registry (SQLite or Redis) and the leases.
+RESTART_SETTINGS = ("server", "auth.enabled", "telemetry", "chroma", "state_path", "state")
 
 
 def restart_needed(running: EmbeddingConfig, new: EmbeddingConfig) -> str | None:

@@ -18,6 +18,7 @@ from embedding_service.events import EVENTS
 from embedding_service.observability import ObservedEmbeddingService
 from embedding_service.reload import ConfigReloader
 from embedding_service.router_vectors import RouterVectorSource
+from embedding_service.rpc import convert
 from embedding_service.rpc.servicer import EmbeddingServicer
 from embedding_service.service import EmbeddingStoreService
 from embedding_service.vectors import VectorSource
@@ -25,7 +26,7 @@ from sekha.client import ConnectionConfig, RouterClient
 from sekha.embedding.v1 import embedding_service_pb2 as pb
 from sekha.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
 from sekha.tracing import client_interceptors
-from sekha_runtime.server.auth import ApiKeyAuthInterceptor, warn_if_open
+from sekha_runtime.server.auth import ApiKeyAuthInterceptor, refuse_if_open
 from sekha_runtime.server.lifecycle import ServingServer, options_from_config, start_server
 from sekha_runtime.server.tls import client_connection
 from sekha_runtime.server.tracing import TelemetryInterceptor
@@ -98,6 +99,7 @@ def router_vectors(config: EmbeddingConfig, deps: EmbeddingDeps) -> RouterVector
 
 
 async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = None) -> EmbeddingApp:
+    refuse_if_open(config.auth, [config.server.host], "embedding service")
     deps = deps or EmbeddingDeps()
     telemetry = _telemetry(deps)
     EVENTS.window_s = config.telemetry.event_log_window_s
@@ -115,8 +117,8 @@ async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = Non
         telemetry=(TelemetryInterceptor(telemetry),) if telemetry is not None else (),
         extra=deps.extra_interceptors,
         credentials=deps.server_credentials,
+        request_check=convert.check_request,
     )
-    warn_if_open(config.auth, config.server.host, "embedding service")
     serving = await start_server(
         options,
         domain="embedding.sekha.dev",

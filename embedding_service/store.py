@@ -28,6 +28,7 @@ from chromadb.api.models.Collection import Collection
 from chromadb.api.types import validate_where
 from chromadb.config import Settings
 
+from embedding_service.chroma_where import exact_where
 from embedding_service.config import ChromaConfig
 from embedding_service.domain import DistanceMetric, Metadata, WhereFilter
 from embedding_service.events import EVENTS
@@ -87,12 +88,17 @@ class _Unreachable(Exception):
 
 
 def is_valid_where(where: WhereFilter) -> bool:
-    """Whether Chroma accepts `where` as a metadata filter."""
+    """Whether Chroma accepts `where` as a metadata filter (in the exact form the store sends)."""
     try:
-        validate_where(dict(where))  # type: ignore[arg-type]
+        validate_where(dict(_chroma_where(where) or {}))  # type: ignore[arg-type]
     except (ValueError, TypeError):
         return False
     return _operators_known(where)
+
+
+def _chroma_where(where: WhereFilter | None) -> dict[str, Any] | None:
+    """The filter as Chroma gets it: fractional comparisons made exact (see chroma_where)."""
+    return dict(exact_where(where)) if where else None
 
 
 def _operators_known(where: object) -> bool:
@@ -333,11 +339,14 @@ class ChromaStore:
         embeddings: Sequence[Sequence[float]],
         texts: Sequence[str],
         metadatas: Sequence[Metadata | None],
+        guard: Callable[[], None] | None = None,
     ) -> None:
         """Insert or replace documents (metadata replaced, not merged), chunked below Chroma's limit.
 
         Every vector is checked against the collection's dimension first: on a mismatch nothing
-        is written and DimensionMismatchError is raised.
+        is written and DimensionMismatchError is raised. `guard`, when given, runs on the worker
+        thread right before each chunk is sent and stops the write by raising (a migration's
+        lease check: the last moment before Chroma, which has no conditional write, takes it).
         """
         if not (len(ids) == len(embeddings) == len(texts) == len(metadatas)):
             raise ValueError("ids, embeddings, texts and metadatas differ in length")
@@ -366,6 +375,8 @@ class ChromaStore:
                     record: dict[str, Any] = dict(meta or {})
                     record.update({key: None for key in old_keys.get(doc_id, set()) - record.keys()})
                     merged.append(record or None)
+                if guard is not None:
+                    guard()
                 handle.upsert(
                     ids=part_ids,
                     embeddings=[list(map(float, v)) for v in embeddings[part]],  # type: ignore[arg-type]
@@ -396,7 +407,7 @@ class ChromaStore:
             if ids is None:
                 return _documents(
                     handle.get(
-                        where=dict(where) if where else None,  # type: ignore[arg-type]
+                        where=_chroma_where(where),  # type: ignore[arg-type]
                         limit=limit,
                         offset=offset,
                         include=include,  # type: ignore[arg-type]
@@ -407,7 +418,7 @@ class ChromaStore:
             for part in _chunks(len(unique_ids), self._max_batch_sync()):
                 batch = handle.get(
                     ids=unique_ids[part],
-                    where=dict(where) if where else None,  # type: ignore[arg-type]
+                    where=_chroma_where(where),  # type: ignore[arg-type]
                     include=include,  # type: ignore[arg-type]
                 )
                 found.update((doc.id, doc) for doc in _documents(batch))
@@ -443,7 +454,7 @@ class ChromaStore:
             result = self._handle(name).query(
                 query_embeddings=[list(map(float, embedding))],  # type: ignore[arg-type]
                 n_results=n_results,
-                where=dict(where) if where else None,  # type: ignore[arg-type]
+                where=_chroma_where(where),  # type: ignore[arg-type]
                 include=["documents", "metadatas", "distances"],  # type: ignore[list-item]
             )
             ids = result["ids"][0]
@@ -471,7 +482,7 @@ class ChromaStore:
                 for part in _chunks(len(unique_ids), self._max_batch_sync()):
                     handle.delete(ids=unique_ids[part])
             if where:
-                handle.delete(where=dict(where))  # type: ignore[arg-type]
+                handle.delete(where=_chroma_where(where))  # type: ignore[arg-type]
 
         await self._run(remove, name, filtered=bool(where))
 

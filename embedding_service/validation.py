@@ -146,8 +146,16 @@ def encode_page_token(kind: str, scope: str, offset: int) -> str:
 
 def decode_page_token(token: str, kind: str, scope: str, field: str = "page_token") -> int:
     """The offset in a token made by `encode_page_token` for the same kind and scope; 0 for ''."""
+    return decode_page_position(token, kind, [scope], field)[1]
+
+
+def decode_page_position(
+    token: str, kind: str, scopes: Sequence[str], field: str = "page_token"
+) -> tuple[int, int]:
+    """(index in `scopes`, offset) of a token made by `encode_page_token` for one of `scopes`;
+    (0, 0) for ''."""
     if not token:
-        return 0
+        return 0, 0
     try:
         padded = token + "=" * (-len(token) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
@@ -156,10 +164,10 @@ def decode_page_token(token: str, kind: str, scope: str, field: str = "page_toke
     if (
         not isinstance(payload, dict)
         or payload.get("k") != kind
-        or payload.get("s") != scope
+        or payload.get("s") not in scopes
         or not isinstance(payload.get("o"), int)
         or isinstance(payload.get("o"), bool)
         or payload["o"] < 0
     ):
         raise invalid(field, "does not belong to this request")
-    return int(payload["o"])
+    return list(scopes).index(payload["s"]), int(payload["o"])

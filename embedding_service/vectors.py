@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from sekha_runtime.errors import GatewayError, UnavailableError
+from sekha_runtime.errors import DeadlineExceededError, GatewayError, UnavailableError
 from sekha_runtime.inuse import InUse
 
 _log = logging.getLogger(__name__)
@@ -65,6 +66,11 @@ async def embed_checked(source: VectorSource, texts: Sequence[str], model: str |
     return batch
 
 
+# Told how long each call took: (model requested, model that answered or None when the call
+# timed out, number of texts, seconds, whether it timed out).
+CallObserver = Callable[[str | None, str | None, int, float, bool], None]
+
+
 class TrackedSource(InUse):
     """A vector source with the number of calls and pinned requests using it right now."""
 
@@ -92,10 +98,18 @@ class VectorSwitch:
     pinned request (migration backfills) take the current source per call: a backfill moves to the
     new source at its next batch instead of keeping the old one open for hours. `replace()`
     returns the old source's tracker; once its `drained()` returns, nothing uses it any more.
+    Every call that answers or times out is timed and reported to `observe` (batch sizing).
     """
 
-    def __init__(self, source: VectorSource) -> None:
+    def __init__(
+        self,
+        source: VectorSource,
+        observe: CallObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._current = TrackedSource(source)
+        self._observe = observe
+        self._clock = clock
 
     def replace(self, source: VectorSource) -> TrackedSource:
         """Send new requests and calls to `source`; the tracker of the replaced one."""
@@ -127,4 +141,13 @@ class VectorSwitch:
         pin = self._pinned_here()
         tracked = pin.tracked if pin is not None else self._current
         with tracked:
-            return await tracked.source.embed(texts, model)
+            started = self._clock()
+            try:
+                batch = await tracked.source.embed(texts, model)
+            except DeadlineExceededError:
+                if self._observe is not None:
+                    self._observe(model, None, len(texts), self._clock() - started, True)
+                raise
+            if self._observe is not None:
+                self._observe(model, batch.model, len(texts), self._clock() - started, False)
+            return batch

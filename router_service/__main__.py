@@ -1,6 +1,6 @@
 """`sekha-router`: serve the Router service, or check a config file.
 
-    sekha-router [serve] [--config FILE]
+    sekha-router [serve] [--config FILE] [--workers N]
     sekha-router check-config FILE
     sekha-router reload --pid PID [--config FILE]
 
@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve the Router service (default)")
     serve.add_argument("--config", dest="serve_config", help="YAML config file")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="router processes sharing the ports (default: server.workers, 1); >1 needs Redis state",
+    )
     check = sub.add_parser("check-config", help="validate a config file and print every problem")
     check.add_argument("file")
     reload = sub.add_parser("reload", help="make a running router re-read its config (SIGHUP)")
@@ -85,6 +91,31 @@ async def _serve(config_path: str | None) -> int:
     )
 
 
+def _configured_workers(config_path: str | None) -> int | None:
+    """`server.workers` as the config asks for it, read without validating (serving validates).
+
+    A plain YAML read, not RouterConfig.load: a single-process start should not pay for loading
+    the config twice.
+    """
+    import yaml
+
+    from router_service.config import CONFIG_PATH_ENV
+
+    override = os.environ.get("SEKHA_ROUTER__SERVER__WORKERS")
+    if override is not None:
+        return int(override) if override.strip().isdigit() else None
+    path = config_path or os.environ.get(CONFIG_PATH_ENV)
+    if not path:
+        return None  # the embedded default runs one process
+    try:
+        with open(path, encoding="utf-8") as file:
+            data = yaml.safe_load(file)
+        workers = data["server"]["workers"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return workers if isinstance(workers, int) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "reload":
@@ -93,9 +124,19 @@ def main(argv: list[str] | None = None) -> int:
         from router_service.check_config import check_config_main
 
         return check_config_main(args.file)
+    config_path = getattr(args, "serve_config", None) or args.config
+    workers = getattr(args, "workers", None)
+    if workers is None and os.environ.get("SEKHA_WORKER_INDEX") is None:
+        workers = _configured_workers(config_path)
+    if workers is not None and workers > 1:
+        from router_service.workers import supervise
+        from sekha_runtime.server.logs import configure_logging, resolve_log_level
+
+        configure_logging(resolve_log_level())
+        return supervise(config_path, workers)
     from sekha_runtime.server.process import run
 
-    code = run(_serve(getattr(args, "serve_config", None) or args.config))
+    code = run(_serve(config_path))
     # The server has stopped and telemetry is flushed. Finalizing LiteLLM's module graph at
     # interpreter exit takes about a second and runs nothing we need, while the process must be
     # gone within the grace period plus one second: flush the logs and leave now.

@@ -34,7 +34,7 @@ from router_service.domain import Capability, Price, Task
 from router_service.spend import BudgetsConfig, RateLimitsConfig
 from router_service.state.base import StateConfig
 from sekha_runtime.configloader import ConfigPathError, load_config
-from sekha_runtime.server.security import AuthConfig, ServerSettings
+from sekha_runtime.server.security import AuthConfig, ServerSettings, open_listener_problem
 from sekha_runtime.telemetry import TelemetryConfig
 
 __all__ = [
@@ -108,6 +108,13 @@ class ServerConfig(ServerSettings):
         "off when unset, 0 picks a free port",
     )
     http_host: str | None = Field(default=None, description="the HTTP door's address; default: `host`")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="router processes serving the same ports (SO_REUSEPORT); more than one needs "
+        "state.backend: redis, so budgets, rate limits and breakers hold across them",
+    )
 
 
 class CircuitBreakerConfig(_Section):
@@ -195,6 +202,21 @@ class LimitsConfig(_Section):
     default_max_tokens: int = Field(default=512, ge=1, description="max_tokens when the request gives none")
     max_embed_inputs: int = Field(default=2048, ge=1)
     max_input_chars: int = Field(default=100_000, ge=1)
+    max_tools: int = Field(default=128, ge=0, description="tools in one chat request")
+    max_tool_schema_chars: int = Field(
+        default=65_536, ge=1, description="one tool's parameters schema, as compact JSON"
+    )
+    max_tool_description_chars: int = Field(default=8192, ge=1)
+    max_response_schema_chars: int = Field(
+        default=65_536, ge=1, description="the response_format JSON schema, as compact JSON"
+    )
+    max_tool_call_argument_chars: int = Field(
+        default=200_000, ge=1, description="one tool call's arguments in the conversation"
+    )
+    max_stop_sequences: int = Field(default=16, ge=0, description="stop sequences in one request")
+    max_stop_sequence_chars: int = Field(default=256, ge=1, description="characters of one stop sequence")
+    max_metadata_value_chars: int = Field(default=1024, ge=1, description="characters of one metadata value")
+    max_user_chars: int = Field(default=256, ge=1, description="the end-user id (`user`)")
     inline_image_urls: bool = Field(
         default=False,
         description="fetch https image URLs in the router and send the bytes inline; off: URLs go to the "
@@ -221,13 +243,29 @@ class RoutingConfig(_Section):
 
 
 class PriceConfig(_Section):
-    """US dollars per million tokens; overrides LiteLLM's bundled price map."""
+    """US dollars per million tokens; replaces LiteLLM's bundled price for the model, all rates
+    at once (a rate left out here is unknown, not taken from the map)."""
 
     input_per_million: float = Field(ge=0)
     output_per_million: float = Field(default=0.0, ge=0)
+    cached_input_per_million: float | None = Field(
+        default=None, ge=0, description="input read from the prompt cache; unset: priced at the input rate"
+    )
+    cache_write_per_million: float | None = Field(
+        default=None, ge=0, description="input written to the prompt cache; unset: priced at the input rate"
+    )
+    reasoning_per_million: float | None = Field(
+        default=None, ge=0, description="reasoning output; unset: priced at the output rate"
+    )
 
     def to_price(self) -> Price:
-        return Price(input_per_million=self.input_per_million, output_per_million=self.output_per_million)
+        return Price(
+            input_per_million=self.input_per_million,
+            output_per_million=self.output_per_million,
+            cached_input_per_million=self.cached_input_per_million,
+            cache_write_per_million=self.cache_write_per_million,
+            reasoning_per_million=self.reasoning_per_million,
+        )
 
 
 class ModelConfig(_Section):
@@ -346,6 +384,14 @@ class RouterConfig(_Section):
     @model_validator(mode="after")
     def _cross_field(self, info: ValidationInfo) -> RouterConfig:
         problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.server.workers > 1 and self.state.backend != "redis":
+            problems.append(
+                (
+                    ("server", "workers"),
+                    f"{self.server.workers} workers need state.backend: redis; {self.state.backend} state "
+                    "lives in one process, so budgets, rate limits and breakers would not hold across them",
+                )
+            )
         first_index: dict[str, int] = {}
         for index, provider in enumerate(self.providers):
             if provider.id in first_index:
@@ -358,6 +404,9 @@ class RouterConfig(_Section):
                 )
             else:
                 first_index[provider.id] = index
+        open_listener = open_listener_problem(self.auth, self.listen_hosts())
+        if open_listener is not None:
+            problems.append((("auth", "enabled"), open_listener))
         model_info = (info.context or {}).get("model_info") if info is not None else None
         for p_index, provider in enumerate(self.providers):
             for m_index, model in enumerate(provider.models):
@@ -375,6 +424,13 @@ class RouterConfig(_Section):
         if problems:
             raise ConfigPathError(problems)
         return self
+
+    def listen_hosts(self) -> list[str]:
+        """Every address the router listens on for callers: gRPC, and the HTTP door when on."""
+        hosts = [self.server.host]
+        if self.server.http_port is not None:
+            hosts.append(self.server.http_host or self.server.host)
+        return hosts
 
     def breaker_config_for(self, provider_id: str) -> CircuitBreakerConfig:
         """The provider's own breaker settings, else the global ones."""

@@ -17,9 +17,16 @@ and books the calls, under these rules:
 * the caller's own mistakes (400/422, context length, content policy) return
   at once and never feed a breaker; 401/403 disables the provider and spares
   its breaker, before or after a stream's first chunk alike;
-* a stream falls back only before its first chunk; once output went out, a
-  broken stream ends with UNAVAILABLE (StreamInterruptedError, carrying every
-  attempt of the request), and the delivered output is billed;
+* a stream falls back only before its first event reached the caller (text,
+  tool-call or reasoning piece; role-only or metadata-only chunks do not count);
+  once output went out, a broken stream ends with UNAVAILABLE
+  (StreamInterruptedError, carrying every attempt of the request), the
+  delivered output is billed, and a stream the provider layer judged incomplete
+  (no answer at all, or cut inside a tool call) counts as broken;
+* an answer to a JSON response format is checked against it; with the routing
+  option `fallback_on_nonconforming` a non-conforming answer is paid for, booked
+  as a failed attempt, and the next candidate tried (the last one's answer is
+  returned, non-conforming, when none conforms);
 * every upstream timeout is min(provider timeout, caller's remaining deadline);
   a timeout caused by the caller's deadline is not the provider's fault;
 * usage comes from the provider; when it reports none, tokens are counted
@@ -52,6 +59,7 @@ from router_service.limits import Limits, check_chat, check_embed
 from router_service.providers.base import ProviderClient, StreamEnd, TextDelta
 from router_service.providers.errors import REFUSED, ProviderAuthError, ProviderFailure, ProviderRejection
 from router_service.spend import Identity, SpendGuard, SpendTicket, resolve_identity
+from router_service.structured import check_conformance
 from sekha_runtime.errors import (
     AttemptSummary,
     BudgetExhaustedError,
@@ -67,8 +75,9 @@ from sekha_runtime.errors import (
 )
 from sekha_runtime.events import EventLog
 
-# The UNAVAILABLE message lists attempts up to about this length; the details carry them all.
-_MAX_CAUSES_CHARS = 600
+# The UNAVAILABLE message lists attempts up to about this length (the error interceptor caps a
+# status message at 512 characters); the details carry them all.
+_MAX_CAUSES_CHARS = 400
 _MAX_NAME_CHARS = 80  # of a `provider/model` name, and of a cause
 _SKIP_CAUSES = {
     "provider_disabled": "disabled",
@@ -81,6 +90,20 @@ _REJECTION_MESSAGES = {
     "content_policy": "the provider's content policy refused the request",
     "unsupported": "the model does not support this request",
 }
+
+
+def _rejected(exc: ProviderRejection) -> ProviderRejectedError:
+    """The caller's view of a provider's refusal: the field it named (ours), its error code, and
+    never its free text, which may echo the prompt."""
+    field = exc.field_path
+    if not field and exc.kind in ("context_length", "content_policy"):
+        field = "messages"  # what a context window or a content policy is about
+    message = _REJECTION_MESSAGES.get(exc.kind)
+    if message is None:
+        message = f"{field} was rejected by the provider" if field else "rejected by the provider"
+        if exc.provider_code:
+            message += f" (provider error code: {exc.provider_code})"
+    return ProviderRejectedError(message, kind=exc.kind, field_path=field, provider_code=exc.provider_code)
 
 
 @dataclass(frozen=True)
@@ -139,6 +162,8 @@ class Observer(Protocol):
         scope: Any = None,
         response_model: str = "",
         output_text: str | None = None,
+        output_tool_calls: Any = (),
+        output_reasoning: str = "",
     ) -> None: ...
 
     def attempt_cancelled(
@@ -221,7 +246,9 @@ class Attempts:
         self.identity = identity
         self.attempts: list[d.Attempt] = []
         self.ticket: SpendTicket | None = None  # None when the gateway has no SpendGuard
-        self._plan = iter(self._planned(decision, request.routing))
+        planned = self._planned(decision, request.routing)
+        self._plan = iter(planned)
+        self._planned_calls = len(planned)
         self._calls = 0
         self._retry_after_s: float | None = None
         self._previous_provider: str | None = None
@@ -270,6 +297,10 @@ class Attempts:
             if prefs.disable_fallback:
                 break
         return plan
+
+    def calls_left(self) -> bool:
+        """Whether the plan still holds a call after the ones made (a fallback is possible)."""
+        return self._calls < self._planned_calls
 
     def __aiter__(self) -> Attempts:
         return self
@@ -400,34 +431,74 @@ class Attempt:
         self.timeout_s = timeout_s  # min(the provider's timeout, the caller's remaining deadline)
         self.entry: Any = gateway.registry.by_key(candidate.key)
         self.provider: ProviderClient = gateway.providers[candidate.provider_id]
-        self._sent: list[str] = []
+        self._text: list[str] = []  # the text that reached the caller
+        self._generated: list[str] = []  # all output that reached it (text, tool arguments, reasoning)
+        self._reasoning: list[str] = []
         self._booked = False
         self.started = gateway.clock()
         self._scope = gateway.observer.attempt_started(attempts.operation, self.entry, attempts.request)
 
     @property
-    def output(self) -> str:
+    def text(self) -> str:
         """The text delivered to the caller so far."""
-        return "".join(self._sent)
+        return "".join(self._text)
 
-    def delivered(self, text: str) -> None:
+    @property
+    def generated(self) -> str:
+        """Everything delivered so far (text, tool-call arguments, reasoning), for counting tokens."""
+        return "".join(self._generated)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self._reasoning)
+
+    def delivered(self, output: d.StreamOutput) -> None:
         """Output reached the caller: from now on the request cannot fall back."""
-        if not self._sent:
+        if not self._generated:
             self._gateway.observer.first_token(self.entry, self._gateway.clock() - self.started, self._scope)
-        self._sent.append(text)
+        if isinstance(output, str):
+            self._text.append(output)
+            self._generated.append(output)
+        elif isinstance(output, d.ToolCallDelta):
+            self._generated.append(output.arguments)
+        else:
+            self._reasoning.append(output.text)
+            self._generated.append(output.text)
 
-    async def succeed(self, usage: d.Usage, response_model: str = "", output_text: str = "") -> d.Cost:
-        """Book the answer: breaker, upstream time, real cost, spend, attempt list, observer."""
+    async def succeed(
+        self,
+        usage: d.Usage,
+        response_model: str = "",
+        output_text: str = "",
+        *,
+        error_kind: str = "",
+        output_tool_calls: tuple[d.ToolCall, ...] = (),
+        output_reasoning: str = "",
+    ) -> d.Cost:
+        """Book the answer: breaker, upstream time, real cost, spend, attempt list, observer.
+
+        With `error_kind` the provider answered well but the answer is refused (it does not
+        conform): the attempt is paid for and healthy for the breaker, yet listed as failed.
+        """
         gateway, attempts, candidate = self._gateway, self._attempts, self.candidate
         latency = gateway.clock() - self.started
         gateway.breakers.get(candidate.provider_id).record_success(latency)
         gateway.observer.upstream_time(latency, self._scope)
         cost = gateway.prices.real_cost(self.entry, usage)
         await self._settle(usage, cost)
-        attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.SUCCEEDED, "", latency)
+        outcome = d.AttemptOutcome.FAILED if error_kind else d.AttemptOutcome.SUCCEEDED
+        cause = "the answer did not conform to the response format" if error_kind == "nonconforming" else ""
+        attempt = d.Attempt(candidate.provider_id, candidate.model, outcome, error_kind, latency, cause)
         attempts.attempts.append(attempt)
         operation = attempts.operation
-        extra = {"response_model": response_model, "output_text": output_text} if operation == "chat" else {}
+        extra: dict[str, Any] = {}
+        if operation == "chat":
+            extra = {
+                "response_model": response_model,
+                "output_text": output_text,
+                "output_tool_calls": output_tool_calls,
+                "output_reasoning": output_reasoning,
+            }
         gateway.observer.attempt_finished(
             operation, self.entry, attempt, usage, cost, scope=self._scope, **extra
         )
@@ -445,7 +516,7 @@ class Attempt:
             await self._failed(exc)
             return True
         if isinstance(exc, ProviderRejection):
-            raise await self._rejected(exc) from None
+            raise await self._rejection(exc) from None
         self._cancelled()
         return False
 
@@ -454,7 +525,7 @@ class Attempt:
     def _billed(self) -> tuple[d.Usage, d.Cost]:
         """What the output delivered so far costs (the provider generated it, and bills it)."""
         gateway = self._gateway
-        usage = gateway._usage(self.entry, None, self._attempts.decision, self.output)
+        usage = gateway._usage(self.entry, None, self._attempts.decision, self.generated)
         return usage, gateway.prices.real_cost(self.entry, usage)
 
     async def _settle(self, usage: d.Usage, cost: d.Cost) -> None:
@@ -530,7 +601,7 @@ class Attempt:
             latency_ms=round(latency * 1000, 1),
             request_id=attempts.log_request_id,
         )
-        if not self._sent:
+        if not self._generated:
             self._finish(d.AttemptOutcome.FAILED, kind, latency, None, None, cause)
             attempts._check_deadline()
             return
@@ -545,7 +616,7 @@ class Attempt:
             provider=provider_id,
             model=candidate.model,
             error_kind=kind,
-            chunks_delivered=len(self._sent),
+            chunks_delivered=len(self._generated),
             request_id=attempts.log_request_id,
         )
         raise StreamInterruptedError(
@@ -553,19 +624,18 @@ class Attempt:
             attempts=attempts.summaries(),
         ) from None
 
-    async def _rejected(self, exc: ProviderRejection) -> ProviderRejectedError:
+    async def _rejection(self, exc: ProviderRejection) -> ProviderRejectedError:
         """Book a rejection of the request itself: the caller's fault, so the breaker is spared."""
         gateway = self._gateway
         gateway.breakers.get(self.candidate.provider_id).release()
         latency = gateway.clock() - self.started
-        if self._sent:
+        if self._generated:
             usage, cost = self._billed()
             self._finish(d.AttemptOutcome.REJECTED, exc.kind, latency, usage, cost)
             await self._settle(usage, cost)
         else:
             self._finish(d.AttemptOutcome.REJECTED, exc.kind, latency, None, None)
-        message = _REJECTION_MESSAGES.get(exc.kind, "the provider rejected the request as invalid")
-        return ProviderRejectedError(message, kind=exc.kind, field_path="messages")
+        return _rejected(exc)
 
     def _cancelled(self) -> None:
         """The call ended without an outcome (cancelled, closed early, or a bug): not the
@@ -573,7 +643,7 @@ class Attempt:
         gateway = self._gateway
         gateway.breakers.get(self.candidate.provider_id).release()
         self._booked = True
-        if not self._sent:
+        if not self._generated:
             gateway.observer.attempt_cancelled(self._scope)
             return
         usage, cost = self._billed()
@@ -614,7 +684,7 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _causes(attempts: list[d.Attempt]) -> str:
-    """The attempts as `provider/model: cause` (repeats counted), at most ~600 characters."""
+    """The attempts as `provider/model: cause` (repeats counted), at most ~400 characters."""
     groups: list[tuple[str, int]] = []
     for attempt in attempts:
         cause = attempt.cause or _SKIP_CAUSES.get(attempt.error_kind, attempt.error_kind.replace("_", " "))
@@ -697,7 +767,9 @@ class Gateway:
         input_tokens = self.estimator.count_messages(request.messages)
         started = self.observer.route_started()
         try:
-            decision = self.router.decide(task, request.routing, input_tokens, output_tokens, has_images)
+            decision = self.router.decide(
+                task, request.routing, input_tokens, output_tokens, has_images, request.needed_capabilities
+            )
         except NoRouteError as exc:
             raise _too_long_or(exc, "messages") from None
         self.observer.routed(decision, started)
@@ -770,30 +842,42 @@ class Gateway:
 
     async def _chat(self, request: d.ChatRequest, attempts: Attempts) -> d.ChatResult:
         max_tokens = request.generation.max_tokens or self.default_max_tokens
+        retry_nonconforming = request.routing.fallback_on_nonconforming and request.response_format.wants_json
+        nonconforming: d.ChatResult | None = None  # the last answer refused for its format
         async for attempt in attempts:
             async with attempt:
                 entry = attempt.entry
                 reply = await attempt.provider.chat(
                     entry.model, entry.litellm_model, request, max_tokens, attempt.timeout_s
                 )
-                usage = self._usage(entry, reply.usage, attempts.decision, reply.text)
-                cost = await attempt.succeed(usage, reply.response_model, reply.text)
-                return d.ChatResult(
-                    request_id=attempts.request_id,
-                    text=reply.text,
-                    finish_reason=reply.finish_reason,
-                    usage=usage,
-                    cost=cost,
-                    decision=attempts.decision,
-                    attempts=attempts.attempts,
-                    response_model=reply.response_model,
+                usage = self._usage(entry, reply.usage, attempts.decision, _generated_text(reply))
+                conformance = check_conformance(request.response_format, reply.text)
+                refused = retry_nonconforming and conformance is not None and not conformance.conforms
+                # The wrong answer was generated and billed: it is paid for like any other, booked
+                # as failed, and the next candidate asked (the last planned call's answer stands).
+                error_kind = "nonconforming" if refused and attempts.calls_left() else ""
+                cost = await attempt.succeed(
+                    usage,
+                    reply.response_model,
+                    reply.text,
+                    error_kind=error_kind,
+                    output_tool_calls=reply.tool_calls,
+                    output_reasoning=reply.reasoning,
                 )
+                result = _chat_result(attempts, reply, usage, cost, conformance)
+                if not error_kind:
+                    return result
+                nonconforming = result
+        if nonconforming is not None:  # the candidates after a wrong answer failed: it is the best there is
+            return nonconforming
         raise attempts.exhausted()
 
     async def stream_chat(
         self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
-    ) -> AsyncGenerator[str | d.ChatResult, None]:
-        """Yield text deltas, then one ChatResult. Fallback only while nothing was yielded."""
+    ) -> AsyncGenerator[d.StreamOutput | d.ChatResult, None]:
+        """Yield text (str), tool-call and reasoning pieces, then one ChatResult.
+
+        Fallback only while nothing was yielded."""
         request = await self._inline_images(request)
         decision = self.decide_chat(request)
         attempts = await Attempts.open(self, decision, "chat", request, self._or_default(deadline), caller)
@@ -807,7 +891,7 @@ class Gateway:
 
     async def _stream_chat(
         self, request: d.ChatRequest, attempts: Attempts
-    ) -> AsyncGenerator[str | d.ChatResult, None]:
+    ) -> AsyncGenerator[d.StreamOutput | d.ChatResult, None]:
         decision = attempts.decision
         max_tokens = request.generation.max_tokens or self.default_max_tokens
         async for attempt in attempts:
@@ -819,19 +903,27 @@ class Gateway:
                 )
                 try:
                     async for event in stream:
-                        if isinstance(event, TextDelta):
-                            if not event.text:
-                                continue
-                            attempt.delivered(event.text)
-                            yield event.text
-                        else:
+                        if isinstance(event, StreamEnd):
                             end = event
+                            continue
+                        output = _stream_output(event)
+                        if output is None:
+                            continue
+                        attempt.delivered(output)
+                        yield output
                 finally:
                     await _aclose(stream)
-                text = attempt.output
-                usage = self._usage(entry, end.usage if end else None, decision, text)
+                text = attempt.text
+                usage = self._usage(entry, end.usage if end else None, decision, attempt.generated)
                 response_model = end.response_model if end else ""
-                cost = await attempt.succeed(usage, response_model, text)
+                tool_calls = end.tool_calls if end else ()
+                cost = await attempt.succeed(
+                    usage,
+                    response_model,
+                    text,
+                    output_tool_calls=tool_calls,
+                    output_reasoning=attempt.reasoning,
+                )
                 yield d.ChatResult(
                     request_id=attempts.request_id,
                     text=text,
@@ -841,6 +933,8 @@ class Gateway:
                     decision=decision,
                     attempts=attempts.attempts,
                     response_model=response_model,
+                    tool_calls=tool_calls,
+                    conformance=check_conformance(request.response_format, text),
                 )
                 return
         raise attempts.exhausted()
@@ -882,6 +976,40 @@ class Gateway:
                     attempts=attempts.attempts,
                 )
         raise attempts.exhausted()
+
+
+def _stream_output(event: Any) -> d.StreamOutput | None:
+    """What a provider stream event gives the caller; None for an empty piece."""
+    if isinstance(event, TextDelta):
+        return event.text or None
+    if isinstance(event, d.ToolCallDelta):
+        return event if (event.id or event.name or event.arguments) else None
+    if isinstance(event, d.ReasoningDelta):
+        return event if event.text else None
+    return None
+
+
+def _generated_text(reply: Any) -> str:
+    """Everything the model generated, for counting output tokens when the provider reports none."""
+    return "".join([reply.reasoning, reply.text, *(call.arguments for call in reply.tool_calls)])
+
+
+def _chat_result(
+    attempts: Attempts, reply: Any, usage: d.Usage, cost: d.Cost, conformance: d.Conformance | None
+) -> d.ChatResult:
+    return d.ChatResult(
+        request_id=attempts.request_id,
+        text=reply.text,
+        finish_reason=reply.finish_reason,
+        usage=usage,
+        cost=cost,
+        decision=attempts.decision,
+        attempts=attempts.attempts,
+        response_model=reply.response_model,
+        tool_calls=reply.tool_calls,
+        reasoning=reply.reasoning,
+        conformance=conformance,
+    )
 
 
 def _too_long_or(exc: NoRouteError, field_path: str) -> GatewayError:

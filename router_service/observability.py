@@ -19,7 +19,10 @@ the time its attempts spent waiting for providers (accumulated in the RPC's `Rpc
 
 Cost: with tracing off no span is built and no attribute dict is made per call; attribute dicts
 for metrics are cached per (operation, provider, model, response model, error). Prompts and
-completions go on spans only with content capture on; nothing here ever sees a key.
+completions go on spans only with content capture on; nothing here ever sees a key. Tools are
+the same: a request's tool definitions are counted on every span (`sekha.request.tool_count`)
+and described (`gen_ai.tool.definitions`) only with capture on; tool calls, tool results and
+reasoning appear only inside the captured `gen_ai.input.messages` / `gen_ai.output.messages`.
 """
 
 from __future__ import annotations
@@ -49,8 +52,20 @@ from sekha_runtime.telemetry import Telemetry
 
 __all__ = ["RouterObserver", "gen_ai_provider_name", "inject_trace_headers"]
 
-# Provider types whose GenAI convention name differs from ours.
+# gen_ai.provider.name per provider type: the OpenTelemetry GenAI registry's well-known value
+# where one applies. An `openai_compatible` server (vLLM, LM Studio, llama.cpp, ...) speaks the
+# OpenAI API and is reported as `openai`, as the convention says for systems reached through the
+# OpenAI API (server.address and the model attributes tell which one). Types the registry does not
+# list report their own name as a custom value: `ollama`, `openrouter`, `moonshot`, and `local`
+# (the router's in-process embedding model); so does any other LiteLLM provider name.
 _GEN_AI_PROVIDER_NAMES: Mapping[str, str] = {
+    "openai": "openai",
+    "openai_compatible": "openai",
+    "anthropic": "anthropic",
+    "deepseek": "deepseek",
+    "cohere": "cohere",
+    "groq": "groq",
+    "perplexity": "perplexity",
     "gemini": "gcp.gemini",
     "vertex_ai": "gcp.vertex_ai",
     "bedrock": "aws.bedrock",
@@ -114,9 +129,49 @@ def _parent_unsampled() -> bool:
     return context.is_valid and not context.trace_flags.sampled
 
 
+def _tool_call_parts(calls: Any) -> list[dict[str, Any]]:
+    return [
+        {"type": "tool_call", "id": call.id, "name": call.name, "arguments": call.arguments} for call in calls
+    ]
+
+
+def _tool_definitions(tools: Any) -> str:
+    definitions = []
+    for tool in tools:
+        definition: dict[str, Any] = {"type": "function", "name": tool.name}
+        if tool.description:
+            definition["description"] = tool.description
+        if tool.parameters is not None:
+            definition["parameters"] = tool.parameters
+        definitions.append(definition)
+    return json.dumps(definitions, ensure_ascii=False)
+
+
+def _request_attributes(request: Any) -> dict[str, Any]:
+    """Sampling fields per the GenAI conventions, and the count of tools (never their content)."""
+    attributes: dict[str, Any] = {}
+    generation = getattr(request, "generation", None)
+    if generation is not None:
+        for name, value in (
+            ("gen_ai.request.seed", generation.seed),
+            ("gen_ai.request.presence_penalty", generation.presence_penalty),
+            ("gen_ai.request.frequency_penalty", generation.frequency_penalty),
+        ):
+            if value is not None:
+                attributes[name] = value
+    tools = getattr(request, "tools", ())
+    if tools:
+        attributes["sekha.request.tool_count"] = len(tools)
+    return attributes
+
+
 def _input_messages(request: Any) -> str:
     messages = []
     for message in getattr(request, "messages", ()):
+        if message.role is d.Role.TOOL:
+            response = {"type": "tool_call_response", "id": message.tool_call_id, "response": message.text}
+            messages.append({"role": "tool", "parts": [response]})
+            continue
         parts: list[dict[str, Any]] = []
         for part in message.parts:
             if part.text is not None:
@@ -127,13 +182,19 @@ def _input_messages(request: Any) -> str:
                     parts.append({"type": "uri", "modality": "image", "uri": image.url})
                 else:  # the bytes stay out of telemetry even with capture on
                     parts.append({"type": "blob", "modality": "image", "mime_type": image.mime_type})
+        parts.extend(_tool_call_parts(message.tool_calls))
         messages.append({"role": message.role.value, "parts": parts})
     return json.dumps(messages, ensure_ascii=False)
 
 
-def _output_messages(text: str) -> str:
-    message = {"role": "assistant", "parts": [{"type": "text", "content": text}]}
-    return json.dumps([message], ensure_ascii=False)
+def _output_messages(text: str, tool_calls: Any = (), reasoning: str = "") -> str:
+    parts: list[dict[str, Any]] = []
+    if reasoning:
+        parts.append({"type": "reasoning", "content": reasoning})
+    if text or not tool_calls:
+        parts.append({"type": "text", "content": text})
+    parts.extend(_tool_call_parts(tool_calls))
+    return json.dumps([{"role": "assistant", "parts": parts}], ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,8 +357,12 @@ class RouterObserver:
             span = self._tracer.start_span(model.span_name, kind=SpanKind.CLIENT)
             if span.is_recording():
                 span.set_attributes(model.span_attributes)
-                if self._capture and operation == "chat":
-                    span.set_attribute("gen_ai.input.messages", _input_messages(request))
+                if operation == "chat":
+                    span.set_attributes(_request_attributes(request))
+                    if self._capture:
+                        span.set_attribute("gen_ai.input.messages", _input_messages(request))
+                        if getattr(request, "tools", ()):
+                            span.set_attribute("gen_ai.tool.definitions", _tool_definitions(request.tools))
             token = otel_context.attach(trace.set_span_in_context(span))
         return _AttemptScope(model, self._clock(), span, token)
 
@@ -339,6 +404,17 @@ class RouterObserver:
                 self._token_usage.record(
                     usage.output_tokens, self._with(model, *extra, ("gen_ai.token.type", "output"))
                 )
+                # Parts of the totals above, each under its own token type (sum input and
+                # output only): only when the provider reported them, so most calls add nothing.
+                for token_type, count in (
+                    ("cache_read_input", usage.cached_input_tokens),
+                    ("cache_creation_input", usage.cache_write_input_tokens),
+                    ("reasoning_output", usage.reasoning_tokens),
+                ):
+                    if count:
+                        self._token_usage.record(
+                            count, self._with(model, *extra, ("gen_ai.token.type", token_type))
+                        )
         if cost is not None and cost.cost_usd is not None:
             self._cost.add(cost.cost_usd, model.cost_attributes)
 
@@ -348,6 +424,14 @@ class RouterObserver:
             span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
             if model.operation == "chat":
                 span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+                if usage.cached_input_tokens:
+                    span.set_attribute("gen_ai.usage.cache_read.input_tokens", usage.cached_input_tokens)
+                if usage.cache_write_input_tokens:
+                    span.set_attribute(
+                        "gen_ai.usage.cache_creation.input_tokens", usage.cache_write_input_tokens
+                    )
+                if usage.reasoning_tokens:
+                    span.set_attribute("sekha.usage.reasoning_tokens", usage.reasoning_tokens)
 
     def attempt_finished(
         self,
@@ -359,6 +443,8 @@ class RouterObserver:
         scope: Any = None,
         response_model: str = "",
         output_text: str | None = None,
+        output_tool_calls: Any = (),
+        output_reasoning: str = "",
     ) -> None:
         if not isinstance(scope, _AttemptScope):
             started = self._clock() - attempt.latency_s
@@ -382,7 +468,10 @@ class RouterObserver:
                 span.set_attribute("error.type", error)
                 span.set_status(Status(StatusCode.ERROR))
             if self._capture and output_text is not None and operation == "chat":
-                span.set_attribute("gen_ai.output.messages", _output_messages(output_text))
+                span.set_attribute(
+                    "gen_ai.output.messages",
+                    _output_messages(output_text, output_tool_calls, output_reasoning),
+                )
         self._close(scope)
 
     def attempt_cancelled(self, scope: Any, usage: d.Usage | None = None, cost: d.Cost | None = None) -> None:

@@ -70,15 +70,16 @@ def resolve_price(
 
 
 def estimate_cost(price: Price | None, input_tokens: int, output_tokens: int) -> float | None:
-    """US dollars for the tokens, or None when the price is unknown."""
+    """US dollars for the tokens (`Price.cost`), or None when the price is unknown."""
     if price is None:
         return None
     return price.cost(input_tokens, output_tokens)
 
 
 def real_cost(entry: ModelEntry, usage: Usage) -> Cost:
-    """The cost of a finished call from the usage the provider reported (or we counted)."""
-    return Cost(estimate_cost(entry.price, usage.input_tokens, usage.output_tokens))
+    """The cost of a finished call from the usage the provider reported (or we counted), cache
+    reads and writes and reasoning tokens priced at their own rates (`Cost.of`)."""
+    return Cost.of(entry.price, usage)
 
 
 class PriceTable:
@@ -110,8 +111,8 @@ class PriceTable:
         return estimate_cost(self._prices.get(key), input_tokens, output_tokens)
 
     def real_cost(self, entry: ModelEntry, usage: Usage) -> Cost:
-        """The cost of a finished call at this table's price for the entry."""
-        return Cost(estimate_cost(self._prices.get(entry.key), usage.input_tokens, usage.output_tokens))
+        """The cost of a finished call at this table's price for the entry (`Cost.of`)."""
+        return Cost.of(self._prices.get(entry.key), usage)
 
     def __contains__(self, key: object) -> bool:
         return key in self._prices
@@ -191,6 +192,15 @@ class TokenEstimator:
 
     def estimate_embed(self, inputs: Sequence[str], litellm_model: str | None = None) -> TokenEstimate:
         return TokenEstimate(input_tokens=self.count_texts(inputs, litellm_model), output_tokens=0)
+
+    def preload(self) -> None:
+        """Load the tokenizer every request counts with (its encoding takes 0.4-1.8 s to load).
+
+        Loading is synchronous: done lazily by the first request, it would stall the event loop
+        and every call on it, health checks included. The server calls this (in a thread) before
+        health says SERVING.
+        """
+        self._count(model=self.tokenizer_model(None), text="preload")
 
     def _count(self, **kwargs: Any) -> int:
         counter = self._counter

@@ -110,6 +110,10 @@ class LiteLLMModelInfo:
             capabilities.add(Capability.TOOLS)
         if raw.get("supports_audio_input"):
             capabilities.add(Capability.AUDIO)
+        if raw.get("supports_response_schema"):
+            capabilities.add(Capability.STRUCTURED_OUTPUT)
+        if raw.get("supports_reasoning"):
+            capabilities.add(Capability.REASONING)
         return ModelInfo(
             context_window=_positive_int(raw.get("max_input_tokens") or raw.get("max_tokens")),
             max_output_tokens=_positive_int(raw.get("max_output_tokens")),
@@ -145,7 +149,20 @@ def _bundled_price(model_cost: Mapping[str, Any], litellm_model: str, provider_t
         return None  # priced per second, per character or not at all: unknown for our purposes
     output_cost = entry.get("output_cost_per_token")
     output_cost = output_cost if isinstance(output_cost, int | float) else 0.0
-    return Price(input_per_million=float(input_cost) * 1e6, output_per_million=float(output_cost) * 1e6)
+    return Price(
+        input_per_million=float(input_cost) * 1e6,
+        output_per_million=float(output_cost) * 1e6,
+        cached_input_per_million=_per_million(entry.get("cache_read_input_token_cost")),
+        cache_write_per_million=_per_million(entry.get("cache_creation_input_token_cost")),
+        reasoning_per_million=_per_million(entry.get("output_cost_per_reasoning_token")),
+    )
+
+
+def _per_million(per_token: Any) -> float | None:
+    """A per-token rate of the map per million tokens; None when the map has none."""
+    if isinstance(per_token, int | float) and not isinstance(per_token, bool) and per_token >= 0:
+        return float(per_token) * 1e6
+    return None
 
 
 def _positive_int(value: Any) -> int | None:

@@ -6,7 +6,10 @@ The rules, applied in this order to the models configured for the request's task
 2. preferred model: must exist (NotFoundError) and serve the task with the required
    capabilities (NoRouteError naming what it lacks); it goes first, the others stay as
    fallbacks unless the caller disabled fallback;
-3. capabilities: the required ones, plus vision when the request carries images;
+3. capabilities: the required ones, plus what the request itself needs (vision for images,
+   tools for tools, structured output for a JSON schema, reasoning for a reasoning effort);
+   a rejected model's reason names what it lacks and why the request needs it, and since
+   every candidate has them, a fallback never serves less than the caller asked for;
 4. provider disabled at run time (e.g. its credentials were rejected): skipped;
 5. circuit breaker open: skipped (read without taking a probe permit);
 6. context window: skipped when input + output tokens exceed it;
@@ -62,11 +65,10 @@ class _Slot:
         "entry",
         "fixed_candidate",
         "index",
-        "input_per_million",
         "key",
         "lacks_cache",
         "model",
-        "output_per_million",
+        "price",
         "price_known",
         "priority",
         "provider_id",
@@ -87,8 +89,7 @@ class _Slot:
         self.caps = entry.capabilities
         self.context = entry.context_window or _NO_CONTEXT_LIMIT
         self.price_known = price is not None
-        self.input_per_million = price.input_per_million if price is not None else 0.0
-        self.output_per_million = price.output_per_million if price is not None else 0.0
+        self.price = price
         # Candidates are immutable, so one whose estimate never changes (free, or price unknown)
         # is built once and shared by every decision.
         fixed: Candidate | None = None
@@ -108,20 +109,23 @@ class _Slot:
         self.rejected_price_unknown = RejectedCandidate(
             provider_id, model, "price unknown and max_cost is set"
         )
-        self.lacks_cache: dict[frozenset[Capability], RejectedCandidate] = {}
+        self.lacks_cache: dict[tuple[frozenset[Capability], frozenset[Capability]], RejectedCandidate] = {}
 
-    def rejected_lacking(self, required: frozenset[Capability]) -> RejectedCandidate:
-        """The rejection for missing capabilities (at most 2**len(Capability) distinct ones)."""
-        rejection = self.lacks_cache.get(required)
+    def rejected_lacking(
+        self, required: frozenset[Capability], because: frozenset[Capability]
+    ) -> RejectedCandidate:
+        """The rejection for missing capabilities (at most 4**len(Capability) distinct ones)."""
+        key = (required, because)
+        rejection = self.lacks_cache.get(key)
         if rejection is None:
-            rejection = RejectedCandidate(self.provider_id, self.model, _lacks(required, self.caps))
-            self.lacks_cache[required] = rejection
+            rejection = RejectedCandidate(self.provider_id, self.model, _lacks(required, self.caps, because))
+            self.lacks_cache[key] = rejection
         return rejection
 
     def cost(self, input_tokens: int, output_tokens: int) -> float | None:
-        if not self.price_known:
-            return None
-        return (input_tokens * self.input_per_million + output_tokens * self.output_per_million) / 1e6
+        """The estimate (`Price.cost`, the router's one cost formula); None when the price is unknown."""
+        price = self.price
+        return None if price is None else price.cost(input_tokens, output_tokens)
 
 
 _Group = tuple[tuple[_Slot, ...], tuple[str, ...]]  # slots of one priority, and their provider ids
@@ -155,7 +159,7 @@ class Router:
         # Validated preferred models: (name, task, capabilities) -> their slots as a group. Only
         # names that exist are stored, so its size is bounded by the configuration.
         self._preferred_cache: dict[
-            tuple[str, Task, frozenset[Capability]], tuple[_Group, frozenset[str]]
+            tuple[str, Task, frozenset[Capability], frozenset[Capability]], tuple[_Group, frozenset[str]]
         ] = {}
 
     def decide(
@@ -165,8 +169,12 @@ class Router:
         input_tokens: int,
         output_tokens: int,
         has_images: bool,
+        needed: frozenset[Capability] = frozenset(),
     ) -> RoutingDecision:
         """Order the candidates for a request; raise the error that explains an empty list.
+
+        `needed` are the capabilities the request's own content requires (tools, a JSON schema,
+        a reasoning effort: `ChatRequest.needed_capabilities`), on top of the caller's list.
 
         Priority groups are examined in order and the walk stops once `max_candidates` models
         are found, so `rejected` lists the models examined and excluded, not lower-priority
@@ -180,13 +188,14 @@ class Router:
                 violation_type="NO_MODEL_FOR_TASK",
             )
         required = prefs.required_capabilities
-        if has_images and Capability.VISION not in required:
-            required = required | _VISION_ONLY
+        because = needed | _VISION_ONLY if has_images else needed
+        if because and not because <= required:
+            required = required | because
         preferred = prefs.preferred_model
         preferred_group: _Group | None = None
         preferred_keys: frozenset[str] = frozenset()
         if preferred:
-            preferred_group, preferred_keys = self._preferred_group(preferred, task, required, has_images)
+            preferred_group, preferred_keys = self._preferred_group(preferred, task, required, because)
             if prefs.disable_fallback:
                 groups = (preferred_group,)
             else:
@@ -220,7 +229,7 @@ class Router:
                 if skip_preferred and slot.key in preferred_keys:
                     continue  # examined in the preferred group
                 if required and not required <= slot.caps:
-                    rejected.append(slot.rejected_lacking(required))
+                    rejected.append(slot.rejected_lacking(required, because))
                     continue
                 if blocked is not None:
                     reason = blocked.get(slot.provider_id)
@@ -234,10 +243,8 @@ class Router:
                 if total_tokens > slot.context:
                     rejected.append(slot.rejected_context)
                     continue
-                if slot.price_known:
-                    cost = (
-                        input_tokens * slot.input_per_million + output_tokens * slot.output_per_million
-                    ) / 1e6
+                if slot.price is not None:
+                    cost = slot.price.cost(input_tokens, output_tokens)
                     if max_cost is not None and cost > max_cost:
                         rejected.append(slot.rejected_over_cost)
                         continue
@@ -261,7 +268,7 @@ class Router:
                 task,
                 considered if considered is not None else self._task_slots[task],
                 required,
-                has_images,
+                because,
                 input_tokens,
                 output_tokens,
                 max_cost,
@@ -296,9 +303,9 @@ class Router:
     # -- preferred model ------------------------------------------------------------------
 
     def _preferred_group(
-        self, name: str, task: Task, required: frozenset[Capability], has_images: bool
+        self, name: str, task: Task, required: frozenset[Capability], because: frozenset[Capability]
     ) -> tuple[_Group, frozenset[str]]:
-        cache_key = (name, task, required)
+        cache_key = (name, task, required, because)
         cached = self._preferred_cache.get(cache_key)
         if cached is not None:
             return cached
@@ -315,11 +322,8 @@ class Router:
             )
         capable = [e for e in serving if required <= e.capabilities]
         if not capable:
-            lacking = required - serving[0].capabilities
-            missing = ", ".join(sorted(str(c) for c in lacking))
-            why = " (the request has images)" if has_images and Capability.VISION in lacking else ""
             raise NoRouteError(
-                f"model {name!r} lacks {missing}{why}",
+                f"model {name!r} {_lacks(required, serving[0].capabilities, because)}",
                 subject="routing.preferred_model",
                 violation_type="MODEL_LACKS_CAPABILITY",
             )
@@ -336,7 +340,7 @@ class Router:
         task: Task,
         considered: Sequence[_Slot],
         required: frozenset[Capability],
-        has_images: bool,
+        because: frozenset[Capability],
         input_tokens: int,
         output_tokens: int,
         max_cost: float | None,
@@ -344,9 +348,8 @@ class Router:
         capable = [s for s in considered if required <= s.caps]
         if not capable:
             asked = ", ".join(sorted(str(c) for c in required))
-            images = " (the request has images)" if has_images else ""
             return NoRouteError(
-                f"no configured model serves task {task} with capabilities {asked}{images}",
+                f"no configured model serves task {task} with capabilities {asked}{_why(required, because)}",
                 subject="routing.required_capabilities",
                 violation_type="NO_MODEL_WITH_CAPABILITY",
             )
@@ -418,8 +421,25 @@ def _priority_groups(slots: Sequence[_Slot]) -> tuple[_Group, ...]:
     return tuple(groups)
 
 
-def _lacks(required: frozenset[Capability], capabilities: frozenset[Capability]) -> str:
-    return "lacks " + ", ".join(sorted(str(c) for c in required - capabilities))
+# Why a request needs a capability its caller did not list.
+_BECAUSE = {
+    Capability.VISION: "the request has images",
+    Capability.TOOLS: "the request has tools",
+    Capability.STRUCTURED_OUTPUT: "the request asks for a JSON schema",
+    Capability.REASONING: "the request sets a reasoning effort",
+}
+
+
+def _why(capabilities: frozenset[Capability], because: frozenset[Capability]) -> str:
+    reasons = [_BECAUSE[c] for c in sorted(capabilities & because) if c in _BECAUSE]
+    return f" ({'; '.join(reasons)})" if reasons else ""
+
+
+def _lacks(
+    required: frozenset[Capability], capabilities: frozenset[Capability], because: frozenset[Capability]
+) -> str:
+    lacking = required - capabilities
+    return "lacks " + ", ".join(sorted(str(c) for c in lacking)) + _why(lacking, because)
 
 
 def _unique(items: Iterable[str]) -> list[str]:

@@ -6,6 +6,7 @@ tests pass `RouterDeps` to inject a clock, static model info or providers.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -29,6 +30,7 @@ from router_service.providers.factory import make_provider, provider_address
 from router_service.registry import Registry
 from router_service.reload import ConfigReloader, TrackedGateway
 from router_service.routing import Router
+from router_service.rpc import convert
 from router_service.rpc.servicer import RouterServicer
 from router_service.shared_breaker import SharedBreakerRegistry
 from router_service.spend import SpendGuard
@@ -36,7 +38,7 @@ from router_service.state import StateStore, open_store
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
 from sekha_runtime.events import EventLog
-from sekha_runtime.server.auth import ApiKeyAuthInterceptor, warn_if_open
+from sekha_runtime.server.auth import ApiKeyAuthInterceptor, refuse_if_open
 from sekha_runtime.server.lifecycle import ServerOptions, ServingServer, options_from_config, start_server
 from sekha_runtime.server.tracing import TelemetryInterceptor
 from sekha_runtime.telemetry import MetricsEndpoint, Telemetry
@@ -182,6 +184,10 @@ async def build_core(
     registry = Registry.from_config(config, deps.model_info)
     prices = PriceTable(registry)
     estimator = TokenEstimator()
+    # Everything a request needs is loaded before health says SERVING (and before a reload swaps
+    # this core in): a load on the first request would stall the event loop with every caller,
+    # health checks included, behind it.
+    await asyncio.to_thread(estimator.preload)
     breakers: BreakerRegistry | SharedBreakerRegistry
     if store.shared and config.state.shared_breakers:
         breakers = SharedBreakerRegistry.from_config(config, store, wall_clock=deps.wall_clock)
@@ -216,6 +222,15 @@ async def build_core(
         max_output_tokens=config.limits.max_output_tokens,
         max_embed_inputs=config.limits.max_embed_inputs,
         max_input_chars=config.limits.max_input_chars,
+        max_tools=config.limits.max_tools,
+        max_tool_schema_chars=config.limits.max_tool_schema_chars,
+        max_tool_description_chars=config.limits.max_tool_description_chars,
+        max_response_schema_chars=config.limits.max_response_schema_chars,
+        max_tool_call_argument_chars=config.limits.max_tool_call_argument_chars,
+        max_stop_sequences=config.limits.max_stop_sequences,
+        max_stop_sequence_chars=config.limits.max_stop_sequence_chars,
+        max_metadata_value_chars=config.limits.max_metadata_value_chars,
+        max_user_chars=config.limits.max_user_chars,
     )
     gateway = Gateway(
         registry=registry,
@@ -277,6 +292,7 @@ async def build_core(
 
 
 async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> RouterApp:
+    refuse_if_open(config.auth, config.listen_hosts(), "router")
     deps = deps or RouterDeps()
     telemetry = deps.telemetry if deps.telemetry is not None and deps.telemetry.enabled else None
     telemetry_interceptors: tuple[Any, ...] = ()
@@ -304,8 +320,8 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         telemetry=telemetry_interceptors,
         extra=deps.extra_interceptors,
         credentials=deps.server_credentials,
+        request_check=convert.check_request,
     )
-    warn_if_open(config.auth, config.server.host, "router")
     serving = await start_server(
         options,
         domain="router.sekha.dev",
@@ -361,7 +377,9 @@ async def _serve_http(
         telemetry=telemetry,
         max_body_bytes=config.server.max_message_bytes,
     )
-    port = await door.start(config.server.http_host or config.server.host, config.server.http_port or 0)
+    port = await door.start(
+        config.server.http_host or config.server.host, config.server.http_port or 0, config.server.reuse_port
+    )
     # Stopped after the gRPC server's grace period, so in-flight HTTP requests drain alongside.
     serving.on_stop.append(door.stop)
     log.info("router HTTP door (OpenAI-compatible) on port %d", port)

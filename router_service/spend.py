@@ -435,6 +435,9 @@ class SpendTicket:
             output_tokens=usage.output_tokens,
             cost_nanos=None if cost.cost_usd is None else usd_to_nanos(cost.cost_usd),
             request_id=self.request_id,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_input_tokens=usage.cache_write_input_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
         )
         try:
             await guard.store.settle(held or uuid.uuid4().hex, self.budgets, record)

@@ -128,12 +128,17 @@ class ProviderRejectedError(GatewayError):
     """The provider refused the request itself (400/422, context length, content policy).
 
     It is the caller's fault, so it maps to INVALID_ARGUMENT and never feeds the breaker.
+    `field_path` names the request field the provider objected to ("" when it named none we know);
+    `provider_code` is the provider's machine-readable error code ("" when it gave none).
     """
 
-    def __init__(self, message: str, kind: str, field_path: str = "messages") -> None:
+    def __init__(
+        self, message: str, kind: str, field_path: str = "messages", provider_code: str = ""
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.field_path = field_path
+        self.provider_code = provider_code
 
 
 @dataclass

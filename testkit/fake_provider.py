@@ -16,6 +16,15 @@ HTTP path and the lean OpenAI-compatible path) to run unchanged against it:
   ``max_tokens``, or with a ``system`` role inside ``messages``, so a client that does not
   translate to Anthropic's format fails here too. (LiteLLM posts to ``{api_base}/v1/messages``.)
 
+Beyond text it can be scripted (:class:`Behaviour`) to answer with tool calls (several in one
+turn, their arguments streamed in the fragments given), reasoning text (OpenAI-compatible
+``reasoning_content``, Anthropic ``thinking`` blocks) and cache / reasoning token counts
+(OpenAI ``prompt_tokens_details.cached_tokens`` and ``completion_tokens_details.reasoning_tokens``,
+Anthropic ``cache_read_input_tokens`` / ``cache_creation_input_tokens``), in each protocol's own
+shape; Ollama's ``/api/chat`` returns tool calls with arguments as a JSON object, as Ollama does.
+Streams can also start with role-only / metadata-only chunks, or end without a finish reason.
+Every request's JSON is recorded as received, so tests assert the exact upstream body.
+
 By default it answers deterministically: the reply is ``"echo: <last user text>"``, usage
 is word counts, embeddings are hash-seeded unit vectors whose dimension comes from the model
 name (``*-384`` -> 384) or a configured map (default 8). Tests script it per request with
@@ -55,6 +64,28 @@ _DEFAULT_DIMENSION = 8
 
 
 @dataclass(frozen=True, slots=True)
+class FakeToolCall:
+    """A tool call the fake answers with.
+
+    ``arguments`` is the JSON text sent verbatim (for Anthropic and Ollama, which carry
+    arguments as an object, it is parsed first). ``chunks`` are the argument fragments a
+    stream sends, in order (they must concatenate to ``arguments``); default: three pieces.
+    ``id`` defaults to ``call_<n>`` (``toolu_<n>`` on the Anthropic endpoint).
+    """
+
+    name: str
+    arguments: str = "{}"
+    id: str = ""
+    chunks: list[str] | None = None
+
+    def fragments(self) -> list[str]:
+        if self.chunks is not None:
+            return list(self.chunks)
+        step = max(1, -(-len(self.arguments) // 3))
+        return [self.arguments[i : i + step] for i in range(0, len(self.arguments), step)] or [""]
+
+
+@dataclass(frozen=True, slots=True)
 class Behaviour:
     """How the fake answers one request.
 
@@ -81,6 +112,20 @@ class Behaviour:
             ``overloaded_error``), as Anthropic does when it is overloaded mid-answer; OpenAI:
             a ``data:`` event holding ``error_body`` (default a 502 error object with a numeric
             ``code``), as OpenRouter reports an upstream failure mid-stream.
+        tool_calls: answer with these tool calls (the text then defaults to none, and a
+            ``stop`` finish reason becomes ``tool_calls``). In a stream every argument fragment
+            is one chunk, and so is each call's first piece (its id and name).
+        reasoning: reasoning text, before the answer (OpenAI-compatible ``reasoning_content``,
+            an Anthropic ``thinking`` block); ``reasoning_chunks`` are its streamed pieces.
+        cached_tokens / cache_write_tokens / reasoning_tokens: usage details. ``usage`` stays
+            OpenAI's totals (input includes cached and cache-write tokens); the Anthropic
+            endpoint reports ``input_tokens`` without them, as Anthropic does.
+        preamble_chunks: streams only: this many role-only / empty-delta chunks (OpenAI) or
+            ``ping`` events (Anthropic) before any content; they do not count as chunks.
+        omit_finish: streams only: no finish reason at all (OpenAI still sends ``[DONE]``,
+            Anthropic ``message_stop``).
+        latency_per_input_s: embeddings only (OpenAI, Ollama): a further delay per input text, so a
+            bigger batch takes longer, as on a model running on a CPU.
     """
 
     status: int = 200
@@ -98,6 +143,22 @@ class Behaviour:
     raw_body: str | None = None
     finish_reason: str = "stop"
     stream_error_after_chunks: int | None = None
+    tool_calls: list[FakeToolCall] | None = None
+    reasoning: str | None = None
+    reasoning_chunks: list[str] | None = None
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    preamble_chunks: int = 0
+    omit_finish: bool = False
+
+    @property
+    def effective_finish_reason(self) -> str:
+        if self.tool_calls and self.finish_reason == "stop":
+            return "tool_calls"
+        return self.finish_reason
+
+    latency_per_input_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -135,6 +196,12 @@ class _Reply:
     chunks: list[str]
     input_tokens: int
     output_tokens: int
+    tool_calls: list[FakeToolCall]
+    reasoning: str
+    reasoning_chunks: list[str]
+
+    def call_id(self, index: int, prefix: str = "call") -> str:
+        return self.tool_calls[index].id or f"{prefix}_{index}"
 
 
 def _words(text: str) -> int:
@@ -384,15 +451,36 @@ class FakeProvider:
     def _reply(self, behaviour: Behaviour, prompt_text: str, last_user_text: str) -> _Reply:
         text = behaviour.text if behaviour.text is not None else self._text
         if text is None:
-            text = f"echo: {last_user_text}"
-        chunks = list(behaviour.chunks) if behaviour.chunks is not None else _split_words(text)
+            text = "" if behaviour.tool_calls else f"echo: {last_user_text}"
         if behaviour.chunks is not None:
+            chunks = list(behaviour.chunks)
             text = "".join(chunks)
+        else:
+            chunks = _split_words(text) if text else []
+        reasoning_chunks = list(behaviour.reasoning_chunks or [])
+        reasoning = "".join(reasoning_chunks) if reasoning_chunks else behaviour.reasoning or ""
+        if reasoning and not reasoning_chunks:
+            reasoning_chunks = _split_words(reasoning)
+        calls = list(behaviour.tool_calls or [])
         if behaviour.usage is not None:
             input_tokens, output_tokens = behaviour.usage
         else:
-            input_tokens, output_tokens = _words(prompt_text), _words(text)
-        return _Reply(text, chunks, input_tokens, output_tokens)
+            generated = " ".join([reasoning, text, *(c.arguments for c in calls)])
+            input_tokens, output_tokens = _words(prompt_text), _words(generated)
+        return _Reply(text, chunks, input_tokens, output_tokens, calls, reasoning, reasoning_chunks)
+
+    @staticmethod
+    def _openai_usage(behaviour: Behaviour, reply: _Reply) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "prompt_tokens": reply.input_tokens,
+            "completion_tokens": reply.output_tokens,
+            "total_tokens": reply.input_tokens + reply.output_tokens,
+        }
+        if behaviour.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": behaviour.cached_tokens}
+        if behaviour.reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": behaviour.reasoning_tokens}
+        return usage
 
     @staticmethod
     def _openai_error_body(status: int) -> dict[str, Any]:
@@ -525,25 +613,30 @@ class FakeProvider:
             )
             reply = self._reply(behaviour, prompt, last_user)
             model = body.get("model", "")
-            usage = {
-                "prompt_tokens": reply.input_tokens,
-                "completion_tokens": reply.output_tokens,
-                "total_tokens": reply.input_tokens + reply.output_tokens,
-            }
+            usage = self._openai_usage(behaviour, reply)
+            finish_reason = behaviour.effective_finish_reason
             created = int(time.time())
             if not body.get("stream"):
+                message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+                if not reply.tool_calls and not reply.text:
+                    message["content"] = ""
+                if reply.reasoning:
+                    message["reasoning_content"] = reply.reasoning
+                if reply.tool_calls:
+                    message["tool_calls"] = [
+                        {
+                            "id": reply.call_id(i),
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": call.arguments},
+                        }
+                        for i, call in enumerate(reply.tool_calls)
+                    ]
                 payload: dict[str, Any] = {
                     "id": "chatcmpl-fake",
                     "object": "chat.completion",
                     "created": created,
                     "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": reply.text},
-                            "finish_reason": behaviour.finish_reason,
-                        }
-                    ],
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
                 }
                 if behaviour.include_usage:
                     payload["usage"] = usage
@@ -560,25 +653,47 @@ class FakeProvider:
                 }
                 return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
-            pieces = [
-                event([{"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}])
-                if i == 0
-                else event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
-                for i, piece in enumerate(reply.chunks)
-            ]
+            def delta(content: dict[str, Any]) -> bytes:
+                return event([{"index": 0, "delta": content, "finish_reason": None}])
+
+            head = [delta({"role": "assistant"} if i == 0 else {}) for i in range(behaviour.preamble_chunks)]
+            deltas: list[dict[str, Any]] = [{"reasoning_content": piece} for piece in reply.reasoning_chunks]
+            deltas += [{"content": piece} for piece in reply.chunks]
+            for i, call in enumerate(reply.tool_calls):
+                deltas.append(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": i,
+                                "id": reply.call_id(i),
+                                "type": "function",
+                                "function": {"name": call.name, "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+                deltas += [
+                    {"tool_calls": [{"index": i, "function": {"arguments": fragment}}]}
+                    for fragment in call.fragments()
+                ]
+            if deltas and not head:
+                deltas[0] = {"role": "assistant", **deltas[0]}
+            pieces = [delta(content) for content in deltas]
             if behaviour.stream_error_after_chunks is not None:
                 error = behaviour.error_body or {"error": {"code": 502, "message": "upstream failed"}}
                 pieces = pieces[: behaviour.stream_error_after_chunks]
                 error_event = b"data: " + json.dumps(error).encode() + b"\n\n"
                 return await self._stream(
-                    request, behaviour, record, "text/event-stream", pieces, [error_event]
+                    request, behaviour, record, "text/event-stream", pieces, [error_event], head
                 )
-            tail = [event([{"index": 0, "delta": {}, "finish_reason": behaviour.finish_reason}])]
+            tail = []
+            if not behaviour.omit_finish:
+                tail.append(event([{"index": 0, "delta": {}, "finish_reason": finish_reason}]))
             wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             if wants_usage and behaviour.include_usage:
                 tail.append(event([], usage=usage))
             tail.append(b"data: [DONE]\n\n")
-            return await self._stream(request, behaviour, record, "text/event-stream", pieces, tail)
+            return await self._stream(request, behaviour, record, "text/event-stream", pieces, tail, head)
 
         return await self._serve(request, answer)
 
@@ -588,6 +703,8 @@ class FakeProvider:
         ) -> web.StreamResponse:
             inputs = body.get("input", [])
             texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs]
+            if behaviour.latency_per_input_s > 0:
+                await asyncio.sleep(behaviour.latency_per_input_s * len(texts))
             model = str(body.get("model", ""))
             dimension = self._dimension(model)
             payload: dict[str, Any] = {
@@ -641,19 +758,35 @@ class FakeProvider:
             "created_at": created_at,
             **wrap(""),
             "done": True,
+            # Ollama says "stop" also when the model called tools.
             "done_reason": behaviour.finish_reason,
         }
         if behaviour.include_usage:
             final["prompt_eval_count"] = reply.input_tokens
             final["eval_count"] = reply.output_tokens
+        # Ollama sends a turn's tool calls whole, arguments as a JSON object, in one message.
+        calls = [
+            {"function": {"name": call.name, "arguments": json.loads(call.arguments or "{}")}}
+            for call in reply.tool_calls
+        ]
         if body.get("stream") is False:
             final.update(wrap(reply.text))
+            if calls:
+                final["message"]["tool_calls"] = calls
             return await self._json(request, final, record)
         pieces = [
             json.dumps({"model": model, "created_at": created_at, **wrap(piece), "done": False}).encode()
             + b"\n"
             for piece in reply.chunks
         ]
+        if calls:
+            message = {"role": "assistant", "content": "", "tool_calls": calls}
+            pieces.append(
+                json.dumps(
+                    {"model": model, "created_at": created_at, "message": message, "done": False}
+                ).encode()
+                + b"\n"
+            )
         return await self._stream(
             request, behaviour, record, "application/x-ndjson", pieces, [json.dumps(final).encode() + b"\n"]
         )
@@ -696,6 +829,8 @@ class FakeProvider:
         ) -> web.StreamResponse:
             inputs = body.get("input", [])
             texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs]
+            if behaviour.latency_per_input_s > 0:
+                await asyncio.sleep(behaviour.latency_per_input_s * len(texts))
             model = str(body.get("model", ""))
             dimension = self._dimension(model)
             payload: dict[str, Any] = {
@@ -821,7 +956,25 @@ class FakeProvider:
             last_user = next((_message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
             reply = self._reply(behaviour, prompt, last_user)
             model = body["model"]
-            stop_reason = self._anthropic_stop_reason(behaviour.finish_reason)
+            forced = body.get("tool_choice") or {}
+            if not reply.tool_calls and forced.get("type") == "tool":
+                # The model obeys a forced tool (LiteLLM forces one for JSON answers): the
+                # scripted text becomes the tool's input.
+                try:
+                    arguments = json.dumps(json.loads(reply.text))
+                except ValueError:
+                    arguments = "{}"
+                reply.tool_calls = [FakeToolCall(name=str(forced.get("name")), arguments=arguments)]
+                reply.text, reply.chunks = "", []
+            finish = "tool_calls" if reply.tool_calls and behaviour.finish_reason == "stop" else None
+            stop_reason = self._anthropic_stop_reason(finish or behaviour.finish_reason)
+            usage: dict[str, Any] = {
+                "input_tokens": reply.input_tokens - behaviour.cached_tokens - behaviour.cache_write_tokens,
+                "output_tokens": reply.output_tokens,
+            }
+            if behaviour.cached_tokens or behaviour.cache_write_tokens:
+                usage["cache_read_input_tokens"] = behaviour.cached_tokens
+                usage["cache_creation_input_tokens"] = behaviour.cache_write_tokens
             message: dict[str, Any] = {
                 "id": "msg_fake",
                 "type": "message",
@@ -831,14 +984,25 @@ class FakeProvider:
                 "stop_reason": None,
                 "stop_sequence": None,
             }
+            blocks: list[dict[str, Any]] = []
+            if reply.reasoning:
+                blocks.append({"type": "thinking", "thinking": reply.reasoning, "signature": "sig-fake"})
+            if reply.text or not reply.tool_calls:
+                blocks.append({"type": "text", "text": reply.text})
+            for i, call in enumerate(reply.tool_calls):
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": reply.call_id(i, "toolu"),
+                        "name": call.name,
+                        "input": json.loads(call.arguments or "{}"),
+                    }
+                )
             if not body.get("stream"):
-                message["content"] = [{"type": "text", "text": reply.text}]
+                message["content"] = blocks
                 message["stop_reason"] = stop_reason
                 if behaviour.include_usage:
-                    message["usage"] = {
-                        "input_tokens": reply.input_tokens,
-                        "output_tokens": reply.output_tokens,
-                    }
+                    message["usage"] = usage
                 return await self._json(request, message, record)
 
             def event(name: str, data: dict[str, Any]) -> bytes:
@@ -847,33 +1011,58 @@ class FakeProvider:
             if behaviour.include_usage:
                 # Like the real API: message_start holds the input tokens and an early output
                 # count; message_delta then carries the final (cumulative) output tokens.
-                message["usage"] = {
-                    "input_tokens": reply.input_tokens,
-                    "output_tokens": min(1, reply.output_tokens),
-                }
-            head = [
-                event("message_start", {"type": "message_start", "message": message}),
-                event(
+                message["usage"] = {**usage, "output_tokens": min(1, reply.output_tokens)}
+
+            def block_start(index: int, block: dict[str, Any]) -> bytes:
+                empty = {**block, **{"thinking": "", "text": "", "input": {}}}
+                start = {key: empty[key] for key in block if key != "signature"}
+                return event(
                     "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": 0,
-                        "content_block": {"type": "text", "text": ""},
-                    },
-                ),
-                event("ping", {"type": "ping"}),
-            ]
-            pieces = [
-                event(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": 0,
-                        "delta": {"type": "text_delta", "text": piece},
-                    },
+                    {"type": "content_block_start", "index": index, "content_block": start},
                 )
-                for piece in reply.chunks
-            ]
+
+            def block_delta(index: int, delta: dict[str, Any]) -> bytes:
+                return event(
+                    "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+                )
+
+            def block_stop(index: int) -> bytes:
+                return event("content_block_stop", {"type": "content_block_stop", "index": index})
+
+            # One piece per delta; a block's start rides on its first piece (the first block's
+            # goes out with the headers, as Anthropic sends it before the first ping) and its
+            # stop on its last, so a scripted break cuts between deltas.
+            per_block: list[list[bytes]] = []
+            for index, block in enumerate(blocks):
+                if block["type"] == "thinking":
+                    deltas = [
+                        block_delta(index, {"type": "thinking_delta", "thinking": t})
+                        for t in reply.reasoning_chunks
+                    ]
+                    deltas.append(block_delta(index, {"type": "signature_delta", "signature": "sig-fake"}))
+                elif block["type"] == "text":
+                    deltas = [block_delta(index, {"type": "text_delta", "text": t}) for t in reply.chunks]
+                else:
+                    call = reply.tool_calls[index - (len(blocks) - len(reply.tool_calls))]
+                    deltas = [
+                        block_delta(index, {"type": "input_json_delta", "partial_json": fragment})
+                        for fragment in call.fragments()
+                    ]
+                per_block.append(deltas)
+            head = [event("message_start", {"type": "message_start", "message": message})]
+            if blocks:
+                head.append(block_start(0, blocks[0]))
+            head += [event("ping", {"type": "ping"})] * max(1, behaviour.preamble_chunks)
+            pieces: list[bytes] = []
+            closing: list[bytes] = []
+            for index, deltas in enumerate(per_block):
+                prefix = closing + ([block_start(index, blocks[index])] if index else [])
+                closing = [block_stop(index)]
+                if not deltas:
+                    closing = prefix + closing
+                    continue
+                deltas[0] = b"".join(prefix) + deltas[0]
+                pieces += deltas
             if behaviour.stream_error_after_chunks is not None:
                 error = behaviour.error_body or self._anthropic_error_body(529, "Overloaded")
                 pieces = pieces[: behaviour.stream_error_after_chunks]
@@ -881,12 +1070,15 @@ class FakeProvider:
             else:
                 delta: dict[str, Any] = {
                     "type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                    "delta": {
+                        "stop_reason": None if behaviour.omit_finish else stop_reason,
+                        "stop_sequence": None,
+                    },
                 }
                 if behaviour.include_usage:
                     delta["usage"] = {"output_tokens": reply.output_tokens}
                 tail = [
-                    event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                    *closing,
                     event("message_delta", delta),
                     event("message_stop", {"type": "message_stop"}),
                 ]

@@ -1,8 +1,10 @@
-"""A real `redis-server` on 127.0.0.1 for tests: started on a free port, no persistence.
+"""A real `redis-server` on 127.0.0.1 for tests: started on a free port, no persistence by default.
 
 `RedisServer.start()` launches `redis-server --port <free> --save "" --appendonly no` in a
 temporary directory and waits until it answers PING; `stop()` terminates it and `restart()`
 starts it again on the same port (an outage test stops it mid-test and brings it back).
+`RedisServer(binary, persistent=True)` writes an append-only file (fsync always) in that
+directory, so a restart comes back with its data, as the deployed Redis does.
 `redis_server_or_skip()` skips the calling test only when the binary is not installed.
 """
 
@@ -38,9 +40,10 @@ def _binary() -> str | None:
 class RedisServer:
     """One redis-server process owned by a test."""
 
-    def __init__(self, binary: str, port: int | None = None) -> None:
+    def __init__(self, binary: str, port: int | None = None, *, persistent: bool = False) -> None:
         self.binary = binary
         self.port = port or _free_port()
+        self.persistent = persistent
         self._dir = tempfile.TemporaryDirectory(prefix="sekha-redis-")
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -57,7 +60,8 @@ class RedisServer:
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
-                "--appendonly", "no",
+                "--appendonly", "yes" if self.persistent else "no",
+                "--appendfsync", "always",
                 "--dir", self._dir.name,
                 "--daemonize", "no",
                 "--loglevel", "warning",
@@ -112,11 +116,11 @@ class RedisServer:
             self._dir.cleanup()
 
 
-def redis_server_or_skip() -> RedisServer:
+def redis_server_or_skip(*, persistent: bool = False) -> RedisServer:
     """A started server; skips the test when redis-server is not installed (and only then)."""
     binary = _binary()
     if binary is None:
         pytest.skip(f"redis-server is not installed ({REDIS_SERVER_BINARY} missing and not on PATH)")
-    server = RedisServer(binary)
+    server = RedisServer(binary, persistent=persistent)
     server.start()
     return server

@@ -53,7 +53,7 @@ def test_gateway_section_has_every_target_cell_and_no_errors(quick_run: Path) ->
     settings = gateway["settings"]
     assert settings["concurrencies"] == [1, 8]
     portkey = "portkey" in gateway["targets"]
-    expected = {"direct", "echo", "reference", "router"} | ({"portkey"} if portkey else set())
+    expected = {"direct", "echo", "reference", "router", "router_http"} | ({"portkey"} if portkey else set())
     assert set(gateway["targets"]) == expected
     assert "skipped" in gateway["unavailable"]["litellm_proxy"]
     if portkey:

@@ -6,10 +6,12 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from embedding_service import domain as d
 from sekha.embedding.v1 import embedding_service_pb2 as pb
 from sekha_runtime.errors import FieldViolation, InvalidArgumentError
+from sekha_runtime.server.messages import RequestChecker
 
 FUSION_FROM_PB = {
     pb.FUSION_METHOD_UNSPECIFIED: d.FusionMethod.RECIPROCAL_RANK,
@@ -28,6 +30,31 @@ MIGRATION_STATE_TO_PB = {
     d.MigrationState.COMPLETED: pb.MIGRATION_STATE_COMPLETED,
     d.MigrationState.FAILED: pb.MIGRATION_STATE_FAILED,
 }
+
+
+# Identifiers an error may echo (a collection or migration it did not find), capped before any
+# handler sees them. Document ids have their own, configured limit (defaults.max_id_chars).
+IDENTIFIER_LIMITS = {
+    "base": 256,
+    "model": 256,
+    "target_model": 256,
+    "name": 256,
+    "source_collection": 256,
+    "GetMigrationRequest.id": 128,
+    "request_id": 128,
+    "page_token": 1024,
+}
+
+
+_REQUEST_CHECKER = RequestChecker(IDENTIFIER_LIMITS)
+
+
+def check_request(request: Message) -> None:
+    """What holds for every Embedding request, whatever the RPC: each enum field at any depth holds
+    a declared value, and identifiers fit their caps. Raises InvalidArgumentError naming the fields."""
+    violations = _REQUEST_CHECKER.violations(request)
+    if violations:
+        raise InvalidArgumentError(violations)
 
 
 def metadata_from_pb(values: Mapping[str, pb.MetadataValue], path: str, out: list[FieldViolation]) -> dict:

@@ -27,6 +27,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             convert.documents_from_pb(request.documents),
             request.model or None,
             request.request_id,
+            deadline_s=context.time_remaining(),
         )
         return pb.UpsertDocumentsResponse(
             upserted_count=result.upserted_count,
@@ -48,6 +49,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             documents=[convert.document_to_pb(doc) for doc in result.documents],
             collection=result.collection,
             next_page_token=result.next_page_token,
+            collections=result.collections,
         )
 
     async def DeleteDocuments(

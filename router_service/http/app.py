@@ -111,12 +111,12 @@ class HttpDoor:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         # handler_cancellation: a caller that hangs up cancels its request, and with it the
         # provider call it was paying for.
         self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port or None)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self.port
@@ -136,6 +136,7 @@ class HttpDoor:
         started = time.perf_counter()
         parent = extract_from_metadata(request.headers.items())
         span = None
+        active: otel_context.Context | None
         if self._tracer is not None and route not in _OPEN_PATHS:
             span = self._tracer.start_span(
                 f"{request.method} {route}",
@@ -251,7 +252,7 @@ class HttpDoor:
     async def _stream(
         self,
         request: web.Request,
-        events: AsyncIterator[str | d.ChatResult],
+        events: AsyncIterator[d.StreamOutput | d.ChatResult],
         chunk_id: str,
         model: str,
         include_usage: bool,
@@ -266,7 +267,7 @@ class HttpDoor:
         response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
         await response.prepare(request)
         try:
-            pending: list[str | d.ChatResult] = [first]
+            pending: list[d.StreamOutput | d.ChatResult] = [first]
             role_sent = False
             async for event in _chain(pending, events):
                 if isinstance(event, d.ChatResult):
@@ -274,9 +275,9 @@ class HttpDoor:
                         await response.write(_sse(closing))
                     await response.write(_sse("[DONE]"))
                     break
-                delta: dict[str, Any] = {"content": event}
+                delta: dict[str, Any] = convert.stream_delta(event)
                 if not role_sent:
-                    delta = {"role": "assistant", "content": event}
+                    delta = {"role": "assistant", **delta}
                     role_sent = True
                 await response.write(_sse(convert.chunk(chunk_id, created, model, delta)))
         except (ConnectionResetError, asyncio.CancelledError):
@@ -330,8 +331,8 @@ class HttpDoor:
 
 
 async def _chain(
-    first: list[str | d.ChatResult], rest: AsyncIterator[str | d.ChatResult]
-) -> AsyncIterator[str | d.ChatResult]:
+    first: list[d.StreamOutput | d.ChatResult], rest: AsyncIterator[d.StreamOutput | d.ChatResult]
+) -> AsyncIterator[d.StreamOutput | d.ChatResult]:
     for event in first:
         yield event
     async for event in rest:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from router_service import domain as d
-from router_service.http.schema import ChatCompletionRequest, EmbeddingRequest, Message
+from router_service.http.schema import ChatCompletionRequest, EmbeddingRequest, Message, NamedToolChoice
 from sekha_runtime.errors import FieldViolation, InvalidArgumentError
 
 TASK_ALIAS_PREFIX = "sekha/"
@@ -35,6 +35,7 @@ _ROLES = {
     "developer": d.Role.SYSTEM,  # OpenAI's newer name for the system role
     "user": d.Role.USER,
     "assistant": d.Role.ASSISTANT,
+    "tool": d.Role.TOOL,
 }
 _FINISH = {
     d.FinishReason.STOP: "stop",
@@ -135,18 +136,28 @@ def request_id(headers: Mapping[str, str]) -> str:
 
 
 def _message(index: int, message: Message, violations: list[FieldViolation]) -> d.ChatMessage | None:
-    role = _ROLES.get(message.role)
-    if role is None:
+    role = _ROLES[message.role]
+    if role is d.Role.TOOL and not message.tool_call_id:
         violations.append(
-            FieldViolation(f"messages[{index}].role", f"role {message.role!r} is not served yet")
+            FieldViolation(f"messages[{index}].tool_call_id", "a tool message names the call it answers")
         )
-        return None
+    if message.tool_calls and role is not d.Role.ASSISTANT:
+        violations.append(
+            FieldViolation(f"messages[{index}].tool_calls", "only an assistant message has them")
+        )
+    tool_calls = tuple(
+        d.ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
+        for call in message.tool_calls or ()
+    )
     content = message.content
     if content is None or content == "" or content == []:
+        if tool_calls:  # an assistant turn that only called tools
+            return d.ChatMessage(role=role, parts=(), tool_calls=tool_calls)
         violations.append(FieldViolation(f"messages[{index}].content", "a message needs content"))
         return None
+    tool_call_id = message.tool_call_id or ""
     if isinstance(content, str):
-        return d.ChatMessage(role=role, parts=(d.ContentPart(text=content),))
+        return d.ChatMessage(role, (d.ContentPart(text=content),), tool_calls, tool_call_id)
     parts: list[d.ContentPart] = []
     for j, part in enumerate(content):
         if part.type == "text":
@@ -167,7 +178,35 @@ def _message(index: int, message: Message, violations: list[FieldViolation]) -> 
         else:
             image = d.ImagePart(url=url, detail=part.image_url.detail)
         parts.append(d.ContentPart(image=image))
-    return d.ChatMessage(role=role, parts=tuple(parts))
+    return d.ChatMessage(role, tuple(parts), tool_calls, tool_call_id)
+
+
+def _tool_choice(choice: str | NamedToolChoice | None) -> d.ToolChoice | None:
+    if choice is None:
+        return None
+    if isinstance(choice, str):
+        return d.ToolChoice(mode=d.ToolChoiceMode(choice))
+    return d.ToolChoice(tool_name=choice.function.name)
+
+
+def _response_format(body: ChatCompletionRequest) -> d.ResponseFormat:
+    given = body.response_format
+    if given is None or given.type == "text":
+        return d.ResponseFormat()
+    if given.type == "json_object":
+        return d.ResponseFormat(type=d.ResponseFormatType.JSON_OBJECT)
+    schema = given.json_schema
+    if schema is None:
+        raise InvalidArgumentError(
+            FieldViolation("response_format.json_schema", "required when type is json_schema")
+        )
+    return d.ResponseFormat(
+        type=d.ResponseFormatType.JSON_SCHEMA,
+        schema=schema.schema_ or {},
+        schema_name=schema.name,
+        description=schema.description or "",
+        strict=bool(schema.strict),
+    )
 
 
 def chat_request(
@@ -189,9 +228,26 @@ def chat_request(
             temperature=body.temperature,
             top_p=body.top_p,
             stop_sequences=stop,
+            seed=body.seed,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            reasoning_effort=d.ReasoningEffort(body.reasoning_effort) if body.reasoning_effort else None,
         ),
         request_id=request_id(headers),
         metadata=dict(body.metadata or {}),
+        tools=tuple(
+            d.Tool(
+                name=t.function.name,
+                description=t.function.description or "",
+                parameters=t.function.parameters,
+                strict=bool(t.function.strict),
+            )
+            for t in body.tools or ()
+        ),
+        tool_choice=_tool_choice(body.tool_choice),
+        parallel_tool_calls=body.parallel_tool_calls,
+        response_format=_response_format(body),
+        user=body.user or "",
     )
 
 
@@ -250,15 +306,61 @@ def routing_headers(result: d.ChatResult | d.EmbedResult) -> dict[str, str]:
     }
     if result.cost.cost_usd is not None:
         headers["x-sekha-cost-usd"] = f"{result.cost.cost_usd:.10f}"
+    conformance = getattr(result, "conformance", None)
+    if conformance is not None:
+        headers["x-sekha-conforms"] = "true" if conformance.conforms else "false"
+        if conformance.reason:
+            headers["x-sekha-conformance-reason"] = _header_text(conformance.reason)
     return headers
 
 
-def _usage(usage: d.Usage) -> dict[str, int]:
-    return {
+def _usage(usage: d.Usage) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
+    if usage.cache_write_input_tokens:
+        # No OpenAI field for it; the name Anthropic and LiteLLM use.
+        out["cache_creation_input_tokens"] = usage.cache_write_input_tokens
+    return out
+
+
+def tool_calls_json(calls: tuple[d.ToolCall, ...]) -> list[dict[str, Any]]:
+    return [
+        {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+        for call in calls
+    ]
+
+
+def stream_delta(event: d.StreamOutput) -> dict[str, Any]:
+    """The `delta` of one streamed event: text, a tool-call piece, or reasoning."""
+    if isinstance(event, str):
+        return {"content": event}
+    if isinstance(event, d.ReasoningDelta):
+        return {"reasoning_content": event.text}
+    piece: dict[str, Any] = {"index": event.index, "function": {"arguments": event.arguments}}
+    if event.id:
+        piece["id"] = event.id
+        piece["type"] = "function"
+    if event.name:
+        piece["function"]["name"] = event.name
+    return {"tool_calls": [piece]}
+
+
+def _assistant_message(result: d.ChatResult) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": result.text if result.text or not result.tool_calls else None,
+        "refusal": None,
+    }
+    if result.tool_calls:
+        message["tool_calls"] = tool_calls_json(result.tool_calls)
+    if result.reasoning:
+        message["reasoning_content"] = result.reasoning  # the field OpenAI-compatible reasoners use
+    return message
 
 
 def completion_id(request_id: str) -> str:
@@ -276,7 +378,7 @@ def chat_completion(result: d.ChatResult, created: int | None = None) -> dict[st
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.text, "refusal": None},
+                "message": _assistant_message(result),
                 "finish_reason": _FINISH[result.finish_reason],
                 "logprobs": None,
             }

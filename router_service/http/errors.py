@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sekha_runtime import errors as e
+from sekha_runtime.server.errors import MAX_MESSAGE_CHARS
+from sekha_runtime.server.messages import bound
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,9 @@ class HttpError:
     headers: dict[str, str] = field(default_factory=dict)
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        # A message may echo the caller's input: bounded like every gRPC status message.
+        message = bound(self.message, MAX_MESSAGE_CHARS)
+        return {"error": {"message": message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def openai_param(field_path: str) -> str:
@@ -74,7 +78,8 @@ def http_error(exc: BaseException, route: str = "") -> HttpError:
             openai_param(first.field) if first else None,
         )
     if isinstance(exc, e.ProviderRejectedError):
-        return HttpError(400, exc.message, "invalid_request_error", exc.kind, openai_param(exc.field_path))
+        param = openai_param(exc.field_path) if exc.field_path else None
+        return HttpError(400, exc.message, "invalid_request_error", exc.kind, param)
     if isinstance(exc, e.CostLimitExceededError):
         return HttpError(
             400, exc.message, "invalid_request_error", exc.reason.lower(), "x-sekha-max-cost-usd"

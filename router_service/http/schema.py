@@ -44,12 +44,58 @@ class ImagePart(BaseModel):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
+class FunctionCall(BaseModel):
+    name: str = Field(min_length=1)
+    arguments: str = Field(description="the JSON text as the model produced it")
+
+
+class ToolCall(BaseModel):
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class StreamOptions(BaseModel):
@@ -69,6 +115,14 @@ class ChatCompletionRequest(_Body):
     n: int | None = Field(default=None, ge=1, le=1, description="one choice per request")
     metadata: dict[str, str] | None = None
     user: str | None = Field(default=None, max_length=256)
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
 
 
 class EmbeddingRequest(_Body):
@@ -82,16 +136,8 @@ class EmbeddingRequest(_Body):
 # OpenAI fields the Gateway does not serve yet. Refused by name when set to anything but null.
 _UNSUPPORTED = {
     ChatCompletionRequest: (
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "functions",
+        "functions",  # the deprecated predecessors of tools / tool_choice
         "function_call",
-        "response_format",
-        "reasoning_effort",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
         "logprobs",
         "top_logprobs",
         "logit_bias",
@@ -116,7 +162,7 @@ def error_path(location: tuple[Any, ...]) -> str:
     for part in location:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("TextPart", "ImagePart", "str", "list[str]", "list[tagged-union[TextPart,ImagePart]]"):
+        elif isinstance(part, str) and (part[:1].isupper() or part.startswith(("str", "list[", "literal["))):
             continue  # pydantic names the union branch it tried; the caller's field is the one above it
         else:
             path += f".{part}" if path else str(part)

@@ -20,6 +20,7 @@ import asyncio
 import email.utils
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -31,6 +32,8 @@ KIND_RESET = "reset"
 KIND_TIMEOUT = "timeout"
 KIND_RATE_LIMITED = "rate_limited"
 KIND_BAD_RESPONSE = "bad_response"
+# A 200 stream that ended with no text, no tool call and no finish reason: no answer at all.
+KIND_EMPTY_STREAM = "empty_stream"
 KIND_MODEL_NOT_FOUND = "model_not_found"
 KIND_BAD_REQUEST = "bad_request"
 KIND_CONTEXT_LENGTH = "context_length"
@@ -94,10 +97,25 @@ class ProviderFailure(ProviderError):
 
 
 class ProviderRejection(ProviderError):
-    """The provider refused the request itself: the caller's fault, no fallback, no breaker."""
+    """The provider refused the request itself: the caller's fault, no fallback, no breaker.
 
-    def __init__(self, kind: str, status: int | None = None, cause_type: str = "") -> None:
+    ``field_path`` is the field of *our* request the provider named (``generation.temperature``),
+    or "" when it named none we know; ``provider_code`` is the provider's machine-readable error
+    code (``invalid_value``), kept only when it looks like one. Neither is ever the provider's
+    free text.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        status: int | None = None,
+        cause_type: str = "",
+        field_path: str = "",
+        provider_code: str = "",
+    ) -> None:
         super().__init__(kind, status, cause_type)
+        self.field_path = field_path
+        self.provider_code = provider_code
 
 
 class ProviderAuthError(ProviderError):
@@ -159,6 +177,69 @@ def _error_text(body_json: Any) -> str:
     return " ".join(str(p) for p in parts if p is not None).lower()
 
 
+# The provider's name of a request parameter -> the field of our request it came from. Message
+# paths map to `messages` as a whole: a provider numbers messages after its own conversion (a
+# system message moved out of the list), so its index need not be ours.
+_PARAM_FIELDS = {
+    "messages": "messages",
+    "system": "messages",
+    "temperature": "generation.temperature",
+    "top_p": "generation.top_p",
+    "max_tokens": "generation.max_tokens",
+    "max_completion_tokens": "generation.max_tokens",
+    "max_output_tokens": "generation.max_tokens",
+    "num_predict": "generation.max_tokens",
+    "stop": "generation.stop_sequences",
+    "stop_sequences": "generation.stop_sequences",
+    "input": "inputs",
+    "prompt": "messages",
+}
+_PARAM_HEAD = re.compile(r"[A-Za-z_]+")
+# Anthropic names the parameter at the start of its message: "temperature: Input should be ...",
+# "messages.0.content: Field required".
+_LEADING_PARAM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.\[\]]*)\s*:")
+_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def request_field_for(param: object) -> str:
+    """Our request field for a provider's parameter name (``messages[2].content`` -> ``messages``);
+    "" when the provider named none, or one our request does not have."""
+    if not isinstance(param, str):
+        return ""
+    head = _PARAM_HEAD.match(param.strip())
+    return _PARAM_FIELDS.get(head.group(0), "") if head else ""
+
+
+def _provider_error(body_json: Any) -> dict[str, Any]:
+    if not isinstance(body_json, dict):
+        return {}
+    error = body_json.get("error", body_json)
+    return error if isinstance(error, dict) else {}
+
+
+def rejection_details(body_json: Any) -> tuple[str, str]:
+    """(our field path, provider error code) from an error body; "" for what it does not say.
+
+    OpenAI-style bodies carry ``param`` and ``code``; Anthropic's carry only a ``type`` and name
+    the parameter at the start of the message, which is read for that name and nothing else.
+    """
+    error = _provider_error(body_json)
+    field = request_field_for(error.get("param"))
+    message = error.get("message")
+    if not field and isinstance(message, str):
+        leading = _LEADING_PARAM.match(message)
+        field = request_field_for(leading.group(1)) if leading else ""
+    code = ""
+    for candidate in (error.get("code"), error.get("type")):
+        if isinstance(candidate, bool) or candidate is None:
+            continue
+        text = str(candidate)
+        if _CODE.fullmatch(text):
+            code = text
+            break
+    return field, code
+
+
 def _rejection_kind(text: str) -> str:
     if any(marker in text for marker in _CONTEXT_LENGTH_MARKERS):
         return KIND_CONTEXT_LENGTH
@@ -173,8 +254,12 @@ def classify_status(
     error_text: str = "",
     cause_type: str = "",
     now: Callable[[], float] = time.time,
+    rejected: tuple[str, str] = ("", ""),
 ) -> ProviderError:
-    """Classify an HTTP error status (with the lower-cased error text used for markers)."""
+    """Classify an HTTP error status (with the lower-cased error text used for markers).
+
+    ``rejected`` is (our field path, provider error code) for a 4xx the caller caused.
+    """
     if status in (401, 403):
         return ProviderAuthError(status, cause_type)
     if status == 429:
@@ -188,7 +273,7 @@ def classify_status(
     if 500 <= status <= 599:
         return ProviderFailure(f"http_{status}", parse_retry_after(headers, now), status, cause_type)
     if 400 <= status <= 499:
-        return ProviderRejection(_rejection_kind(error_text), status, cause_type)
+        return ProviderRejection(_rejection_kind(error_text), status, cause_type, *rejected)
     return ProviderFailure(KIND_BAD_RESPONSE, None, status, cause_type)
 
 
@@ -199,7 +284,9 @@ def classify_http(
     now: Callable[[], float] = time.time,
 ) -> ProviderError:
     """Classify a non-2xx answer of an OpenAI-compatible (or Ollama) endpoint."""
-    return classify_status(status, headers, _error_text(body_json), "HTTPStatus", now)
+    return classify_status(
+        status, headers, _error_text(body_json), "HTTPStatus", now, rejection_details(body_json)
+    )
 
 
 def decode_error_body(raw: bytes) -> Any:
@@ -343,7 +430,7 @@ def classify_litellm_error(exc: BaseException, now: Callable[[], float] = time.t
         # BadRequestError, UnprocessableEntityError and friends; the message is read for
         # context-length / content-policy markers only, never kept.
         text = str(getattr(exc, "message", "") or "").lower()
-        return classify_status(status, _retry_headers(exc), text, cause_type, now)
+        return classify_status(status, _retry_headers(exc), text, cause_type, now, _litellm_rejection(exc))
     # LiteLLM reports network errors and its own parse failures as InternalServerError /
     # APIConnectionError / MidStreamFallbackError with status 500: the cause chain tells
     # what really happened.
@@ -358,6 +445,26 @@ def classify_litellm_error(exc: BaseException, now: Callable[[], float] = time.t
     if isinstance(status, int) and status >= 500:
         return classify_status(_upstream_status(exc, status), _retry_headers(exc), "", cause_type, now)
     return ProviderFailure(KIND_BAD_RESPONSE, None, None, cause_type)
+
+
+def _litellm_rejection(exc: BaseException) -> tuple[str, str]:
+    """(our field path, provider error code) from the provider's error body somewhere along
+    LiteLLM's exception chain: an SDK error's ``body`` / ``param`` / ``code``, or the raw JSON that
+    LiteLLM's own provider errors (AnthropicError) keep as their message."""
+    for link in _exception_chain(exc):
+        bodies: list[Any] = [getattr(link, "body", None)]
+        param, code = getattr(link, "param", None), getattr(link, "code", None)
+        if param is not None or code is not None:
+            bodies.append({"error": {"param": param, "code": code}})
+        for raw in (getattr(link, "text", None), getattr(link, "message", None)):
+            if isinstance(raw, str) and raw.lstrip().startswith("{"):
+                bodies.append(decode_error_body(raw.encode()))
+        for body in bodies:
+            if isinstance(body, dict):
+                field, code_text = rejection_details(body)
+                if field or code_text:
+                    return field, code_text
+    return "", ""
 
 
 def _upstream_status(exc: BaseException, reported: int) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from router_service.domain import ChatRequest, FinishReason, Usage
+from router_service.domain import ChatRequest, FinishReason, ReasoningDelta, Usage
 from router_service.providers.base import (
     ProviderChatResult,
     ProviderEmbedResult,
@@ -34,9 +34,13 @@ from router_service.providers.base import (
     StreamEnd,
     StreamEvent,
     TextDelta,
+    ToolCallAssembler,
+    check_stream_end,
     finish_reason_from,
     generation_params,
+    reasoning_from_openai,
     to_openai_messages,
+    tool_calls_from_openai,
     usage_from_openai,
 )
 from router_service.providers.errors import (
@@ -118,6 +122,21 @@ def _response_model(response: Any, default: str, litellm_model: str) -> str:
 def _provider_sent_no_chunks(stream: Any) -> bool:
     chunks = getattr(stream, "chunks", None)
     return isinstance(chunks, list) and not chunks
+
+
+def _provider_finish_reason(stream: Any, reported: FinishReason) -> FinishReason:
+    """The finish reason the provider itself sent; UNSPECIFIED when it sent none.
+
+    LiteLLM ends every stream with a finish reason, making one up ("stop") when the provider
+    sent none; the wrapper keeps what the provider really said, and only that tells a complete
+    answer from a stream that just stopped.
+    """
+    if not hasattr(stream, "received_finish_reason"):
+        return reported  # cannot tell: trust what LiteLLM reports
+    sent = getattr(stream, "received_finish_reason", None) or getattr(
+        stream, "intermittent_finish_reason", None
+    )
+    return finish_reason_from(sent) if sent else FinishReason.UNSPECIFIED
 
 
 def _provider_sent_usage(stream: Any) -> bool:
@@ -237,7 +256,8 @@ class LiteLLMProvider:
             raise classify_litellm_error(exc) from None
         try:
             choice = response.choices[0]
-            text = choice.message.content or ""
+            message = choice.message
+            text = message.content or ""
             if not isinstance(text, str):
                 raise TypeError("content is not a string")
             return ProviderChatResult(
@@ -245,6 +265,8 @@ class LiteLLMProvider:
                 finish_reason=finish_reason_from(choice.finish_reason),
                 usage=_usage_of(response),
                 response_model=_response_model(response, model, kwargs["model"]),
+                tool_calls=tool_calls_from_openai(getattr(message, "tool_calls", None)),
+                reasoning=reasoning_from_openai(message),
             )
         except (AttributeError, IndexError, KeyError, TypeError) as exc:
             raise ProviderFailure(KIND_BAD_RESPONSE, cause_type=type(exc).__name__) from None
@@ -252,10 +274,10 @@ class LiteLLMProvider:
     async def stream_chat(
         self, model: str, litellm_model: str, request: ChatRequest, max_tokens: int, timeout_s: float
     ) -> AsyncGenerator[StreamEvent, None]:
-        """Stream a chat completion as TextDelta events and one final StreamEnd.
+        """Stream a chat completion as text, tool-call and reasoning events and one final StreamEnd.
 
-        ``timeout_s`` bounds (a) the call up to the first text event (connect, request,
-        headers, first chunk) and then (b) each wait for the next event. The stream's total
+        ``timeout_s`` bounds (a) the call up to the first event (connect, request, headers,
+        first chunk) and then (b) each wait for the next event. The stream's total
         duration is unbounded. Ending early (cancellation, generator close, error) closes the
         LiteLLM stream and with it the upstream connection.
         """
@@ -276,6 +298,7 @@ class LiteLLMProvider:
         usage: Usage | None = None
         response_model = model
         produced_text = False
+        tool_calls = ToolCallAssembler()
         iterator = stream.__aiter__()
         try:
             while True:
@@ -297,21 +320,34 @@ class LiteLLMProvider:
                 if choice.finish_reason:
                     finish_reason = finish_reason_from(choice.finish_reason)
                 delta = getattr(choice, "delta", None)
-                text = getattr(delta, "content", None) if delta is not None else None
+                if delta is None:
+                    continue
+                events: list[StreamEvent] = []
+                reasoning = reasoning_from_openai(delta)
+                if reasoning:
+                    events.append(ReasoningDelta(reasoning))
+                text = getattr(delta, "content", None)
                 if text:
                     produced_text = True
-                    yield TextDelta(text)
+                    events.append(TextDelta(text))
+                raw_calls = getattr(delta, "tool_calls", None)
+                if raw_calls:
+                    events.extend(tool_calls.feed(raw_calls))
+                for event in events:
+                    yield event
+                if events:
                     deadline = loop.time() + timeout_s
         finally:
             # Runs on normal end too (then it is a cheap no-op on a finished response).
             await self._close_stream(stream)
         if usage is not None and not _provider_sent_usage(stream):
             usage = None
-        if not produced_text and _provider_sent_no_chunks(stream):
+        if not produced_text and not tool_calls and _provider_sent_no_chunks(stream):
             # When the answer was no stream it could parse, LiteLLM ends the stream quietly
             # with a made-up "stop"; its record of provider chunks is empty then.
             raise ProviderFailure(KIND_BAD_RESPONSE, cause_type="EmptyStream")
-        yield StreamEnd(finish_reason, usage, response_model)
+        check_stream_end(_provider_finish_reason(stream, finish_reason), produced_text, tool_calls)
+        yield StreamEnd(finish_reason, usage, response_model, tool_calls.calls())
 
     @staticmethod
     async def _close_stream(stream: Any) -> None:

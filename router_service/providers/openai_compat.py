@@ -13,13 +13,14 @@ unread bytes never goes back to the pool and the upstream sees the hang-up at on
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 
-from router_service.domain import ChatRequest, FinishReason, Usage
+from router_service.domain import ChatRequest, FinishReason, ReasoningDelta, Usage
 from router_service.providers.base import (
     ProviderChatResult,
     ProviderEmbedResult,
@@ -27,9 +28,13 @@ from router_service.providers.base import (
     StreamEnd,
     StreamEvent,
     TextDelta,
+    ToolCallAssembler,
+    check_stream_end,
     finish_reason_from,
     generation_params,
+    reasoning_from_openai,
     to_openai_messages,
+    tool_calls_from_openai,
     usage_from_openai,
 )
 from router_service.providers.errors import (
@@ -107,9 +112,17 @@ def default_session_factory() -> aiohttp.ClientSession:
 
 
 class _StreamState:
-    """What a stream has told us besides text: finish reason, usage, model."""
+    """What a stream has told us besides the events: finish reason, usage, model, tool calls."""
 
-    __slots__ = ("done", "finish_reason", "response_model", "saw_data", "usage")
+    __slots__ = (
+        "done",
+        "finish_reason",
+        "produced_text",
+        "response_model",
+        "saw_data",
+        "tool_calls",
+        "usage",
+    )
 
     def __init__(self, model: str) -> None:
         self.finish_reason = FinishReason.UNSPECIFIED
@@ -117,6 +130,54 @@ class _StreamState:
         self.response_model = model
         self.done = False
         self.saw_data = False
+        self.produced_text = False
+        self.tool_calls = ToolCallAssembler()
+
+
+class _SSELines:
+    """The lines of a streamed body, including those that arrived together with a broken connection.
+
+    aiohttp's StreamReader raises the stored connection error as soon as one is set, before it
+    returns bytes it has already buffered: when a provider sends its last chunks back to back and
+    then resets, those chunks (generated, and billed by the provider) would never reach the
+    caller. After such an error the complete lines still in the buffer are handed out first, then
+    the error is raised. An incomplete last line is dropped: it was never fully sent.
+    """
+
+    __slots__ = ("_content", "_error", "_salvaged")
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self._content = content
+        self._salvaged: collections.deque[bytes] | None = None
+        self._error: BaseException | None = None
+
+    async def readline(self) -> bytes:
+        if self._salvaged is None:
+            try:
+                return await self._content.readline(max_line_length=_MAX_SSE_LINE)
+            except Exception as exc:
+                if self._content.exception() is None:
+                    raise  # not a broken connection (a line too long): nothing to salvage
+                self._error = exc
+                self._salvaged = collections.deque(_complete_lines(_buffered(self._content)))
+        if self._salvaged:
+            return self._salvaged.popleft()
+        assert self._error is not None
+        raise self._error
+
+
+def _buffered(content: aiohttp.StreamReader) -> bytes:
+    """What the reader holds unread. Every public read raises once an error is stored, so this
+    uses aiohttp's own unchecked read (pinned by the lean-path stream tests, which fail if it goes)."""
+    read_buffered = getattr(content, "_read_nowait", None)
+    if read_buffered is None or not getattr(content, "_buffer", None):
+        return b""
+    return bytes(read_buffered(-1))
+
+
+def _complete_lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    return [line + b"\n" for line in lines[:-1]]  # the last piece has no newline: incomplete
 
 
 class OpenAICompatProvider:
@@ -229,6 +290,8 @@ class OpenAICompatProvider:
                 finish_reason=finish_reason_from(choice.get("finish_reason")),
                 usage=usage_from_openai(data.get("usage")),
                 response_model=str(data.get("model") or model),
+                tool_calls=tool_calls_from_openai(message.get("tool_calls")),
+                reasoning=reasoning_from_openai(message),
             )
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise ProviderFailure(KIND_BAD_RESPONSE, cause_type=type(exc).__name__) from None
@@ -261,11 +324,12 @@ class OpenAICompatProvider:
     async def stream_chat(
         self, model: str, litellm_model: str, request: ChatRequest, max_tokens: int, timeout_s: float
     ) -> AsyncGenerator[StreamEvent, None]:
-        """Stream a chat completion as TextDelta events and one final StreamEnd.
+        """Stream a chat completion as text, tool-call and reasoning events and one final StreamEnd.
 
         ``timeout_s`` bounds (a) connecting, sending the request, receiving the headers and
-        the first text event together, and then (b) each wait for the next event (text or
-        end). The stream's total duration is unbounded. Closing the generator or cancelling
+        the first event together, and then (b) each wait for the next event (or the end).
+        Chunks with nothing for the caller (a role, an empty delta, usage) do not reset the
+        clock. The stream's total duration is unbounded. Closing the generator or cancelling
         the consuming task closes the upstream connection immediately.
         """
         session = self._get_session()
@@ -293,13 +357,16 @@ class OpenAICompatProvider:
                         raw = await response.read()
                     raise classify_http(response.status, response.headers, decode_error_body(raw))
                 content = response.content
+                lines = _SSELines(content)
                 while True:
                     async with asyncio.timeout_at(deadline):
-                        text = await self._next_text(content, state)
-                    if text is None:
+                        events = await self._next_events(lines, state)
+                    if events is None:
                         break
-                    yield TextDelta(text)
+                    for event in events:
+                        yield event
                     deadline = loop.time() + timeout_s
+                check_stream_end(state.finish_reason, state.produced_text, state.tool_calls)
                 if not content.at_eof():
                     # Drain the chunked terminator so the connection can be reused.
                     async with asyncio.timeout_at(deadline):
@@ -313,13 +380,13 @@ class OpenAICompatProvider:
             response.close()
             raise
         response.release()
-        yield StreamEnd(state.finish_reason, state.usage, state.response_model)
+        yield StreamEnd(state.finish_reason, state.usage, state.response_model, state.tool_calls.calls())
 
     @staticmethod
-    async def _next_text(content: aiohttp.StreamReader, state: _StreamState) -> str | None:
-        """Read SSE lines until a non-empty text delta (returned) or the end (None)."""
+    async def _next_events(lines: _SSELines, state: _StreamState) -> list[StreamEvent] | None:
+        """Read SSE lines until a chunk with something for the caller (its events) or the end (None)."""
         while True:
-            line = await content.readline(max_line_length=_MAX_SSE_LINE)
+            line = await lines.readline()
             if not line:
                 if state.finish_reason is FinishReason.UNSPECIFIED:
                     # A complete body without any SSE event was no stream at all; EOF after
@@ -356,10 +423,20 @@ class OpenAICompatProvider:
             if reason:
                 state.finish_reason = finish_reason_from(reason)
             delta = choice.get("delta")
-            if delta:
-                text = delta.get("content")
-                if text:
-                    return text
+            if not delta:
+                continue
+            events: list[StreamEvent] = []
+            reasoning = reasoning_from_openai(delta)
+            if reasoning:
+                events.append(ReasoningDelta(reasoning))
+            text = delta.get("content")
+            if text:
+                state.produced_text = True
+                events.append(TextDelta(text))
+            if delta.get("tool_calls"):
+                events.extend(state.tool_calls.feed(delta["tool_calls"]))
+            if events:
+                return events
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

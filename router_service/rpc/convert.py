@@ -10,16 +10,20 @@ from __future__ import annotations
 import calendar
 import time
 from collections.abc import Iterable
+from typing import Any
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from router_service import domain as d
 from router_service.catalog import ModelView, ProviderView
 from router_service.events import StateBackendView
 from router_service.spend import SpendReport
 from router_service.state.base import SpendGrouping
+from router_service.structured import schema_problem
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha_runtime.errors import FieldViolation, InvalidArgumentError
+from sekha_runtime.server.messages import RequestChecker
 
 TASK_FROM_PB = {
     pb.TASK_EMBEDDING: d.Task.EMBEDDING,
@@ -34,6 +38,8 @@ CAPABILITY_FROM_PB = {
     pb.CAPABILITY_VISION: d.Capability.VISION,
     pb.CAPABILITY_AUDIO: d.Capability.AUDIO,
     pb.CAPABILITY_TOOLS: d.Capability.TOOLS,
+    pb.CAPABILITY_STRUCTURED_OUTPUT: d.Capability.STRUCTURED_OUTPUT,
+    pb.CAPABILITY_REASONING: d.Capability.REASONING,
 }
 CAPABILITY_TO_PB = {v: k for k, v in CAPABILITY_FROM_PB.items()}
 ROLE_FROM_PB = {
@@ -41,6 +47,30 @@ ROLE_FROM_PB = {
     pb.ROLE_SYSTEM: d.Role.SYSTEM,
     pb.ROLE_USER: d.Role.USER,
     pb.ROLE_ASSISTANT: d.Role.ASSISTANT,
+    pb.ROLE_TOOL: d.Role.TOOL,
+}
+TOOL_CHOICE_MODE_FROM_PB = {
+    pb.TOOL_CHOICE_MODE_AUTO: d.ToolChoiceMode.AUTO,
+    pb.TOOL_CHOICE_MODE_NONE: d.ToolChoiceMode.NONE,
+    pb.TOOL_CHOICE_MODE_REQUIRED: d.ToolChoiceMode.REQUIRED,
+}
+RESPONSE_FORMAT_FROM_PB = {
+    pb.RESPONSE_FORMAT_TYPE_UNSPECIFIED: d.ResponseFormatType.TEXT,
+    pb.RESPONSE_FORMAT_TYPE_TEXT: d.ResponseFormatType.TEXT,
+    pb.RESPONSE_FORMAT_TYPE_JSON_OBJECT: d.ResponseFormatType.JSON_OBJECT,
+    pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA: d.ResponseFormatType.JSON_SCHEMA,
+}
+REASONING_EFFORT_FROM_PB = {
+    pb.REASONING_EFFORT_LOW: d.ReasoningEffort.LOW,
+    pb.REASONING_EFFORT_MEDIUM: d.ReasoningEffort.MEDIUM,
+    pb.REASONING_EFFORT_HIGH: d.ReasoningEffort.HIGH,
+}
+COST_PART_TO_PB = {
+    d.CostPart.INPUT: pb.COST_PART_INPUT,
+    d.CostPart.CACHED_INPUT: pb.COST_PART_CACHED_INPUT,
+    d.CostPart.CACHE_WRITE_INPUT: pb.COST_PART_CACHE_WRITE_INPUT,
+    d.CostPart.OUTPUT: pb.COST_PART_OUTPUT,
+    d.CostPart.REASONING: pb.COST_PART_REASONING,
 }
 DETAIL_FROM_PB = {
     pb.IMAGE_DETAIL_UNSPECIFIED: "auto",
@@ -61,6 +91,28 @@ OUTCOME_TO_PB = {
     d.AttemptOutcome.REJECTED: pb.ATTEMPT_OUTCOME_REJECTED,
     d.AttemptOutcome.SKIPPED: pb.ATTEMPT_OUTCOME_SKIPPED,
 }
+
+
+# Identifiers an error may echo (a provider or model it did not find), capped before any handler
+# sees them. Longer than any real one: config ids and model names are far shorter.
+IDENTIFIER_LIMITS = {
+    "provider_id": 128,
+    "preferred_model": 256,
+    "caller": 256,
+    "request_id": 128,
+    "page_token": 1024,
+}
+
+
+_REQUEST_CHECKER = RequestChecker(IDENTIFIER_LIMITS)
+
+
+def check_request(request: Message) -> None:
+    """What holds for every Router request, whatever the RPC: each enum field at any depth holds a
+    declared value, and identifiers fit their caps. Raises InvalidArgumentError naming the fields."""
+    violations = _REQUEST_CHECKER.violations(request)
+    if violations:
+        raise InvalidArgumentError(violations)
 
 
 def routing_from_pb(msg: pb.RoutingPreferences, violations: list[FieldViolation]) -> d.RoutingPreferences:
@@ -87,6 +139,7 @@ def routing_from_pb(msg: pb.RoutingPreferences, violations: list[FieldViolation]
         required_capabilities=frozenset(capabilities),
         max_cost_usd=max_cost,
         disable_fallback=msg.disable_fallback,
+        fallback_on_nonconforming=msg.fallback_on_nonconforming,
     )
 
 
@@ -100,7 +153,25 @@ def messages_from_pb(
             violations.append(FieldViolation(f"messages[{i}].role", f"unknown role value {message.role}"))
             role = d.Role.USER
         parts = []
-        if not message.parts:
+        tool_calls = tuple(
+            d.ToolCall(id=call.id, name=call.name, arguments=call.arguments) for call in message.tool_calls
+        )
+        if tool_calls and role is not d.Role.ASSISTANT:
+            violations.append(
+                FieldViolation(f"messages[{i}].tool_calls", "only an assistant message carries tool calls")
+            )
+        for k, call in enumerate(tool_calls):
+            if not call.id:
+                violations.append(FieldViolation(f"messages[{i}].tool_calls[{k}].id", "is required"))
+            if not call.name:
+                violations.append(FieldViolation(f"messages[{i}].tool_calls[{k}].name", "is required"))
+        if role is d.Role.TOOL and not message.tool_call_id:
+            violations.append(
+                FieldViolation(f"messages[{i}].tool_call_id", "a tool message names the call it answers")
+            )
+        elif message.tool_call_id and role is not d.Role.TOOL:
+            violations.append(FieldViolation(f"messages[{i}].tool_call_id", "only a tool message has one"))
+        if not message.parts and not tool_calls:
             violations.append(FieldViolation(f"messages[{i}].parts", "a message needs at least one part"))
         for j, part in enumerate(message.parts):
             kind = part.WhichOneof("kind")
@@ -126,7 +197,13 @@ def messages_from_pb(
                 )
             else:
                 violations.append(FieldViolation(path, "set either text or image"))
-        converted.append(d.ChatMessage(role=role, parts=tuple(parts)))
+            if role is d.Role.TOOL and kind == "image":
+                violations.append(FieldViolation(path, "a tool result is text"))
+        converted.append(
+            d.ChatMessage(
+                role=role, parts=tuple(parts), tool_calls=tool_calls, tool_call_id=message.tool_call_id
+            )
+        )
     return tuple(converted)
 
 
@@ -140,11 +217,132 @@ def generation_from_pb(msg: pb.GenerationConfig, violations: list[FieldViolation
     top_p = msg.top_p if msg.HasField("top_p") else None
     if top_p is not None and not 0.0 <= top_p <= 1.0:
         violations.append(FieldViolation("generation.top_p", "must be between 0 and 1"))
+    penalties = {}
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(msg, name) if msg.HasField(name) else None
+        if value is not None and not -2.0 <= value <= 2.0:
+            violations.append(FieldViolation(f"generation.{name}", "must be between -2 and 2"))
+        penalties[name] = value
+    effort = None
+    if msg.reasoning_effort != pb.REASONING_EFFORT_UNSPECIFIED:
+        effort = REASONING_EFFORT_FROM_PB.get(msg.reasoning_effort)
+        if effort is None:
+            violations.append(
+                FieldViolation(
+                    "generation.reasoning_effort", f"unknown reasoning effort value {msg.reasoning_effort}"
+                )
+            )
     return d.GenerationConfig(
         max_tokens=max_tokens,
         temperature=temperature,
         top_p=top_p,
         stop_sequences=tuple(msg.stop_sequences),
+        seed=msg.seed if msg.HasField("seed") else None,
+        presence_penalty=penalties["presence_penalty"],
+        frequency_penalty=penalties["frequency_penalty"],
+        reasoning_effort=effort,
+    )
+
+
+def _whole_numbers(value: Any) -> Any:
+    """Struct numbers are doubles; whole ones go back to ints (`"maxItems": 3`, not 3.0).
+
+    JSON does not tell 3 from 3.0 and JSON Schema treats them alike, but providers and the
+    people reading their logs expect the schema as it was written.
+    """
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
+def _struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain JSON values."""
+    converted: dict[str, Any] = _whole_numbers(json_format.MessageToDict(value))
+    return converted
+
+
+def tools_from_pb(tools: Iterable[pb.Tool], violations: list[FieldViolation]) -> tuple[d.Tool, ...]:
+    converted = []
+    seen: set[str] = set()
+    for i, tool in enumerate(tools):
+        if not tool.name:
+            violations.append(FieldViolation(f"tools[{i}].name", "is required"))
+        elif tool.name in seen:
+            violations.append(FieldViolation(f"tools[{i}].name", f"duplicate tool name {tool.name!r}"))
+        seen.add(tool.name)
+        parameters = _struct_to_dict(tool.parameters) if tool.HasField("parameters") else None
+        if parameters is not None and parameters.get("type", "object") != "object":
+            violations.append(
+                FieldViolation(f"tools[{i}].parameters", "must be a JSON Schema of type object")
+            )
+        converted.append(
+            d.Tool(name=tool.name, description=tool.description, parameters=parameters, strict=tool.strict)
+        )
+    return tuple(converted)
+
+
+def tool_choice_from_pb(
+    msg: pb.ChatRequest | pb.StreamChatRequest, tools: tuple[d.Tool, ...], violations: list[FieldViolation]
+) -> d.ToolChoice | None:
+    if not msg.HasField("tool_choice"):
+        return None
+    choice = msg.tool_choice
+    kind = choice.WhichOneof("choice")
+    if kind is None:
+        return None
+    if not tools:
+        violations.append(FieldViolation("tool_choice", "requires tools"))
+        return None
+    if kind == "tool_name":
+        if choice.tool_name not in {t.name for t in tools}:
+            violations.append(
+                FieldViolation("tool_choice.tool_name", f"names no tool of the request: {choice.tool_name!r}")
+            )
+        return d.ToolChoice(tool_name=choice.tool_name)
+    if choice.mode == pb.TOOL_CHOICE_MODE_UNSPECIFIED:
+        return None
+    mode = TOOL_CHOICE_MODE_FROM_PB.get(choice.mode)
+    if mode is None:
+        violations.append(FieldViolation("tool_choice.mode", f"unknown tool choice mode value {choice.mode}"))
+        return None
+    return d.ToolChoice(mode=mode)
+
+
+def response_format_from_pb(msg: pb.ResponseFormat, violations: list[FieldViolation]) -> d.ResponseFormat:
+    kind = RESPONSE_FORMAT_FROM_PB.get(msg.type)
+    if kind is None:
+        violations.append(FieldViolation("response_format.type", f"unknown response format value {msg.type}"))
+        return d.ResponseFormat()
+    has_schema = msg.HasField("json_schema")
+    if kind is not d.ResponseFormatType.JSON_SCHEMA:
+        if has_schema:
+            violations.append(
+                FieldViolation(
+                    "response_format.json_schema", "is set only with RESPONSE_FORMAT_TYPE_JSON_SCHEMA"
+                )
+            )
+        return d.ResponseFormat(type=kind)
+    if not has_schema or not msg.json_schema.HasField("schema"):
+        violations.append(
+            FieldViolation(
+                "response_format.json_schema.schema", "is required with RESPONSE_FORMAT_TYPE_JSON_SCHEMA"
+            )
+        )
+        return d.ResponseFormat(type=kind, schema={})
+    schema = _struct_to_dict(msg.json_schema.schema)
+    problem = schema_problem(schema)
+    if problem is not None:
+        violations.append(FieldViolation("response_format.json_schema.schema", problem))
+    return d.ResponseFormat(
+        type=kind,
+        schema=schema,
+        schema_name=msg.json_schema.name,
+        description=msg.json_schema.description,
+        strict=msg.json_schema.strict,
     )
 
 
@@ -155,6 +353,12 @@ def chat_request_from_pb(msg: pb.ChatRequest | pb.StreamChatRequest) -> d.ChatRe
     if not messages:
         violations.append(FieldViolation("messages", "at least one message is required"))
     generation = generation_from_pb(msg.generation, violations)
+    tools = tools_from_pb(msg.tools, violations)
+    tool_choice = tool_choice_from_pb(msg, tools, violations)
+    parallel = msg.parallel_tool_calls if msg.HasField("parallel_tool_calls") else None
+    if parallel is not None and not tools:
+        violations.append(FieldViolation("parallel_tool_calls", "requires tools"))
+    response_format = response_format_from_pb(msg.response_format, violations)
     if violations:
         raise InvalidArgumentError(violations)
     return d.ChatRequest(
@@ -163,6 +367,11 @@ def chat_request_from_pb(msg: pb.ChatRequest | pb.StreamChatRequest) -> d.ChatRe
         generation=generation,
         request_id=msg.request_id,
         metadata=dict(msg.metadata),
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel,
+        response_format=response_format,
+        user=msg.user,
     )
 
 
@@ -224,6 +433,9 @@ def usage_to_pb(usage: d.Usage) -> pb.Usage:
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         counted_locally=usage.counted_locally,
+        cached_input_tokens=usage.cached_input_tokens,
+        cache_write_input_tokens=usage.cache_write_input_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
     )
 
 
@@ -231,7 +443,36 @@ def cost_to_pb(cost: d.Cost) -> pb.Cost:
     out = pb.Cost(price_unknown=cost.price_unknown)
     if cost.cost_usd is not None:
         out.cost_usd = cost.cost_usd
+    parts = cost.parts
+    if parts is not None:
+        out.input_cost_usd = parts.input_usd
+        out.cached_input_cost_usd = parts.cached_input_usd
+        out.cache_write_input_cost_usd = parts.cache_write_input_usd
+        out.output_cost_usd = parts.output_usd
+        out.reasoning_cost_usd = parts.reasoning_usd
+        out.unknown_rate_parts.extend(sorted(COST_PART_TO_PB[p] for p in parts.unknown_rate_parts))
     return out
+
+
+def tool_calls_to_pb(calls: Iterable[d.ToolCall]) -> list[pb.ToolCall]:
+    return [pb.ToolCall(id=call.id, name=call.name, arguments=call.arguments) for call in calls]
+
+
+def conformance_to_pb(conformance: d.Conformance) -> pb.Conformance:
+    return pb.Conformance(conforms=conformance.conforms, reason=conformance.reason)
+
+
+def stream_output_to_pb(event: d.StreamOutput) -> pb.StreamChatResponse:
+    """One streamed piece: text, a tool-call fragment or reasoning text."""
+    if isinstance(event, str):
+        return pb.StreamChatResponse(delta=pb.ChatDelta(text=event))
+    if isinstance(event, d.ToolCallDelta):
+        return pb.StreamChatResponse(
+            tool_call=pb.ToolCallDelta(
+                index=event.index, id=event.id, name=event.name, arguments=event.arguments
+            )
+        )
+    return pb.StreamChatResponse(reasoning=pb.ReasoningDelta(text=event.text))
 
 
 def duration_to_pb(seconds: float) -> duration_pb2.Duration:
@@ -285,6 +526,9 @@ def spend_report_to_pb(report: SpendReport) -> pb.GetSpendResponse:
                 input_tokens=r.input_tokens,
                 output_tokens=r.output_tokens,
                 price_unknown_count=r.price_unknown_count,
+                cached_input_tokens=r.cached_input_tokens,
+                cache_write_input_tokens=r.cache_write_input_tokens,
+                reasoning_tokens=r.reasoning_tokens,
             )
             for r in report.rows
         ],
@@ -322,7 +566,7 @@ def attempts_to_pb(attempts: list[d.Attempt]) -> list[pb.Attempt]:
 
 
 def chat_response_to_pb(result: d.ChatResult) -> pb.ChatResponse:
-    return pb.ChatResponse(
+    out = pb.ChatResponse(
         request_id=result.request_id,
         text=result.text,
         finish_reason=FINISH_TO_PB[result.finish_reason],
@@ -331,21 +575,28 @@ def chat_response_to_pb(result: d.ChatResult) -> pb.ChatResponse:
         routing=decision_to_pb(result.decision),
         attempts=attempts_to_pb(result.attempts),
         response_model=result.response_model,
+        tool_calls=tool_calls_to_pb(result.tool_calls),
+        reasoning=result.reasoning,
     )
+    if result.conformance is not None:
+        out.conformance.CopyFrom(conformance_to_pb(result.conformance))
+    return out
 
 
 def chat_summary_to_pb(result: d.ChatResult) -> pb.StreamChatResponse:
-    return pb.StreamChatResponse(
-        summary=pb.ChatSummary(
-            request_id=result.request_id,
-            finish_reason=FINISH_TO_PB[result.finish_reason],
-            usage=usage_to_pb(result.usage),
-            cost=cost_to_pb(result.cost),
-            routing=decision_to_pb(result.decision),
-            attempts=attempts_to_pb(result.attempts),
-            response_model=result.response_model,
-        )
+    summary = pb.ChatSummary(
+        request_id=result.request_id,
+        finish_reason=FINISH_TO_PB[result.finish_reason],
+        usage=usage_to_pb(result.usage),
+        cost=cost_to_pb(result.cost),
+        routing=decision_to_pb(result.decision),
+        attempts=attempts_to_pb(result.attempts),
+        response_model=result.response_model,
+        tool_calls=tool_calls_to_pb(result.tool_calls),
     )
+    if result.conformance is not None:
+        summary.conformance.CopyFrom(conformance_to_pb(result.conformance))
+    return pb.StreamChatResponse(summary=summary)
 
 
 def embed_response_to_pb(result: d.EmbedResult) -> pb.EmbedResponse:
@@ -381,9 +632,16 @@ def model_to_pb(view: ModelView) -> pb.Model:
         available=view.available,
         priority=entry.priority,
     )
-    if view.price is not None:
-        out.price.input_usd_per_million_tokens = view.price.input_per_million
-        out.price.output_usd_per_million_tokens = view.price.output_per_million
+    price = view.price
+    if price is not None:
+        out.price.input_usd_per_million_tokens = price.input_per_million
+        out.price.output_usd_per_million_tokens = price.output_per_million
+        if price.cached_input_per_million is not None:
+            out.price.cached_input_usd_per_million_tokens = price.cached_input_per_million
+        if price.cache_write_per_million is not None:
+            out.price.cache_write_input_usd_per_million_tokens = price.cache_write_per_million
+        if price.reasoning_per_million is not None:
+            out.price.reasoning_usd_per_million_tokens = price.reasoning_per_million
     return out
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from router_service.catalog import Catalog
+from router_service.domain import ChatResult
 from router_service.gateway import Deadline, Gateway
 from router_service.rpc import convert
 from router_service.spend import visible_caller
@@ -54,10 +55,10 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         )
         try:
             async for event in events:
-                if isinstance(event, str):
-                    yield pb.StreamChatResponse(delta=pb.ChatDelta(text=event))
-                else:
+                if isinstance(event, ChatResult):
                     yield convert.chat_summary_to_pb(event)
+                else:
+                    yield convert.stream_output_to_pb(event)
         finally:
             await events.aclose()  # closes the upstream request when the caller goes away
 

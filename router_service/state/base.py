@@ -188,6 +188,10 @@ class SpendRecord:
     cost_nanos: int | None
     request_id: str
     tenant: str = ""
+    # Parts of input_tokens / output_tokens (prompt cache reads and writes, reasoning).
+    cached_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def price_unknown(self) -> bool:
@@ -211,6 +215,9 @@ class SpendRow:
     input_tokens: int = 0
     output_tokens: int = 0
     price_unknown_count: int = 0
+    cached_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def cost_usd(self) -> float:
@@ -224,6 +231,9 @@ class SpendRow:
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
             self.price_unknown_count + other.price_unknown_count,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.cache_write_input_tokens + other.cache_write_input_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
         )
 
 

@@ -12,11 +12,13 @@ P:b:<scope>|<period>|<window>:z     zset       reservation id -> expiry; stale o
 P:s:h:<YYYYMMDDHH> / P:s:d:<YYYYMMDD>  hash    spend per UTC hour / day; field
                                                `<caller>\\x1f<provider>\\x1f<model>\\x1f<metric>`,
                                                metric c=cost nanos, n=requests, i/o=tokens,
-                                               u=requests of unknown price (HINCRBY, exact)
+                                               u=requests of unknown price, ci/cw/r=cached,
+                                               cache-write and reasoning tokens (HINCRBY, exact)
 P:s:log                             stream     raw ledger rows, capped (MAXLEN ~ spend_log_max_rows)
 P:s:done:<reservation id>           string     settle marker (SET NX, 15 min): a settle replayed
                                                after an outage is not counted twice
-P:r:<limit key>                     string     GCRA theoretical arrival time (us), PX-expiring
+P:r:<limit key>                     string     GCRA theoretical arrival time (us on the Redis server's
+                                               clock, read by the script: TIME), PX-expiring
 P:k:<breaker>                       hash       state, open_until, opened_at, consec, gen, opens
 P:k:<breaker>:w                     list       the breaker's sliding window, '1' = failure
 P:k:<breaker>:p:<gen>               string     half-open probe permits taken in generation `gen`
@@ -53,7 +55,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import redis.asyncio as redis_asyncio
 from redis.asyncio.retry import Retry
@@ -181,7 +183,8 @@ return 1
 
 # KEYS: marker, hour hash, day hash, log stream, then hash_1, zset_1, ...
 # ARGV: id, cost, field prefix, input, output, unknown(0|1), marker_ttl, hour_ttl_s,
-#       day_ttl_s, log_maxlen, n_budgets, counter_ttl_s_1..n, then log field/value pairs
+#       day_ttl_s, log_maxlen, n_budgets, counter_ttl_s_1..n, cached, cache-write and
+#       reasoning tokens, then log field/value pairs
 _LUA_SETTLE = (
     _LUA_RELEASE_ONE
     + """
@@ -210,12 +213,17 @@ for _, h in ipairs({KEYS[2], KEYS[3]}) do
   if ARGV[6] == '1' then
     redis.call('HINCRBY', h, prefix .. 'u', 1)
   end
+  for k, metric in ipairs({'ci', 'cw', 'r'}) do
+    if ARGV[11 + nb + k] ~= '0' then
+      redis.call('HINCRBY', h, prefix .. metric, ARGV[11 + nb + k])
+    end
+  end
 end
 redis.call('EXPIRE', KEYS[2], ARGV[8])
 redis.call('EXPIRE', KEYS[3], ARGV[9])
 if tonumber(ARGV[10]) > 0 then
   local fields = {}
-  for j = 12 + nb, #ARGV do
+  for j = 15 + nb, #ARGV do
     fields[#fields + 1] = ARGV[j]
   end
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*', unpack(fields))
@@ -224,16 +232,31 @@ return out
 """
 )
 
+# The time of the Redis server in microseconds, unless the caller gave one (ARGV[1] ~= '').
+# Every replica then measures a rate limit on the same clock, at the moment its script runs:
+# a timestamp taken by a replica before its call can be older than one already applied (it
+# queued behind other calls) or skewed (another host's clock), and a refusal's wait computed
+# from it can be shorter than the real one.
+_LUA_NOW = """
+local function now_us()
+  if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+"""
+
 # GCRA over several limits, all or none. KEYS: limit keys.
-# ARGV: now_us, then per key: period_us, increment_us, oversize(0|1)
-_LUA_RATE = """
-local now = tonumber(ARGV[1])
+# ARGV: now_us ('' = the server's time), then per key: period_us, increment_us, oversize(0|1)
+_LUA_RATE = (
+    _LUA_NOW
+    + """
+local now = now_us()
 local tats = {}
 for i = 1, #KEYS do
   local period = tonumber(ARGV[3 * i - 1])
   local increment = tonumber(ARGV[3 * i])
   local oversize = ARGV[3 * i + 1] == '1'
-  local tat = tonumber(redis.call('GET', KEYS[i]) or ARGV[1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
   local new_tat = tat + increment
   if new_tat - period > now and not (oversize and tat <= now) then
@@ -249,10 +272,13 @@ for i = 1, #KEYS do
 end
 return {1, 0, '0'}
 """
+)
 
-# KEYS: limit keys; ARGV: now_us, then per key: decrement_us
-_LUA_REFUND = """
-local now = tonumber(ARGV[1])
+# KEYS: limit keys; ARGV: now_us ('' = the server's time), then per key: decrement_us
+_LUA_REFUND = (
+    _LUA_NOW
+    + """
+local now = now_us()
 for i = 1, #KEYS do
   local tat = redis.call('GET', KEYS[i])
   if tat then
@@ -267,6 +293,7 @@ for i = 1, #KEYS do
 end
 return 1
 """
+)
 
 _LUA_BREAKER_READ = """
 local function read(h, w)
@@ -435,7 +462,10 @@ class RedisStore(StateStore):
         hourly_retention_days: int = 35,
         daily_retention_days: int = 400,
         wall_clock: Callable[[], float] = time.time,
+        rate_clock: Literal["redis", "caller"] = "redis",
     ) -> None:
+        """`rate_clock` is the clock rate limits are measured on: the Redis server's, shared by
+        every replica (the default), or the `now` each call passes (tests that move time)."""
         super().__init__()
         if client is None:
             if url is None:
@@ -456,6 +486,7 @@ class RedisStore(StateStore):
         self._hour_retention_s = hourly_retention_days * _DAY
         self._day_retention_s = daily_retention_days * _DAY
         self._wall_clock = wall_clock
+        self._rate_clock = rate_clock
         self._fallback = MemoryStore()
         self._local_reservations: set[str] = set()
         self._last_known: dict[str, tuple[BudgetKey, int]] = {}  # budget key -> spent + reserved
@@ -676,12 +707,16 @@ class RedisStore(StateStore):
             str(self._log_max_rows),
             str(len(budgets)),
             *(_ttl(b.expires_at - ts) for b in budgets),
+            str(record.cached_input_tokens),
+            str(record.cache_write_input_tokens),
+            str(record.reasoning_tokens),
         ]
         args += [
             "ts", repr(ts), "caller", record.caller, "tenant", record.tenant, "provider", record.provider,
             "model", record.model, "op", record.operation, "in", str(record.input_tokens),
             "out", str(record.output_tokens), "cost_nanos", "" if cost is None else str(cost),
-            "request_id", record.request_id,
+            "request_id", record.request_id, "cached_in", str(record.cached_input_tokens),
+            "cache_write_in", str(record.cache_write_input_tokens), "reasoning", str(record.reasoning_tokens),
         ]  # fmt: skip
         reply = await self._settle_script(keys=keys, args=args)
         if int(reply[0]):
@@ -755,7 +790,17 @@ class RedisStore(StateStore):
                 totals[metric] = totals.get(metric, 0) + int(value)
         return sort_rows(
             {
-                key: SpendRow(key, t.get("c", 0), t.get("n", 0), t.get("i", 0), t.get("o", 0), t.get("u", 0))
+                key: SpendRow(
+                    key,
+                    t.get("c", 0),
+                    t.get("n", 0),
+                    t.get("i", 0),
+                    t.get("o", 0),
+                    t.get("u", 0),
+                    t.get("ci", 0),
+                    t.get("cw", 0),
+                    t.get("r", 0),
+                )
                 for key, t in rows.items()
             }
         )
@@ -772,7 +817,7 @@ class RedisStore(StateStore):
             return RateDecision(True)
         if self._healthy:
             keys = [f"{self._p}:r:{limit.key}" for limit in limits]
-            args: list[Any] = [f"{now * 1e6:.0f}"]
+            args: list[Any] = [self._rate_now(now)]
             for limit in limits:
                 args += [
                     f"{limit.period_s * 1e6:.0f}",
@@ -789,13 +834,17 @@ class RedisStore(StateStore):
                 return RateDecision(False, int(reply[2]) / 1e6, limits[int(reply[1]) - 1])
         return await self._fallback.acquire_rate(limits, now)
 
+    def _rate_now(self, now: float) -> str:
+        """The scripts' ARGV[1]: '' makes them read the Redis server's clock."""
+        return "" if self._rate_clock == "redis" else f"{now * 1e6:.0f}"
+
     async def refund_rate(self, limits: Sequence[RateLimit], now: float) -> None:
         limits = [limit for limit in limits if limit.cost > 0]
         if not limits:
             return
         if self._healthy:
             keys = [f"{self._p}:r:{limit.key}" for limit in limits]
-            args = [f"{now * 1e6:.0f}", *(f"{gcra_interval_us(lim) * lim.cost:.0f}" for lim in limits)]
+            args = [self._rate_now(now), *(f"{gcra_interval_us(lim) * lim.cost:.0f}" for lim in limits)]
             try:
                 await self._remote(lambda: self._refund_script(keys=keys, args=args))
                 return

@@ -27,7 +27,8 @@ from typing import Any
 import grpc
 
 from sekha.keys import hash_api_key, presented_key
-from sekha_runtime.server.security import AuthConfig
+from sekha_runtime.configloader import ConfigError
+from sekha_runtime.server.security import AuthConfig, is_loopback, open_listener_problem
 
 __all__ = [
     "ANONYMOUS",
@@ -204,12 +205,21 @@ def auth_interceptors(config: AuthConfig) -> list[grpc.aio.ServerInterceptor]:
     return [ApiKeyAuthInterceptor(KeyRing.from_config(config))]
 
 
-def warn_if_open(config: AuthConfig, host: str, service: str) -> None:
-    """Log a warning when a server listens beyond loopback without authentication."""
-    if not config.enabled and host not in ("127.0.0.1", "::1", "localhost"):
+def refuse_if_open(config: AuthConfig, hosts: Sequence[str], service: str) -> None:
+    """Refuse (ConfigError) to serve without auth on an address other machines can reach, unless
+    `auth.allow_unauthenticated_non_loopback` is set; then log a warning, as the choice deserves.
+
+    The service configs refuse this already when they are validated; this is the same rule at
+    start-up, for a config that reached the server another way.
+    """
+    problem = open_listener_problem(config, hosts)
+    if problem is not None:
+        raise ConfigError([f"auth.enabled: {problem}"], source=service)
+    exposed = [host for host in hosts if not is_loopback(host)]
+    if not config.enabled and exposed:
         log.warning(
-            "%s listens on %s with auth disabled: any client that reaches it may call it "
-            "(set auth.enabled: true with keys in the config)",
+            "%s listens on %s with auth disabled (auth.allow_unauthenticated_non_loopback): any client "
+            "that reaches it may call it",
             service,
-            host,
+            exposed[0] or "every interface",
         )

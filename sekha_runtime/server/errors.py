@@ -32,10 +32,16 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from sekha_runtime import errors as e
+from sekha_runtime.server.messages import bound, bound_strings
 
 log = logging.getLogger(__name__)
 
 INTERNAL_MESSAGE = "internal error"
+# An error may echo the caller's input (a name it did not find): bounded here, for every error of
+# both services, so a status and its details always fit a client's default 16 KiB metadata limit.
+MAX_MESSAGE_CHARS = 512
+MAX_DETAIL_CHARS = 512
+MAX_DETAILS_BYTES = 8192
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."
 
@@ -73,7 +79,19 @@ def status_for(exc: BaseException, domain: str) -> tuple[status_pb2.Status, str 
         )
         return status, error_id
     assert isinstance(exc, e.GatewayError)
-    return status_pb2.Status(code=code, message=exc.message, details=_pack(*details)), None
+    return _bounded_status(code, exc.message, details), None
+
+
+def _bounded_status(code: int, message: str, details: list[Any]) -> status_pb2.Status:
+    """The status with its message and every string of its details cut to a bounded size."""
+    for detail in details:
+        bound_strings(detail, MAX_DETAIL_CHARS)
+    packed = _pack(*details)
+    if sum(holder.ByteSize() for holder in packed) > MAX_DETAILS_BYTES:
+        for detail in details:  # many long strings (twenty violations): shorter still
+            bound_strings(detail, MAX_DETAIL_CHARS // 8)
+        packed = _pack(*details)
+    return status_pb2.Status(code=code, message=bound(message, MAX_MESSAGE_CHARS), details=packed)
 
 
 def _classify(exc: BaseException, domain: str) -> tuple[int | None, list[Any]]:
@@ -85,12 +103,16 @@ def _classify(exc: BaseException, domain: str) -> tuple[int | None, list[Any]]:
         ]
         return code_pb2.INVALID_ARGUMENT, [error_details_pb2.BadRequest(field_violations=violations)]
     if isinstance(exc, e.ProviderRejectedError):
+        metadata = {"provider_code": exc.provider_code} if exc.provider_code else {}
+        info = _error_info(exc.kind.upper(), domain, metadata)
+        if not exc.field_path:  # the provider named no field we know: blame none
+            return code_pb2.INVALID_ARGUMENT, [info]
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=exc.field_path, description=exc.message)
             ]
         )
-        return code_pb2.INVALID_ARGUMENT, [bad, _error_info(exc.kind.upper(), domain)]
+        return code_pb2.INVALID_ARGUMENT, [bad, info]
     if isinstance(exc, e.NoRouteError):  # includes CostLimitExceededError
         failure = error_details_pb2.PreconditionFailure(
             violations=[
@@ -175,11 +197,24 @@ Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every RPC: concurrency limit first, then domain error -> status mapping."""
 
-    def __init__(self, domain: str, max_concurrent_rpcs: int = 0, retry_after_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        domain: str,
+        max_concurrent_rpcs: int = 0,
+        retry_after_s: float = 1.0,
+        request_check: Callable[[Any], None] | None = None,
+    ) -> None:
+        """`request_check` sees every decoded request before its handler (the service's checks
+        that hold for all of its RPCs, such as declared enum values); it raises a domain error."""
         self._domain = domain
+        self._request_check = request_check
         self._max_in_flight = max_concurrent_rpcs
         self._retry_after_s = retry_after_s
         self.in_flight = 0
+        # Set by `begin_drain` at shutdown: new RPCs are refused, in-flight ones may finish, and
+        # health (never counted here) keeps answering NOT_SERVING meanwhile.
+        self.draining = False
+        self._drained = asyncio.Event()
         # method -> (the handler it was made from, the wrapped handler). The wrapping depends only
         # on the method and its registered handler, so it is built once, not on every call.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -217,16 +252,45 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler  # client streaming RPCs are not part of our contracts
 
+    def _check(self, request: Any, limited: bool) -> None:
+        _require_decoded(request)
+        if limited and self._request_check is not None:  # health and reflection are not ours
+            self._request_check(request)
+
     def _admit(self) -> None:
+        if self.draining:
+            raise e.UnavailableError(
+                "the server is shutting down; retry on another replica", reason="SHUTTING_DOWN"
+            )
         if self._max_in_flight and self.in_flight >= self._max_in_flight:
             raise e.OverloadedError(retry_after_s=self._retry_after_s)
         self.in_flight += 1
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        if self.draining and self.in_flight == 0:
+            self._drained.set()
+
+    def begin_drain(self) -> None:
+        """Refuse new RPCs (UNAVAILABLE) from now on; health and reflection stay answered."""
+        self.draining = True
+        if self.in_flight == 0:
+            self._drained.set()
+
+    async def wait_drained(self, timeout_s: float) -> bool:
+        """Wait until no admitted RPC is running (True) or `timeout_s` passed (False)."""
+        try:
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                await self._drained.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def _wrap_unary(self, behavior: Behavior, method: str, limited: bool) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             admitted = False
             try:
-                _require_decoded(request)
+                self._check(request, limited)
                 if limited:
                     self._admit()
                     admitted = True
@@ -237,7 +301,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 await self._abort(exc, method, context)
             finally:
                 if admitted:
-                    self.in_flight -= 1
+                    self._release()
 
         return wrapped
 
@@ -250,7 +314,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             admitted = False
             try:
-                _require_decoded(request)
+                self._check(request, limited)
                 if limited:
                     self._admit()
                     admitted = True
@@ -262,7 +326,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 await self._abort(exc, method, context)
             finally:
                 if admitted:
-                    self.in_flight -= 1
+                    self._release()
 
         return wrapped
 

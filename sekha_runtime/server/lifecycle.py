@@ -14,6 +14,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -40,6 +41,9 @@ class ServerOptions:
     grace_period_s: float = 10.0
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = field(default_factory=tuple)
     server_credentials: grpc.ServerCredentials | None = None
+    reuse_port: bool = False
+    # Runs on every decoded request of the service before its handler (see ErrorInterceptor).
+    request_check: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -65,10 +69,20 @@ class ServingServer:
             await self.health.set(name, status)
 
     async def stop(self, grace_period_s: float | None = None) -> None:
-        """NOT_SERVING first, then let in-flight RPCs finish within the grace period, then close deps."""
+        """NOT_SERVING first, then let in-flight RPCs finish within the grace period, then close deps.
+
+        While in-flight RPCs drain, the server still listens: health checks are answered with
+        NOT_SERVING (a load balancer polling them sees a draining replica, not a dead one) and new
+        RPCs are refused with UNAVAILABLE. Once they are done, or the grace period is over, the
+        server stops and cancels what is left.
+        """
         await self.set_serving(False)
         grace = self.grace_period_s if grace_period_s is None else grace_period_s
-        await self.server.stop(grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self.errors.begin_drain()
+        await self.errors.wait_drained(grace)
+        await self.server.stop(max(deadline - loop.time(), 0.0))
         for close in reversed(self.on_stop):
             try:
                 await close()
@@ -83,6 +97,7 @@ def options_from_config(
     telemetry: Sequence[grpc.aio.ServerInterceptor] = (),
     extra: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
+    request_check: Callable[[Any], None] | None = None,
 ) -> ServerOptions:
     """ServerOptions from a service's `server` and `auth` config sections (both services share them).
 
@@ -96,8 +111,10 @@ def options_from_config(
         max_concurrent_rpcs=server.max_concurrent_rpcs,
         reflection=server.reflection,
         grace_period_s=server.grace_period_s,
+        reuse_port=server.reuse_port,
         extra_interceptors=(*telemetry, *extra, *auth_interceptors(auth)),
         server_credentials=credentials or server_credentials(server.tls),
+        request_check=request_check,
     )
 
 
@@ -108,13 +125,16 @@ async def start_server(
     service_names: Sequence[str],
 ) -> ServingServer:
     """Create, register, bind and start a server; health says SERVING once it listens."""
-    errors = ErrorInterceptor(domain, max_concurrent_rpcs=options.max_concurrent_rpcs)
+    errors = ErrorInterceptor(
+        domain, max_concurrent_rpcs=options.max_concurrent_rpcs, request_check=options.request_check
+    )
     server = grpc.aio.server(
         interceptors=[*options.extra_interceptors, errors],
         options=[
             ("grpc.max_send_message_length", options.max_message_bytes),
             ("grpc.max_receive_message_length", options.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Off unless asked for: a second process on the same port must fail, not share it.
+            ("grpc.so_reuseport", 1 if options.reuse_port else 0),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],

@@ -11,7 +11,9 @@ so `check-config` works on a machine that does not hold the certificates.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -27,6 +29,8 @@ __all__ = [
     "ServerSettings",
     "ServerTlsConfig",
     "hash_api_key",
+    "is_loopback",
+    "open_listener_problem",
 ]
 
 _KEY_ID_SHAPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -63,6 +67,11 @@ class AuthConfig(_Section):
 
     enabled: bool = False
     keys: list[ApiKeyConfig] = Field(default_factory=list)
+    allow_unauthenticated_non_loopback: bool = Field(
+        default=False,
+        description="serve without auth on an address other machines can reach; only for a network "
+        "that itself keeps callers out (a private container network whose ports are not published)",
+    )
 
     @model_validator(mode="after")
     def _keys_when_enabled(self) -> AuthConfig:
@@ -79,6 +88,35 @@ class AuthConfig(_Section):
         if problems:
             raise ConfigPathError(problems)
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach a listener on `host` ('' and hostnames: no)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def open_listener_problem(auth: AuthConfig, hosts: Iterable[str]) -> str | None:
+    """Why serving on `hosts` with this auth config is refused, or None when it is allowed.
+
+    Auth off is allowed on loopback only, unless `auth.allow_unauthenticated_non_loopback` says
+    that the network in front of the server keeps callers out.
+    """
+    if auth.enabled or auth.allow_unauthenticated_non_loopback:
+        return None
+    exposed = next((host for host in hosts if not is_loopback(host)), None)
+    if exposed is None:
+        return None
+    shown = exposed or "every interface"
+    return (
+        f"auth is off but the server listens on {shown}, which other machines can reach: set "
+        "auth.enabled: true with keys (`sekha keys hash`), or auth.allow_unauthenticated_non_loopback: "
+        "true if the network itself keeps callers out"
+    )
 
 
 class ServerTlsConfig(_Section):
@@ -115,4 +153,9 @@ class ServerSettings(_Section):
     grace_period_s: float = Field(default=10.0, ge=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    reuse_port: bool = Field(
+        default=False,
+        description="SO_REUSEPORT: several processes serve one port and the kernel spreads connections "
+        "(set for each worker by `sekha-router serve --workers N`)",
+    )
     tls: ServerTlsConfig | None = Field(default=None, description="TLS, and mutual TLS with client_ca_file")

@@ -36,6 +36,7 @@ COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
 COMPOSE_SCHEMA = COMPOSE_DIR / "schema" / "compose-spec.json"
 PROFILES = ("local", "hybrid", "cloud")
 ROUTER_DOCKERFILE = "deploy/docker/router.Dockerfile"
+EMBEDDING_DOCKERFILE = "deploy/docker/embedding.Dockerfile"
 HEALTHCHECK_SCRIPT = DEPLOY / "docker" / "healthcheck.py"
 ROUTER_METRICS_PORT = 9464
 EMBEDDING_METRICS_PORT = 9465
@@ -69,6 +70,14 @@ def router_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
     }
 
 
+def embedding_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        name: service
+        for name, service in services.items()
+        if service.get("build", {}).get("dockerfile") == EMBEDDING_DOCKERFILE
+    }
+
+
 # --- compose file -------------------------------------------------------------------------
 
 
@@ -93,8 +102,39 @@ def test_each_profile_starts_exactly_its_router_variant(compose: Compose, profil
     assert (DEPLOY / "config" / f"router.{profile}.yaml").is_file()
     # Clients and the embedding service reach whichever variant runs by the same name.
     assert router["networks"]["default"]["aliases"] == ["router"]
-    assert {"embedding", "chroma", "redis", "prometheus", "grafana", "otel-collector"} <= set(services)
+    assert {"chroma", "redis", "prometheus", "grafana", "otel-collector"} <= set(services)
     assert ("ollama" in services) == (profile == "local")
+    # One embedding variant per profile, also reached by one name whichever it is.
+    embeddings = embedding_services(services)
+    assert len(embeddings) == 1, f"profile {profile} starts embedding services {sorted(embeddings)}"
+    (embedding,) = embeddings.values()
+    assert embedding["networks"]["default"]["aliases"] == ["embedding"]
+    assert embedding["command"] == ["--config", "/etc/sekha/embedding.compose.yaml"]
+
+
+def test_cloud_profile_runs_two_embedding_replicas_sharing_state_in_redis(compose: Compose) -> None:
+    (name, cloud), *others = embedding_services(enabled_services(compose, "cloud")).items()
+    assert not others
+    assert cloud["deploy"]["replicas"] == 2
+    assert cloud["environment"]["SEKHA_EMBEDDING__STATE__BACKEND"] == "redis"
+    assert cloud["environment"]["SEKHA_EMBEDDING__STATE__REDIS_URL"] == "redis://redis:6379/0"
+    assert cloud["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert cloud["depends_on"]["chroma"]["condition"] == "service_healthy"
+    # Nothing of its own on a volume (two containers must not share a SQLite file) ...
+    assert not [v for v in cloud["volumes"] if not v.startswith(".")], f"{name} mounts a state volume"
+    # ... and one host port per replica.
+    (published,) = cloud["ports"]
+    first, last = re.match(
+        r"127\.0\.0\.1:\$\{EMBEDDING_PORT:-(\d+)\}-\$\{EMBEDDING_PORT_LAST:-(\d+)\}:50052", published
+    ).groups()
+    assert int(last) - int(first) + 1 == cloud["deploy"]["replicas"]
+    redis_command = compose["services"]["redis"]["command"]
+    assert redis_command[redis_command.index("--appendonly") + 1] == "yes", "the shared registry must persist"
+    config = EmbeddingConfig.load(
+        DEPLOY / "config" / "embedding.compose.yaml",
+        environ={k: v for k, v in cloud["environment"].items() if k.startswith("SEKHA_EMBEDDING__")},
+    )
+    assert config.state.backend == "redis" and config.chroma.mode == "http"
 
 
 def test_every_router_variant_shares_the_redis_state_and_metrics_settings(compose: Compose) -> None:
@@ -119,7 +159,9 @@ def test_dependencies_of_enabled_services_are_enabled_or_optional(compose: Compo
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize(("service", "port"), [("router-cloud", 50051), ("embedding", 50052)])
+@pytest.mark.parametrize(
+    ("service", "port"), [("router-cloud", 50051), ("embedding", 50052), ("embedding-cloud", 50052)]
+)
 def test_services_are_health_checked_over_grpc(compose: Compose, service: str, port: int) -> None:
     healthcheck = compose["services"][service]["healthcheck"]
     assert healthcheck["test"] == ["CMD", "python", "/opt/sekha/healthcheck.py", f"127.0.0.1:{port}"]
@@ -190,14 +232,15 @@ def dockerfile_stages(path: Path) -> list[list[str]]:
 
 
 @pytest.mark.parametrize(
-    ("dockerfile", "grpc_port", "metrics_port", "entrypoint"),
+    ("dockerfile", "ports", "entrypoint"),
     [
-        ("router.Dockerfile", 50051, ROUTER_METRICS_PORT, "sekha-router"),
-        ("embedding.Dockerfile", 50052, EMBEDDING_METRICS_PORT, "sekha-embedding"),
+        # The router also exposes the OpenAI-compatible HTTP door (8080).
+        ("router.Dockerfile", f"50051 8080 {ROUTER_METRICS_PORT}", "sekha-router"),
+        ("embedding.Dockerfile", f"50052 {EMBEDDING_METRICS_PORT}", "sekha-embedding"),
     ],
 )
 def test_images_are_multi_stage_non_root_and_health_checked(
-    dockerfile: str, grpc_port: int, metrics_port: int, entrypoint: str
+    dockerfile: str, ports: str, entrypoint: str
 ) -> None:
     stages = dockerfile_stages(DEPLOY / "docker" / dockerfile)
     assert len(stages) >= 2, "the image is not multi-stage"
@@ -211,11 +254,11 @@ def test_images_are_multi_stage_non_root_and_health_checked(
     assert not any(i.startswith("COPY") and " . " in f" {i} " for i in runtime), (
         "the runtime stage copies the source tree"
     )
-    assert f"EXPOSE {grpc_port} {metrics_port}" in runtime
+    assert f"EXPOSE {ports}" in runtime
     assert f'ENTRYPOINT ["{entrypoint}"]' in runtime
     healthcheck = next(i for i in runtime if i.startswith("HEALTHCHECK"))
     assert '"python", "/opt/sekha/healthcheck.py"' in healthcheck
-    assert any(f"SEKHA_HEALTHCHECK_TARGET=127.0.0.1:{grpc_port}" in i for i in runtime)
+    assert any(f"SEKHA_HEALTHCHECK_TARGET=127.0.0.1:{ports.split()[0]}" in i for i in runtime)
 
 
 def test_dockerignore_keeps_every_copied_path_in_the_context() -> None:

@@ -4,8 +4,8 @@ Every rendered resource is validated offline against the Kubernetes OpenAPI sche
 (`kubernetes-validate`, strict: unknown fields are errors) for the oldest and newest cluster
 versions we support, then the properties that matter are asserted: native gRPC probes, ports
 named `grpc`, the headless Service for client-side balancing, locked-down containers,
-resources on every container, the autoscaler's target, and the prod overlay's replicas and
-Redis wiring.
+resources on every container, the autoscaler's target, the prod overlay's replicas and
+Redis wiring (routers and embedding replicas), and the dev overlay's one-pod embedding service.
 """
 
 from __future__ import annotations
@@ -271,25 +271,39 @@ def test_prod_runs_three_autoscaled_routers_sharing_state_in_redis(
     assert pdb["spec"]["selector"] == router["spec"]["selector"]
 
 
-def test_prod_embedding_uses_the_chroma_server_and_a_persistent_state_volume(
-    rendered: dict[str, list[Resource]],
+def test_prod_runs_two_embedding_replicas_on_the_chroma_server_sharing_state_in_redis(
+    rendered: dict[str, list[Resource]], tmp_path: Path
 ) -> None:
     resources = rendered["prod"]
     embedding = find(resources, "StatefulSet", "embedding")
+    assert embedding["spec"]["replicas"] == 2
+    assert "volumeClaimTemplates" not in embedding["spec"], "the replicas keep no state of their own"
+
     config = mounted_config(resources, embedding, "embedding.yaml")
     assert config["chroma"]["mode"] == "http"
     chroma_service = find(resources, "Service", config["chroma"]["host"])
     assert chroma_service["spec"]["ports"][0]["port"] == config["chroma"]["port"]
-    find(resources, "StatefulSet", "chroma")
+    chroma = find(resources, "StatefulSet", "chroma")
+    chroma_mounts = {m["name"] for m in pod_spec(chroma)["containers"][0]["volumeMounts"]}
+    chroma_claims = {t["metadata"]["name"] for t in chroma["spec"]["volumeClaimTemplates"]}
+    assert chroma_claims & chroma_mounts, "the Chroma server's data is not on a PersistentVolumeClaim"
 
-    claims = {t["metadata"]["name"] for t in embedding["spec"]["volumeClaimTemplates"]}
-    state_path = Path(config["state_path"])
-    state_mount = next(
-        m
-        for m in pod_spec(embedding)["containers"][0]["volumeMounts"]
-        if state_path.is_relative_to(m["mountPath"])
-    )
-    assert state_mount["name"] in claims, "the SQLite state is not on a PersistentVolumeClaim"
+    # The registry, migrations and leases are shared through the Redis the routers use.
+    path = tmp_path / "embedding.yaml"
+    path.write_text(yaml.safe_dump(config))
+    state = EmbeddingConfig.load(path, environ={}).state
+    assert state.backend == "redis" and state.redis_url is not None
+    host_port = state.redis_url.get_secret_value().removeprefix("redis://").split("/", 1)[0]
+    redis_service = find(resources, "Service", host_port.split(":")[0])
+    assert redis_service["spec"]["ports"][0]["port"] == int(host_port.split(":")[1])
+    router_env = env_of(pod_spec(find(resources, "Deployment", "router"))["containers"][0])
+    assert router_env["SEKHA_ROUTER__STATE__REDIS_URL"].startswith(f"redis://{host_port}/")
+    redis_args = pod_spec(find(resources, "StatefulSet", "redis"))["containers"][0]["args"]
+    assert redis_args[redis_args.index("--appendonly") + 1] == "yes", "the shared registry must persist"
+
+    pdb = find(resources, "PodDisruptionBudget", "embedding")
+    assert pdb["spec"]["selector"] == embedding["spec"]["selector"]
+    assert pdb["spec"]["maxUnavailable"] == 1  # a drain or a rolling update leaves one replica serving
 
 
 def test_dev_is_one_router_with_the_local_config_and_embedded_chroma(
@@ -307,11 +321,15 @@ def test_dev_is_one_router_with_the_local_config_and_embedded_chroma(
     assert find(resources, "Service", "ollama")
 
     embedding = find(resources, "StatefulSet", "embedding")
+    assert embedding["spec"]["replicas"] == 1, "embedded Chroma and SQLite belong to one process"
     embedding_config = mounted_config(resources, embedding, "embedding.yaml")
     assert embedding_config["chroma"]["mode"] == "persistent"
-    assert embedding_config["chroma"]["path"].startswith("/var/lib/sekha/"), (
-        "embedded Chroma is not on the PVC"
-    )
+    assert embedding_config.get("state", {}).get("backend", "sqlite") == "sqlite"
+    claims = {t["metadata"]["name"] for t in embedding["spec"]["volumeClaimTemplates"]}
+    mounts = {m["mountPath"]: m["name"] for m in pod_spec(embedding)["containers"][0]["volumeMounts"]}
+    for stored in (embedding_config["chroma"]["path"], embedding_config["state_path"]):
+        mount = next(path for path in mounts if Path(stored).is_relative_to(path))
+        assert mounts[mount] in claims, f"{stored} is not on the PVC"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from testkit.fake_provider import FakeProvider
+from testkit.fake_provider import Behaviour, FakeProvider
 from testkit.harness import (
     chat_model,
     embedding_config,
@@ -143,6 +143,42 @@ async def test_chat_streams_text_then_a_footer_with_provider_model_tokens_and_co
     assert sent["messages"][0] == {"role": "system", "content": "be brief"} and sent.get("stream") is not True
 
 
+async def test_after_a_fallback_chat_names_the_provider_that_answered(stack: Stack) -> None:
+    stack.fake.script("alpha", Behaviour(status=503))  # the plan's first choice fails once
+    run = await sekha(stack, "chat", "who answers", "--max-tokens", "40")
+    assert run.code == 0, run.stderr
+    footer = run.stderr.strip().splitlines()[-1]
+    assert footer.startswith("-- backup/beta") and "attempts 2" in footer
+
+    stack.fake.script("alpha", Behaviour(status=503))
+    whole = await sekha(stack, "chat", "who answers", "--no-stream", "--json")
+    assert whole.code == 0, whole.stderr
+    view = whole.json()
+    assert isinstance(view, dict)
+    assert (view["provider_id"], view["model"], view["planned"]) == ("backup", "beta", "primary/alpha")
+    assert [a["outcome"] for a in view["attempts"]] == ["failed", "succeeded"]
+
+
+async def test_when_every_provider_fails_the_error_line_shows_each_attempt(stack: Stack) -> None:
+    dead = router_config(
+        [
+            openai_provider(
+                "local-ollama",
+                f"http://127.0.0.1:{closed_port()}",
+                [chat_model("llama3.2:3b")],
+                provider_type="ollama",
+            )
+        ]
+    )
+    async with running_router(dead) as (app, _):
+        run = await sekha(stack, "--router", f"127.0.0.1:{app.port}", "chat", "hi", "--timeout", "20")
+    assert run.code == 7, run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith("error: UNAVAILABLE: ")
+    # provider, model and cause of every attempt, as the error's details carry them
+    assert "[attempts: local-ollama/llama3.2:3b: connection refused or host unreachable" in line
+
+
 async def test_route_prints_the_decision_with_reason_fallbacks_and_estimate(stack: Stack) -> None:
     before = stack.fake.count("/v1/chat/completions")
     text = await sekha(stack, "route", "--task", "chat_smart", "--max-cost", "0.05", "--prompt", "hi there")
@@ -239,6 +275,14 @@ async def test_embed_upsert_search_collections_export_import_and_migrate(
     assert isinstance(found, dict)
     assert found["collections"] == ["kb_384"]
     assert found["hits"][0]["id"] == "doc-07" and found["hits"][0]["metadata"] == {"even": False, "n": 7}
+
+    table = await sekha(stack, "embed", "search", "kb", docs[7]["text"], "--top-k", "3")  # type: ignore[arg-type]
+    assert table.code == 0, table.stderr
+    header = table.stdout.splitlines()[1].split()
+    assert header[:4] == ["RANK", "FUSION", "DISTANCE", "ID"]
+    first = table.stdout.splitlines()[2].split()
+    assert first[3] == "doc-07" and float(first[2]) == pytest.approx(0.0, abs=1e-4)  # the very text
+    assert "not a similarity" in table.stderr and "lower is closer" in table.stderr
 
     filtered = await sekha(
         stack, "embed", "search", "kb", "note", "--top-k", "30", "--filter", '{"even": true}', "--json"

@@ -269,3 +269,37 @@ async def test_migration_resumes_after_a_restart(tmp_path, fake: FakeProvider) -
             assert collections["recs_768"] == 200
         resumed_batches = fake.count("/v1/embeddings", "base-768") - before
         assert resumed_batches < 20  # batches done before the restart were not embedded again
+
+
+async def test_a_client_naming_the_old_model_after_a_migration_writes_to_the_new_collection(
+    tmp_path, fake: FakeProvider
+) -> None:
+    async with stack(tmp_path, fake) as (_, _, _, client, _):
+        docs = [doc(f"k{i}", f"knowledge item {i}") for i in range(8)]
+        await client.upsert_documents(
+            emb.UpsertDocumentsRequest(base="kb", model="vec/mini-384", documents=docs)
+        )
+        started = (
+            await client.start_migration(emb.StartMigrationRequest(base="kb", target_model="vec/base-768"))
+        ).migration
+        while (
+            await client.get_migration(emb.GetMigrationRequest(id=started.id))
+        ).migration.state != emb.MIGRATION_STATE_COMPLETED:
+            await asyncio.sleep(0.02)
+
+        reply = await client.upsert_documents(
+            emb.UpsertDocumentsRequest(
+                base="kb", model="vec/mini-384", documents=[doc("k1", "knowledge item one, revised")]
+            )
+        )
+
+        assert [(i.name, i.model) for i in reply.collections] == [("kb_768", "vec/base-768")]
+        listing = (await client.list_collections(emb.ListCollectionsRequest(base="kb"))).collections
+        assert sorted(i.name for i in listing) == ["kb_384", "kb_768"]
+        got = await client.get_documents(emb.GetDocumentsRequest(base="kb", ids=["k1"]))
+        assert [d.text for d in got.documents] == ["knowledge item one, revised"]
+        found = await client.search_documents(
+            emb.SearchDocumentsRequest(base="kb", query="knowledge item one, revised", top_k=2)
+        )
+        assert found.collections == ["kb_768"] and found.hits[0].document.id == "k1"
+        assert [m.collection for m in found.hits[0].matches] == ["kb_768"]

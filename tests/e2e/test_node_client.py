@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from testkit.fake_provider import FakeProvider
+from testkit.fake_provider import Behaviour, FakeProvider, FakeToolCall
 from testkit.harness import (
     chat_model,
     embedding_config,
@@ -21,10 +21,16 @@ from tests.node_tools import NODE_DIR, ensure_node_modules
 async def test_node_client_suite_passes_against_both_services(tmp_path) -> None:  # type: ignore[no-untyped-def]
     ensure_node_modules()
     async with FakeProvider() as fake:
+        # The only model with tools: a Node request with tools is routed here, and it calls them.
+        toolsmith = chat_model("toolsmith", capabilities=["tools"])
+        call = FakeToolCall("get_weather", '{"city": "Paris"}', "call_node", ['{"city"', ': "Paris"}'])
+        fake.set_default(Behaviour(tool_calls=[call]), model="toolsmith")
         config = router_config(
             [
                 openai_provider(
-                    "fake", fake.base_url, [chat_model("chatty"), embedding_model("embed-384", 384)]
+                    "fake",
+                    fake.base_url,
+                    [chat_model("chatty"), toolsmith, embedding_model("embed-384", 384)],
                 )
             ]
         )
@@ -50,3 +56,26 @@ async def test_node_client_suite_passes_against_both_services(tmp_path) -> None:
     text = output.decode(errors="replace")
     assert process.returncode == 0, text
     assert "# fail 0" in text and "# pass 0" not in text, text
+    # What the Node client's tool request looked like on the provider's wire.
+    first, then = [r.json for r in fake.requests if r.model == "toolsmith"]
+    assert first["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather in a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
+    assert first["tool_choice"] == "required"
+    assert then["messages"][1]["tool_calls"][0]["id"] == "call_node"
+    assert then["messages"][2] == {
+        "role": "tool",
+        "tool_call_id": "call_node",
+        "content": '{"temperature":21}',
+    }

@@ -331,4 +331,5 @@ def test_restart_needed_names_what_only_a_restart_applies_and_nothing_else(tmp_p
     assert changed(telemetry={"log_level": "DEBUG"}) == "telemetry"
     assert changed(chroma={"threads": 2}) == "chroma"
     assert changed(state_path=str(tmp_path / "other.sqlite3")) == "state_path"
+    assert changed(state={"lease_ttl_s": 2}) == "state"
     assert changed(server={"port": 1}, state_path=str(tmp_path / "x")) == "server, state_path"

@@ -22,7 +22,7 @@ from sekha import client as c
 from sekha.keys import hash_api_key
 from sekha.router.v1 import router_service_pb2 as rt
 from sekha_runtime.telemetry import TelemetryConfig, setup_telemetry
-from testkit.fake_provider import Behaviour, FakeProvider
+from testkit.fake_provider import Behaviour, FakeProvider, FakeToolCall
 from testkit.harness import chat_model, embedding_model, openai_provider, router_config, running_router
 
 USER = [{"role": "user", "content": "hello there"}]
@@ -35,7 +35,12 @@ async def fake() -> AsyncIterator[FakeProvider]:
 
 
 def door_config(fake: FakeProvider, **sections: Any) -> Any:
-    models = [chat_model("chatty"), chat_model("small", tasks=("chat_small",)), embedding_model("embed-8", 8)]
+    capable = ["tools", "structured_output", "reasoning"]
+    models = [
+        chat_model("chatty", capabilities=capable),
+        chat_model("small", tasks=("chat_small",)),
+        embedding_model("embed-8", 8),
+    ]
     server = {"http_port": 0, **sections.pop("server", {})}
     return router_config([openai_provider("fake", fake.base_url, models)], server=server, **sections)
 
@@ -312,3 +317,155 @@ async def test_langchain_chat_openai_streams_through_the_door(fake: FakeProvider
         whole = await llm.ainvoke("hello again")
     assert "".join(str(p) for p in pieces) == "echo: hello there"
     assert whole.content == "echo: hello again"
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+PARIS = FakeToolCall(name="get_weather", arguments='{"city": "Paris"}', id="call_paris")
+
+
+def last_chat(fake: FakeProvider) -> dict[str, Any]:
+    return [r for r in fake.requests if r.path == "/v1/chat/completions"][-1].json
+
+
+async def test_tool_call_round_trip_through_the_sdk(fake: FakeProvider) -> None:
+    fake.script(None, Behaviour(tool_calls=[PARIS]), Behaviour(text="21 degrees in Paris."))
+    async with running_router(door_config(fake)) as (app, _):
+        async with sdk(app.http_port) as client:
+            first = await client.chat.completions.create(
+                model="chatty", messages=USER, tools=[WEATHER], tool_choice="required"
+            )
+            sent_first = last_chat(fake)
+            call = first.choices[0].message.tool_calls[0]
+            final = await client.chat.completions.create(
+                model="chatty",
+                tools=[WEATHER],
+                messages=[
+                    *USER,
+                    first.choices[0].message.model_dump(exclude_none=True, include={"role", "tool_calls"}),
+                    {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'},
+                ],
+            )
+            sent_final = last_chat(fake)
+    assert first.choices[0].finish_reason == "tool_calls"
+    assert (call.id, call.function.name, call.function.arguments) == (
+        "call_paris",
+        "get_weather",
+        '{"city": "Paris"}',
+    )
+    assert sent_first["tools"] == [WEATHER] and sent_first["tool_choice"] == "required"
+    assert final.choices[0].message.content == "21 degrees in Paris."
+    assert sent_final["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Paris"}'
+    assert sent_final["messages"][2] == {
+        "role": "tool",
+        "tool_call_id": "call_paris",
+        "content": '{"temp_c": 21}',
+    }
+
+
+async def test_streamed_tool_call_fragments_concatenate_and_parallel_calls_keep_their_index(
+    fake: FakeProvider,
+) -> None:
+    calls = [
+        FakeToolCall(
+            name="get_weather",
+            arguments='{"city": "Paris"}',
+            id="call_a",
+            chunks=['{"ci', 'ty": "Pa', 'ris"}'],
+        ),
+        FakeToolCall(name="get_weather", arguments='{"city": "Rome"}', id="call_b"),
+    ]
+    fake.script(None, Behaviour(tool_calls=calls))
+    arguments: dict[int, str] = {}
+    names: dict[int, str] = {}
+    async with running_router(door_config(fake)) as (app, _):
+        async with sdk(app.http_port) as client:
+            stream = await client.chat.completions.create(
+                model="chatty", messages=USER, tools=[WEATHER], parallel_tool_calls=True, stream=True
+            )
+            finish = None
+            async for chunk in stream:
+                if not chunk.choices:
+                    continue
+                for piece in chunk.choices[0].delta.tool_calls or ():
+                    arguments[piece.index] = arguments.get(piece.index, "") + (piece.function.arguments or "")
+                    if piece.function.name:
+                        names[piece.index] = piece.function.name
+                finish = chunk.choices[0].finish_reason or finish
+    assert arguments == {0: '{"city": "Paris"}', 1: '{"city": "Rome"}'}
+    assert names == {0: "get_weather", 1: "get_weather"}
+    assert finish == "tool_calls"
+    assert last_chat(fake)["parallel_tool_calls"] is True
+
+
+async def test_json_schema_answers_say_whether_they_conform(fake: FakeProvider) -> None:
+    fake.script(None, Behaviour(text='{"age": 36}'), Behaviour(text='{"age": "old"}'))
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "person", "schema": schema, "strict": True},
+    }
+    async with running_router(door_config(fake)) as (app, _):
+        async with sdk(app.http_port) as client:
+            good = await client.chat.completions.with_raw_response.create(
+                model="chatty", messages=USER, response_format=response_format
+            )
+            bad = await client.chat.completions.with_raw_response.create(
+                model="chatty", messages=USER, response_format=response_format
+            )
+    assert good.headers["x-sekha-conforms"] == "true"
+    assert good.parse().choices[0].message.content == '{"age": 36}'
+    assert bad.headers["x-sekha-conforms"] == "false"
+    assert "age" in bad.headers["x-sekha-conformance-reason"]
+    assert last_chat(fake)["response_format"]["json_schema"]["schema"] == schema
+
+
+async def test_reasoning_and_cached_tokens_reach_the_sdk(fake: FakeProvider) -> None:
+    fake.script(
+        None,
+        Behaviour(
+            text="42", reasoning="six times seven", usage=(100, 20), cached_tokens=60, reasoning_tokens=12
+        ),
+    )
+    async with running_router(door_config(fake)) as (app, _):
+        async with sdk(app.http_port) as client:
+            reply = await client.chat.completions.create(
+                model="chatty", messages=USER, reasoning_effort="high"
+            )
+    message = reply.choices[0].message
+    assert message.content == "42"
+    assert (message.model_extra or {}).get("reasoning_content") == "six times seven"
+    assert reply.usage is not None and reply.usage.prompt_tokens_details is not None
+    assert reply.usage.prompt_tokens_details.cached_tokens == 60
+    assert reply.usage.completion_tokens_details is not None
+    assert reply.usage.completion_tokens_details.reasoning_tokens == 12
+    assert last_chat(fake)["reasoning_effort"] == "high"
+
+
+async def test_a_tool_request_for_a_model_without_tools_is_refused_naming_why(fake: FakeProvider) -> None:
+    async with running_router(door_config(fake)) as (app, _):
+        async with sdk(app.http_port) as client:
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.chat.completions.create(model="small", messages=USER, tools=[WEATHER])
+    assert "tools" in refused.value.message
+    assert not fake.requests
+
+
+async def test_langchain_binds_tools_through_the_door(fake: FakeProvider) -> None:
+    from langchain_openai import ChatOpenAI
+
+    fake.script(None, Behaviour(tool_calls=[PARIS]))
+    async with running_router(door_config(fake)) as (app, _):
+        llm = ChatOpenAI(
+            model="chatty", base_url=f"http://127.0.0.1:{app.http_port}/v1", api_key="unused", max_retries=0
+        )
+        message = await llm.bind_tools([WEATHER]).ainvoke("weather in Paris?")
+    assert message.tool_calls == [
+        {"name": "get_weather", "args": {"city": "Paris"}, "id": "call_paris", "type": "tool_call"}
+    ]

@@ -115,6 +115,16 @@ async def test_router_limits_name_the_field_and_reach_no_provider(fake: FakeProv
         assert await _violations(router.chat(_chat("hi", metadata={f"k{i}": "v" for i in range(65)}))) == [
             "metadata"
         ]
+        assert await _violations(router.chat(_chat("hi", metadata={"tenant": "v" * 1_000_000}))) == [
+            "metadata[tenant]"
+        ]
+        assert await _violations(router.chat(_chat("hi", metadata={"k" * 100_000: "v"}))) == ["metadata"]
+        many_stops = _chat("hi")
+        many_stops.generation.stop_sequences.extend(f"stop{i}" for i in range(100_000))
+        assert await _violations(router.chat(many_stops)) == ["generation.stop_sequences"]
+        long_stop = _chat("hi")
+        long_stop.generation.stop_sequences.extend(["fine", "s" * 257])
+        assert await _violations(router.chat(long_stop)) == ["generation.stop_sequences[1]"]
         for url in (
             "data:image/png;base64,!!!notbase64",
             "data:text/html;base64,PGgxPg==",

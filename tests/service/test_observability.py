@@ -36,7 +36,7 @@ from sekha.router.v1 import router_service_pb2_grpc as rt_grpc
 from sekha.tracing import client_interceptors
 from sekha_runtime.server.logs import configure_logging, resolve_log_level
 from sekha_runtime.telemetry import Telemetry, TelemetryConfig, setup_telemetry
-from testkit.fake_provider import Behaviour, FakeProvider
+from testkit.fake_provider import Behaviour, FakeProvider, FakeToolCall
 from testkit.harness import (
     chat_model,
     embedding_config,
@@ -235,7 +235,7 @@ async def test_one_trace_runs_client_embedding_router_provider(tmp_path: Path, f
         )
     } == {
         "gen_ai.operation.name": "embeddings",
-        "gen_ai.provider.name": "openai_compatible",
+        "gen_ai.provider.name": "openai",  # the registry's value for an OpenAI-compatible API
         "gen_ai.request.model": "vec-8",
         "gen_ai.usage.input_tokens": USAGE[0],
         "server.address": "127.0.0.1",
@@ -271,6 +271,28 @@ async def test_every_transport_sends_the_attempt_span_as_the_providers_parent(
         attempt = only(router_t.finished_spans(), f"{operation} {model}")
     (upstream,) = [r for r in fake.requests if r.path == path]
     assert_sent_as_parent(upstream.headers, attempt)
+
+
+@pytest.mark.parametrize(
+    ("provider_type", "name"),
+    [
+        ("openai_compatible", "openai"),  # an OpenAI-API server: the convention says openai
+        ("openai", "openai"),
+        ("deepseek", "deepseek"),  # the registry's own values
+        ("ollama", "ollama"),  # not in the registry: its own name, documented in observability.py
+    ],
+)
+async def test_gen_ai_provider_name_is_the_registrys_value(
+    fake: FakeProvider, provider_type: str, name: str
+) -> None:
+    config = router_config(
+        [openai_provider("p", fake.base_url, [chat_model("alpha")], provider_type=provider_type)]
+    )
+    with traced("sekha-router") as router_t:
+        async with running_router(config, RouterDeps(telemetry=router_t.telemetry)) as (_, router):
+            await router.chat(ask())
+        attempt = only(router_t.finished_spans(), "chat alpha")
+    assert attempt.attributes["gen_ai.provider.name"] == name
 
 
 # ---------------------------------------------------------------------------------- secrets
@@ -351,6 +373,77 @@ async def test_prompts_only_with_capture_and_keys_never(fake: FakeProvider, capt
         assert SENTINEL_PROMPT in chat.attributes["gen_ai.output.messages"]  # the fake echoes it
     else:
         assert SENTINEL_PROMPT not in exported
+
+
+@pytest.mark.parametrize("capture", [False, True], ids=["capture-off", "capture-on"])
+async def test_tool_definitions_are_counted_and_described_only_with_capture(
+    fake: FakeProvider, capture: bool
+) -> None:
+    secret_tool = "SENTINEL-TOOL-DESCRIPTION-515"
+    secret_args = '{"city": "SENTINEL-ARGS-909"}'
+    tools = [c.tool("get_weather", {"type": "object"}, secret_tool), c.tool("get_time")]
+    model = chat_model("alpha", capabilities=["tools"])
+    fake.script(
+        "alpha",
+        Behaviour(tool_calls=[FakeToolCall("get_weather", secret_args, "call_1")], usage=(5, 5)),
+        Behaviour(text="done"),
+    )
+    request = rt.ChatRequest(
+        messages=[c.user("weather?")], tools=tools, generation=rt.GenerationConfig(max_tokens=20, seed=9)
+    )
+    with traced("sekha-router", capture=capture) as router_t:
+        config = router_config([openai_provider("p", fake.base_url, [model], transport="native")])
+        async with running_router(config, RouterDeps(telemetry=router_t.telemetry)) as (_, router):
+            first = await router.chat(request)
+            c.append_tool_results(request.messages, first, {"call_1": "SENTINEL-RESULT-33"})
+            await router.chat(request)
+        spans = router_t.finished_spans()
+    calling, answering = by_name(spans, "chat alpha")
+    for span in (calling, answering):
+        assert span.attributes["sekha.request.tool_count"] == 2
+        assert span.attributes["gen_ai.request.seed"] == 9
+    exported = span_text(spans)
+    if not capture:
+        for secret in (secret_tool, "SENTINEL-ARGS-909", "SENTINEL-RESULT-33", "get_weather"):
+            assert secret not in exported
+        assert "gen_ai.tool.definitions" not in calling.attributes
+        return
+    definitions = json.loads(calling.attributes["gen_ai.tool.definitions"])
+    assert [(t["name"], t.get("description")) for t in definitions] == [
+        ("get_weather", secret_tool),
+        ("get_time", None),
+    ]
+    (output,) = json.loads(calling.attributes["gen_ai.output.messages"])
+    assert output["parts"] == [
+        {"type": "tool_call", "id": "call_1", "name": "get_weather", "arguments": secret_args}
+    ]
+    inputs = json.loads(answering.attributes["gen_ai.input.messages"])
+    assert inputs[1]["parts"] == [
+        {"type": "tool_call", "id": "call_1", "name": "get_weather", "arguments": secret_args}
+    ]
+    assert inputs[2] == {
+        "role": "tool",
+        "parts": [{"type": "tool_call_response", "id": "call_1", "response": "SENTINEL-RESULT-33"}],
+    }
+
+
+async def test_cache_and_reasoning_tokens_reach_the_token_metric_and_the_span(fake: FakeProvider) -> None:
+    fake.script(
+        "alpha", Behaviour(usage=(1000, 300), cached_tokens=600, cache_write_tokens=0, reasoning_tokens=200)
+    )
+    with traced("sekha-router") as router_t:
+        config = router_config(
+            [openai_provider("p", fake.base_url, [chat_model("alpha")], transport="native")]
+        )
+        async with running_router(config, RouterDeps(telemetry=router_t.telemetry)) as (_, router):
+            await router.chat(ask())
+        spans = router_t.finished_spans()
+        points = router_t.points("gen_ai.client.token.usage")
+    by_type = {p.attributes["gen_ai.token.type"]: p.sum for p in points}
+    assert by_type == {"input": 1000, "output": 300, "cache_read_input": 600, "reasoning_output": 200}
+    span = only(spans, "chat alpha")
+    assert span.attributes["gen_ai.usage.cache_read.input_tokens"] == 600
+    assert span.attributes["sekha.usage.reasoning_tokens"] == 200
 
 
 # ---------------------------------------------------------------------------------- Prometheus

@@ -203,4 +203,4 @@ async def test_the_unavailable_message_is_bounded(fake: FakeProvider) -> None:
     message = failed.value.message
     assert len(message) < 1000 and message.endswith("more")
     assert "p0/" in message and "HTTP 503" in message
-    assert len(failed.value.details.metadata["attempts"].split(",")) == 10  # the details keep them all
+    assert failed.value.details.metadata["attempts"].startswith("p0/")  # the details, bounded too

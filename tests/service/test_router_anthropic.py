@@ -251,15 +251,16 @@ async def test_401_disables_the_provider_and_says_so(fake: FakeProvider) -> None
 
 
 @pytest.mark.parametrize(
-    ("message", "reason"),
+    ("message", "reason", "field"),
     [
-        ("messages.0.content: field required", None),
-        ("prompt is too long: 208310 tokens > 200000 maximum", "CONTEXT_LENGTH"),
+        ("messages.0.content: field required", None, "messages"),
+        ("temperature: Input should be less than or equal to 1", None, "generation.temperature"),
+        ("prompt is too long: 208310 tokens > 200000 maximum", "CONTEXT_LENGTH", "messages"),
     ],
-    ids=["invalid-request", "prompt-too-long"],
+    ids=["invalid-request", "bad-temperature", "prompt-too-long"],
 )
 async def test_400_invalid_request_is_the_callers_error_without_fallback(
-    fake: FakeProvider, message: str, reason: str | None
+    fake: FakeProvider, message: str, reason: str | None, field: str
 ) -> None:
     body = {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
     fake.script(CLAUDE, Behaviour(status=400, error_body=body))
@@ -271,6 +272,7 @@ async def test_400_invalid_request_is_the_callers_error_without_fallback(
     assert fake.count(MESSAGES) == 1 and fake.count(CHAT) == 0
     if reason is not None:
         assert exc.value.details.reason == reason
+    assert [f for f, _ in exc.value.details.field_violations] == [field]  # Anthropic names it first
     assert message not in exc.value.message  # provider text never reaches the caller
     assert snapshot.consecutive_failures == 0 and snapshot.window_calls == 0
     assert status.enabled

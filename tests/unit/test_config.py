@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from embedding_service.config import EmbeddingConfig
 from router_service.check_config import check_config_main
 from router_service.config import RouterConfig, default_config_text
 from router_service.domain import Capability, Task
 from router_service.registry import ModelInfo, StaticModelInfo
+from sekha.keys import hash_api_key
 from sekha_runtime.configloader import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,7 +161,8 @@ def test_unknown_capability(tmp_path: Path) -> None:
         """,
     )
     assert errors == [
-        "providers[0].models[0].capabilities[1]: 'telepathy' is not one of vision, audio, tools"
+        "providers[0].models[0].capabilities[1]: 'telepathy' is not one of "
+        "vision, audio, tools, structured_output, reasoning"
     ]
 
 
@@ -405,6 +408,7 @@ def test_variables_expand_with_and_without_defaults(tmp_path: Path) -> None:
         server:
           host: ${HOST}
           port: ${PORT:-6000}
+        auth: {allow_unauthenticated_non_loopback: true}
         providers:
           - id: a
             type: ollama
@@ -536,3 +540,45 @@ def test_check_config_summarises_a_valid_file(tmp_path: Path) -> None:
     assert "price unknown" in text  # the static source knows no price
     assert "sk-should-not-print" not in text
     assert err.getvalue() == ""
+
+
+# ------------------------------------------------------------------- auth beyond loopback
+
+_OLLAMA = (
+    '[{id: a, type: ollama, base_url: "http://127.0.0.1:11434", models: [{id: m, tasks: [chat_small]}]}]'
+)
+
+
+def _listening(host: str, auth: str = "", **server: str) -> str:
+    extra = "".join(f", {key}: {value}" for key, value in server.items())
+    lines = [f'server: {{host: "{host}"{extra}}}', f"providers: {_OLLAMA}"]
+    if auth:
+        lines.append(f"auth: {auth}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "10.1.2.3", "router.internal"])
+def test_auth_off_beyond_loopback_is_refused_unless_allowed_explicitly(tmp_path: Path, host: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        RouterConfig.load(write(tmp_path, _listening(host)), environ={})
+    [line] = refused.value.errors
+    assert "auth.enabled" in line and "allow_unauthenticated_non_loopback" in line
+    with pytest.raises(ConfigError):  # the embedding service follows the same rule
+        EmbeddingConfig.load(write(tmp_path, f'server: {{host: "{host}"}}\n', "e.yaml"), environ={})
+
+    allowed = _listening(host, "{allow_unauthenticated_non_loopback: true}")
+    assert RouterConfig.load(write(tmp_path, allowed), environ={}).server.host == host
+    keyed = _listening(host, f"{{enabled: true, keys: [{{id: k, hash: '{hash_api_key('k' * 32)}'}}]}}")
+    assert RouterConfig.load(write(tmp_path, keyed), environ={}).auth.enabled
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_auth_off_on_loopback_needs_nothing(tmp_path: Path, host: str) -> None:
+    assert RouterConfig.load(write(tmp_path, _listening(host)), environ={}).server.host == host
+
+
+def test_the_http_door_on_another_address_counts_too(tmp_path: Path) -> None:
+    text = _listening("127.0.0.1", http_port="8080", http_host="0.0.0.0")
+    with pytest.raises(ConfigError) as refused:
+        RouterConfig.load(write(tmp_path, text), environ={})
+    assert "0.0.0.0" in refused.value.errors[0]

@@ -287,3 +287,48 @@ def test_a_url_holding_a_password_becomes_an_environment_reference(tmp_path: Pat
     assert SECRET_MARK not in new.read_text(encoding="utf-8") and SECRET_MARK not in report.render()
     environ = {"OLLAMA_URL": "http://admin:pw@gpu:11434"}
     assert check_config_main(new, environ=environ, out=io.StringIO(), err=io.StringIO()) == 0
+
+
+# ------------------------------------------------------------------ the report matches the file
+
+
+def test_a_key_whose_provider_is_left_out_is_reported_as_not_mapped(tmp_path: Path) -> None:
+    old = tmp_path / "v1.env"
+    old.write_text(
+        "OLLAMA_URL=http://127.0.0.1:11434\nEXTRACTION_MODEL=llama3.2:3b\n"
+        "OPENROUTER_API_KEY=sk-or-DO-NOT-COPY\n",
+        encoding="utf-8",
+    )
+    new = tmp_path / "router.yaml"
+    report = migrate_file(old, new)
+    written = load_yaml(new)
+    assert [p["id"] for p in written["providers"]] == ["ollama"]  # openrouter: no model to serve
+    mapped = dict(report.mapped)
+    assert "OPENROUTER_API_KEY" not in mapped
+    assert "left out" in unmapped_keys(report)["OPENROUTER_API_KEY"]
+    # every mapping points into the file that was written, and only its variables are named
+    provider_ids = {p["id"] for p in written["providers"]}
+    for target in mapped.values():
+        if target.startswith("providers["):
+            assert target[len("providers[") :].split("]", 1)[0] in provider_ids, target
+    assert report.env_references == []
+    assert "OPENROUTER_API_KEY" not in report.render().split("not mapped")[0]
+
+
+def test_default_model_becomes_the_preferred_chat_model(tmp_path: Path) -> None:
+    old = tmp_path / "v1.env"
+    old.write_text(
+        "OLLAMA_URL=http://127.0.0.1:11434\nSUMMARIZATION_MODEL=llama3.1:8b\n"
+        "DEFAULT_MODEL=gpt-4o\nOPENAI_API_KEY=sk-DO-NOT-COPY\n",
+        encoding="utf-8",
+    )
+    new = tmp_path / "router.yaml"
+    report = migrate_file(old, new)
+    assert "DEFAULT_MODEL" not in unmapped_keys(report)
+    assert dict(report.mapped)["DEFAULT_MODEL"].startswith("providers[openai].models[gpt-4o]")
+    written = load_yaml(new)
+    openai = provider(written, "openai")
+    assert model(openai, "gpt-4o")["tasks"] == ["chat_small", "chat_smart"]
+    assert openai["priority"] < provider(written, "ollama")["priority"]  # tried first
+    loaded = RouterConfig.load(new, environ={"OPENAI_API_KEY": "x"})
+    assert min(loaded.providers, key=lambda p: p.priority).id == "openai"

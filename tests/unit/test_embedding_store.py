@@ -21,7 +21,13 @@ import httpx
 import pytest
 from chromadb.config import Settings
 
-from embedding_service.config import ChromaConfig, DefaultsConfig, EmbeddingConfig, MigrationConfig
+from embedding_service.config import (
+    BatchingConfig,
+    ChromaConfig,
+    DefaultsConfig,
+    EmbeddingConfig,
+    MigrationConfig,
+)
 from embedding_service.domain import (
     CollectionInUseError,
     DistanceMetric,
@@ -102,11 +108,14 @@ def base() -> str:
     return f"kb{uuid.uuid4().hex[:10]}"
 
 
-def make_config(tmp_path: Path, chroma: ChromaConfig, **defaults: object) -> EmbeddingConfig:
+def make_config(
+    tmp_path: Path, chroma: ChromaConfig, batching: BatchingConfig | None = None, **defaults: object
+) -> EmbeddingConfig:
     return EmbeddingConfig(
         chroma=chroma,
         state_path=tmp_path / "state.sqlite3",
         defaults=DefaultsConfig(**defaults),  # type: ignore[arg-type]
+        batching=batching or BatchingConfig(),
         migration=MigrationConfig(batch_size=4, retry_attempts=2, retry_backoff_s=0),
     )
 
@@ -118,9 +127,11 @@ OpenService = Callable[..., EmbeddingStoreService]
 async def open_service(tmp_path: Path, chroma: ChromaConfig) -> AsyncIterator[OpenService]:
     opened: list[EmbeddingStoreService] = []
 
-    def factory(vectors: FakeVectorSource | None = None, **defaults: object) -> EmbeddingStoreService:
+    def factory(
+        vectors: FakeVectorSource | None = None, batching: BatchingConfig | None = None, **defaults: object
+    ) -> EmbeddingStoreService:
         service = EmbeddingStoreService.open(
-            make_config(tmp_path, chroma, **defaults), vectors or FakeVectorSource()
+            make_config(tmp_path, chroma, batching, **defaults), vectors or FakeVectorSource()
         )
         opened.append(service)
         return service
@@ -343,8 +354,14 @@ async def test_upsert_of_6000_documents_is_chunked_below_chromas_batch_limit(
     open_service: OpenService, base: str
 ) -> None:
     vectors = FakeVectorSource({"fake/tiny-8": 8})
-    # One write batch bigger than Chroma's maximum (about 5461): the store must chunk it.
-    service = open_service(vectors, write_batch_size=6000, max_documents_per_request=6000)
+    # One write batch bigger than Chroma's maximum (about 5461): the store must chunk it. (A first
+    # call that large only happens when the batching config says so: see test_batching.py.)
+    service = open_service(
+        vectors,
+        BatchingConfig(initial_size=6000),
+        write_batch_size=6000,
+        max_documents_per_request=6000,
+    )
     documents = [DocumentIn(f"doc{i}", f"w{i % 97} w{i % 13} w{i}") for i in range(6000)]
 
     result = await service.upsert(base, documents)

@@ -272,3 +272,76 @@ async def test_migration_requests_are_validated(open_service: OpenService) -> No
     assert unknown.value.resource_type == "migration"
     assert (await service.list_collections(BASE)).collections[0].name == "notes_384"
     assert len((await service.list_collections(BASE)).collections) == 1
+
+
+async def test_a_write_naming_the_model_the_base_migrated_away_from_goes_to_the_current_collection(
+    open_service: OpenService,
+) -> None:
+    vectors = FakeVectorSource()
+    service = open_service(vectors)
+    await service.upsert(BASE, seed(6), model=SMALL)
+    migration = await service.start_migration(BASE, LARGE)
+    assert (await service.wait_for_migration(migration.id)).state is MigrationState.COMPLETED
+
+    result = await service.upsert(
+        BASE, [DocumentIn("old-client", "written by a client naming the old model")], model=SMALL
+    )
+
+    assert [(c.name, c.model) for c in result.collections] == [("notes_1536", LARGE)]
+    assert sorted(c.name for c in (await service.list_collections(BASE)).collections) == [
+        "notes_1536",
+        "notes_384",
+    ]
+    got = await service.get(BASE, ids=["old-client"], include_embeddings=True)
+    assert got.collection == "notes_1536"
+    assert got.documents[0].embedding is not None
+    np.testing.assert_allclose(
+        got.documents[0].embedding,
+        vectors.vector("written by a client naming the old model", LARGE),
+        atol=1e-5,
+    )
+    hits = (await service.search(BASE, "written by a client naming the old model", top_k=3)).hits
+    assert hits[0].id == "old-client" and [m.collection for m in hits[0].matches] == ["notes_1536"]
+    # Later writes that name no model do not fan out to a forked collection either.
+    after = await service.upsert(BASE, [DocumentIn("plain", "no model named")])
+    assert [c.name for c in after.collections] == ["notes_1536"]
+
+    # Still true once the old collection is deleted: the migration's history remembers the model.
+    await service.delete_collection("notes_384")
+    again = await service.upsert(
+        BASE, [DocumentIn("old-client-2", "the old model once more")], model="mini-384"
+    )
+    assert [c.name for c in again.collections] == ["notes_1536"]
+    assert [c.name for c in (await service.list_collections(BASE)).collections] == ["notes_1536"]
+    # A model the base never wrote with still opens a new dimension collection, as before.
+    other = await service.upsert(BASE, [DocumentIn("x", "a third model")], model="fake/base-768")
+    assert [c.name for c in other.collections] == ["notes_768"]
+
+
+async def test_an_old_model_write_sent_during_the_backfill_that_lands_after_the_switch_does_not_fork(
+    open_service: OpenService,
+) -> None:
+    vectors = FakeVectorSource()
+    service = open_service(vectors)
+    await service.upsert(BASE, seed(12), model=SMALL)
+    late_text = "sent during the backfill, written after the switch"
+    vectors.hold = lambda model, texts: texts[0] == late_text
+    migration = await service.start_migration(BASE, LARGE, batch_size=4)
+
+    # The upsert names the old model while the migration runs: it embeds for both collections
+    # and is held there until the migration has switched the base to the target.
+    late = asyncio.create_task(service.upsert(BASE, [DocumentIn("late", late_text)], model=SMALL))
+    await asyncio.wait_for(vectors.held.wait(), 10)
+    assert (await service.wait_for_migration(migration.id)).state is MigrationState.COMPLETED
+    vectors.release.set()
+    result = await asyncio.wait_for(late, 10)
+
+    assert [c.name for c in result.collections] == ["notes_1536"]
+    assert sorted(c.name for c in (await service.list_collections(BASE)).collections) == [
+        "notes_1536",
+        "notes_384",
+    ]
+    got = await service.get(BASE, ids=["late"])
+    assert (got.collection, [d.text for d in got.documents]) == ("notes_1536", [late_text])
+    hits = (await service.search(BASE, late_text, top_k=1)).hits
+    assert hits[0].id == "late" and [m.collection for m in hits[0].matches] == ["notes_1536"]

@@ -95,8 +95,8 @@ def _edited_protos(tmp_path: Path, pattern: str, replacement: str) -> Path:
 @pytest.mark.parametrize(
     ("pattern", "replacement", "rule", "named"),
     [
-        # ChatResponse.text moves from number 2 to 9: old clients would read nothing.
-        (r"^  string text = 2;$", "  string text = 9;", "FIELD_NO_DELETE", '"text"'),
+        # ChatResponse.text moves from number 2 to 90 (a free number): old clients would read nothing.
+        (r"^  string text = 2;$", "  string text = 90;", "FIELD_NO_DELETE", '"text"'),
         # ChatResponse.finish_reason is removed.
         (r"^  FinishReason finish_reason = 3;$", "", "FIELD_NO_DELETE", '"finish_reason"'),
         # Usage.input_tokens narrows from int64 to int32.

@@ -16,12 +16,15 @@ from router_service.domain import (
     ChatMessage,
     ChatRequest,
     ContentPart,
+    Cost,
+    CostPart,
     GenerationConfig,
     ImagePart,
     Price,
     Role,
     Task,
     Usage,
+    price_tokens,
 )
 from router_service.pricing import (
     IMAGE_TOKENS_HIGH_DETAIL,
@@ -101,6 +104,18 @@ def test_litellm_supplies_capabilities_and_context_window(litellm_registry: Regi
     assert entry.context_window == 128000
 
 
+def test_litellm_supplies_structured_output_and_reasoning() -> None:
+    # supports_function_calling / supports_response_schema / supports_reasoning in LiteLLM's map
+    cfg = config([{"id": "openai", "type": "openai", "models": [{"id": "o3-mini", "tasks": ["chat_smart"]}]}])
+    entry = Registry.from_config(cfg).by_key("openai/o3-mini")
+    assert {Capability.TOOLS, Capability.STRUCTURED_OUTPUT, Capability.REASONING} <= entry.capabilities
+    no_tools = config(
+        [{"id": "ds", "type": "deepseek", "models": [{"id": "deepseek-reasoner", "tasks": ["chat_smart"]}]}]
+    )
+    reasoner = Registry.from_config(no_tools).by_key("ds/deepseek-reasoner")
+    assert Capability.REASONING in reasoner.capabilities and Capability.TOOLS not in reasoner.capabilities
+
+
 def test_litellm_supplies_the_embedding_dimension(litellm_registry: Registry) -> None:
     assert litellm_registry.by_key("openai/text-embedding-3-small").embedding_dimension == 1536
 
@@ -109,8 +124,44 @@ def test_litellm_supplies_prices_per_million(litellm_registry: Registry) -> None
     entry = litellm_registry.by_key("openai/gpt-4o-mini")
     expected_in = litellm.model_cost["gpt-4o-mini"]["input_cost_per_token"] * 1e6
     expected_out = litellm.model_cost["gpt-4o-mini"]["output_cost_per_token"] * 1e6
-    assert entry.price == Price(pytest.approx(expected_in), pytest.approx(expected_out))
+    expected_cached = litellm.model_cost["gpt-4o-mini"]["cache_read_input_token_cost"] * 1e6
+    assert entry.price == Price(
+        pytest.approx(expected_in),
+        pytest.approx(expected_out),
+        cached_input_per_million=pytest.approx(expected_cached),
+    )
+    assert entry.price.cached_input_per_million < entry.price.input_per_million
     assert entry.price_source == "litellm"
+
+
+def test_litellm_supplies_cache_and_reasoning_rates() -> None:
+    # cache_read_input_token_cost, cache_creation_input_token_cost, output_cost_per_reasoning_token
+    with_rates = {
+        name: entry
+        for name, entry in litellm.model_cost.items()
+        if isinstance(entry, dict)
+        and entry.get("cache_creation_input_token_cost")
+        and entry.get("cache_read_input_token_cost")
+        and isinstance(entry.get("input_cost_per_token"), float)
+        and "/" not in name
+    }
+    name, raw = sorted(with_rates.items())[0]
+    source = LiteLLMModelInfo()
+    info = source.lookup(name, "anthropic")
+    assert info is not None and info.price is not None
+    assert info.price.cached_input_per_million == pytest.approx(raw["cache_read_input_token_cost"] * 1e6)
+    assert info.price.cache_write_per_million == pytest.approx(raw["cache_creation_input_token_cost"] * 1e6)
+    reasoning_name, reasoning_raw = next(
+        (n, e)
+        for n, e in sorted(litellm.model_cost.items())
+        if isinstance(e, dict) and e.get("output_cost_per_reasoning_token") and e.get("input_cost_per_token")
+    )
+    provider = reasoning_name.partition("/")[0]
+    priced = source.lookup(reasoning_name, provider)
+    assert priced is not None and priced.price is not None
+    assert priced.price.reasoning_per_million == pytest.approx(
+        reasoning_raw["output_cost_per_reasoning_token"] * 1e6
+    )
 
 
 def test_config_overrides_win_over_model_info(litellm_registry: Registry) -> None:
@@ -267,6 +318,44 @@ def test_providers_can_be_disabled_and_enabled(static_registry: Registry) -> Non
 
 
 # -- prices and costs ------------------------------------------------------------------------
+
+
+def test_one_formula_prices_cache_reads_writes_and_reasoning_at_their_own_rates() -> None:
+    price = Price(
+        3.0, 15.0, cached_input_per_million=0.3, cache_write_per_million=3.75, reasoning_per_million=20.0
+    )
+    usage = Usage(
+        input_tokens=1000,
+        output_tokens=500,
+        cached_input_tokens=600,
+        cache_write_input_tokens=100,
+        reasoning_tokens=200,
+    )
+    cost = Cost.of(price, usage)
+    assert cost.parts == price_tokens(price, 1000, 500, 600, 100, 200)
+    assert cost.parts is not None
+    assert cost.parts.input_usd == pytest.approx(300 * 3.0 / 1e6)
+    assert cost.parts.cached_input_usd == pytest.approx(600 * 0.3 / 1e6)
+    assert cost.parts.cache_write_input_usd == pytest.approx(100 * 3.75 / 1e6)
+    assert cost.parts.output_usd == pytest.approx(300 * 15.0 / 1e6)
+    assert cost.parts.reasoning_usd == pytest.approx(200 * 20.0 / 1e6)
+    assert cost.cost_usd == pytest.approx(
+        (300 * 3.0 + 600 * 0.3 + 100 * 3.75 + 300 * 15.0 + 200 * 20.0) / 1e6
+    )
+    assert cost.parts.unknown_rate_parts == frozenset()
+    # Without a rate of their own the parts are priced at the base rate, and the cost says so.
+    base = Cost.of(Price(3.0, 15.0), usage)
+    assert base.cost_usd == pytest.approx((1000 * 3.0 + 500 * 15.0) / 1e6)
+    assert base.parts is not None
+    assert base.parts.unknown_rate_parts == {
+        CostPart.CACHED_INPUT,
+        CostPart.CACHE_WRITE_INPUT,
+        CostPart.REASONING,
+    }
+    assert Cost.of(Price(3.0, 15.0), Usage(10, 10)).parts.unknown_rate_parts == frozenset()  # type: ignore[union-attr]
+    assert Cost.of(None, usage).price_unknown  # an unknown price stays unknown, never $0
+    # The routing estimate is the same formula with no cache or reasoning tokens.
+    assert price.cost(1000, 500) == pytest.approx(Cost.of(price, Usage(1000, 500)).cost_usd)
 
 
 def test_estimate_and_real_cost(static_registry: Registry) -> None:

@@ -202,7 +202,7 @@ def test_no_model_with_the_required_capabilities(standard: Setup) -> None:
 def test_images_imply_vision(standard: Setup) -> None:
     decision = standard.decide(has_images=True)
     assert keys(decision) == ["alpha/a-eyes"]
-    assert rejected(decision)["alpha/a-cheap"] == "lacks vision"
+    assert rejected(decision)["alpha/a-cheap"] == "lacks vision (the request has images)"
     with pytest.raises(NoRouteError) as caught:
         standard.decide(Task.CHAT_SMALL, has_images=True)
     assert (
@@ -395,3 +395,44 @@ def test_free_models_share_one_candidate_object() -> None:
     first, second = setup.decide(input_tokens=10), setup.decide(input_tokens=99_000)
     assert first.chosen is second.chosen
     assert first.chosen.estimated_cost_usd == 0.0
+
+
+# -- what the request itself needs ----------------------------------------------------------------
+
+STRUCTURED = Capability.STRUCTURED_OUTPUT
+REASONING = Capability.REASONING
+
+
+def test_a_request_with_tools_routes_only_to_tool_models_and_says_why(standard: Setup) -> None:
+    decision = standard.router.decide(
+        Task.CHAT_SMART, RoutingPreferences(), 1000, 500, False, needed=frozenset({TOOLS})
+    )
+    assert keys(decision) == ["alpha/a-eyes", "alpha/a-smart", "beta/b-smart", "beta/b-mystery"]
+    assert rejected(decision)["alpha/a-cheap"] == "lacks tools (the request has tools)"
+
+
+def test_a_preferred_model_without_the_needed_capability_is_refused(standard: Setup) -> None:
+    with pytest.raises(NoRouteError) as caught:
+        standard.router.decide(
+            Task.CHAT_SMART,
+            RoutingPreferences(preferred_model="a-cheap"),
+            10,
+            10,
+            True,
+            needed=frozenset({TOOLS}),
+        )
+    assert caught.value.message == (
+        "model 'a-cheap' lacks tools, vision (the request has tools; the request has images)"
+    )
+
+
+def test_no_model_for_a_json_schema_or_a_reasoning_effort(standard: Setup) -> None:
+    with pytest.raises(NoRouteError) as caught:
+        standard.router.decide(
+            Task.CHAT_SMART, RoutingPreferences(), 10, 10, False, needed=frozenset({STRUCTURED, REASONING})
+        )
+    assert caught.value.message == (
+        "no configured model serves task chat_smart with capabilities reasoning, structured_output "
+        "(the request sets a reasoning effort; the request asks for a JSON schema)"
+    )
+    assert caught.value.violation_type == "NO_MODEL_WITH_CAPABILITY"

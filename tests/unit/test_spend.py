@@ -84,7 +84,10 @@ class StoreFactory:
             store = SqliteStore(self.path)
         else:
             server: RedisServer = self.request.getfixturevalue("redis_server")
-            store = RedisStore(server.url, prefix=self.prefix, timeout_s=5.0, wall_clock=self.clock)
+            # Time moves by the test's clock: rate limits measured on it, not on Redis's own.
+            store = RedisStore(
+                server.url, prefix=self.prefix, timeout_s=5.0, wall_clock=self.clock, rate_clock="caller"
+            )
         await store.start()
         self.opened.append(store)
         return store
@@ -525,3 +528,88 @@ async def test_state_config_builds_each_backend(tmp_path: Path) -> None:
         {"backend": "redis", "redis_url": "redis://:secret@127.0.0.1:1/0"}
     )
     assert "secret" not in repr(redis_config)
+
+
+async def test_the_ledger_keeps_cache_and_reasoning_tokens(stores: StoreFactory, clock: WallClock) -> None:
+    store = await stores.open()
+    guard = SpendGuard(store, BudgetsConfig(), wall_clock=clock)
+    for request_id in ("r1", "r2"):
+        ticket = await guard.open(Identity("alice"), "chat", request_id, 10)
+        await ticket.reserve(candidate(0.01))
+        usage = Usage(1000, 300, cached_input_tokens=600, cache_write_input_tokens=100, reasoning_tokens=200)
+        await ticket.settle("openai", "o3", usage, Cost(0.002))
+    [row] = await store.aggregate_spend(T0 - HOUR, T0 + HOUR, SpendGrouping.MODEL)
+    assert (row.key, row.input_tokens, row.output_tokens) == ("openai/o3", 2000, 600)
+    assert (row.cached_input_tokens, row.cache_write_input_tokens, row.reasoning_tokens) == (1200, 200, 400)
+
+
+async def test_a_ledger_written_before_cache_columns_existed_still_opens(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE spend (id INTEGER PRIMARY KEY, record_id TEXT NOT NULL UNIQUE, ts REAL NOT NULL,
+            caller TEXT NOT NULL, tenant TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
+            operation TEXT NOT NULL, input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
+            cost_nanos INTEGER, request_id TEXT NOT NULL);
+        INSERT INTO spend (record_id, ts, caller, tenant, provider, model, operation, input_tokens,
+            output_tokens, cost_nanos, request_id)
+            VALUES ('old', 1741946400.0, 'bob', '', 'p', 'm', 'chat', 5, 6, 7, 'r');
+        """
+    )
+    old.close()
+    store = SqliteStore(path)
+    await store.start()
+    try:
+        await store.settle("new", [], SpendRecord(T0, "bob", "p", "m", "chat", 10, 20, 30, "r2", "", 4, 0, 9))
+        [row] = await store.aggregate_spend(T0 - HOUR, T0 + HOUR, SpendGrouping.CALLER)
+    finally:
+        await store.close()
+    assert (row.request_count, row.input_tokens, row.cached_input_tokens, row.reasoning_tokens) == (
+        2,
+        15,
+        4,
+        9,
+    )
+
+
+async def test_sqlite_writes_behind_yet_a_graceful_close_loses_no_acknowledged_record(
+    tmp_path: Path, clock: WallClock
+) -> None:
+    """Settles return from memory; the file has every one of them once the store closes."""
+    path = tmp_path / "ledger.sqlite3"
+    # A flush interval far longer than the test: nothing reaches the file until close().
+    store = SqliteStore(path, flush_interval_s=3600.0)
+    await store.start()
+    guard = SpendGuard(store, global_daily(100.0), wall_clock=clock)
+    keys = guard.budgets_for(Identity("x"))
+    for index in range(250):
+        record = SpendRecord(clock(), "x", "openai", "gpt", "chat", 1, 2, usd_to_nanos(0.01), f"req-{index}")
+        await store.settle(f"res-{index}", keys, record)
+    await store.close()
+
+    reopened = SqliteStore(path)
+    await reopened.start()
+    try:
+        [row] = await reopened.aggregate_spend(T0 - HOUR, T0 + HOUR, SpendGrouping.CALLER)
+        [usage] = await reopened.budget_usage(keys, clock())
+    finally:
+        await reopened.close()
+    assert row.request_count == 250
+    assert usage.spent_nanos == 250 * usd_to_nanos(0.01)
+
+
+async def test_sqlite_report_reads_every_acknowledged_record_before_the_batch_is_due(
+    tmp_path: Path, clock: WallClock
+) -> None:
+    store = SqliteStore(tmp_path / "ledger.sqlite3", flush_interval_s=3600.0)
+    await store.start()
+    try:
+        record = SpendRecord(clock(), "x", "openai", "gpt", "chat", 1, 2, usd_to_nanos(0.5), "req")
+        await store.settle("res-1", [], record)
+        [row] = await store.aggregate_spend(T0 - HOUR, T0 + HOUR, SpendGrouping.CALLER)
+    finally:
+        await store.close()
+    assert row.request_count == 1

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import calendar
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
@@ -80,7 +82,7 @@ class Replicas:
         self.prefix = f"t{uuid.uuid4().hex[:8]}"
         self.stores: list[RedisStore] = []
 
-    async def store(self, **kwargs: float) -> RedisStore:
+    async def store(self, **kwargs: Any) -> RedisStore:
         options: dict = {"timeout_s": 5.0, "reconnect_interval_s": 0.05, "wall_clock": self.clock}
         options.update(kwargs)
         store = RedisStore(self.server.url, prefix=self.prefix, **options)
@@ -336,8 +338,9 @@ def test_the_state_machine_agrees_with_the_local_breaker_on_its_own_rules() -> N
 
 async def test_rate_limits_hold_across_replicas(replicas: Replicas, clock: WallClock) -> None:
     limits = RateLimitsConfig(default_caller=RateLimitSettings(requests_per_minute=5))
-    a = SpendGuard(await replicas.store(), rate_limits=limits, wall_clock=clock)
-    b = SpendGuard(await replicas.store(), rate_limits=limits, wall_clock=clock)
+    # Time moves by the test's clock here, so the stores measure on the time the callers pass.
+    a = SpendGuard(await replicas.store(rate_clock="caller"), rate_limits=limits, wall_clock=clock)
+    b = SpendGuard(await replicas.store(rate_clock="caller"), rate_limits=limits, wall_clock=clock)
     for i in range(3):
         await a.open(Identity("alice"), "chat", f"a{i}", 10)
     for i in range(2):
@@ -353,7 +356,7 @@ async def test_rate_limits_hold_across_replicas(replicas: Replicas, clock: WallC
 
 
 async def test_the_lua_rate_limiter_matches_the_python_one(replicas: Replicas) -> None:
-    redis_store = await replicas.store()
+    redis_store = await replicas.store(rate_clock="caller")  # both measured on the same given times
     memory = MemoryStore()
     rng = random.Random(5)
     now = T0
@@ -375,6 +378,53 @@ async def test_the_lua_rate_limiter_matches_the_python_one(replicas: Replicas) -
         assert (got.refused.key if got.refused else None) == (
             expected.refused.key if expected.refused else None
         )
+
+
+async def test_a_refusal_never_waits_less_than_the_real_wait_when_replica_clocks_disagree(
+    replicas: Replicas,
+) -> None:
+    """Replicas on other hosts have other clocks; the limit is measured on Redis's, so a replica
+    whose clock runs ahead cannot be told to retry before the slot really frees up."""
+    limits = RateLimitsConfig(default_caller=RateLimitSettings(requests_per_minute=1))
+    on_time = SpendGuard(await replicas.store(), rate_limits=limits, wall_clock=time.time)
+    ahead = SpendGuard(await replicas.store(), rate_limits=limits, wall_clock=lambda: time.time() + 30.0)
+    behind = SpendGuard(await replicas.store(), rate_limits=limits, wall_clock=lambda: time.time() - 30.0)
+    await on_time.open(Identity("alice"), "chat", "first", 10)  # the one request of this minute
+    for guard in (ahead, behind, on_time):
+        with pytest.raises(RateLimitedError) as limited:
+            await guard.open(Identity("alice"), "chat", "next", 10)
+        # The slot frees 60 s after the first request (less the moments this test has run).
+        assert 55.0 < limited.value.retry_after_s <= 60.0
+
+
+async def test_concurrent_refusals_across_replicas_never_wait_less_than_the_real_wait(
+    replicas: Replicas,
+) -> None:
+    """Many callers on two replicas at once: each refusal's wait reaches at least the moment the
+    limit (2 per minute, so 30 s apart) admits the next request, measured on Redis's clock."""
+    limits = RateLimitsConfig(default_caller=RateLimitSettings(requests_per_minute=2))
+    guards = [SpendGuard(await replicas.store(), rate_limits=limits) for _ in range(2)]
+    client = redis_asyncio.Redis.from_url(replicas.server.url)
+    try:
+        seconds, micros = await client.time()
+        started = seconds + micros / 1e6
+
+        async def attempt(i: int) -> float | None:
+            try:
+                await guards[i % 2].open(Identity("bob"), "chat", f"r{i}", 10)
+                return None
+            except RateLimitedError as refused:
+                return refused.retry_after_s
+
+        waits = await asyncio.gather(*(attempt(i) for i in range(40)))
+        seconds, micros = await client.time()
+        elapsed = seconds + micros / 1e6 - started
+    finally:
+        await client.aclose()
+    refusals = [w for w in waits if w is not None]
+    assert len(refusals) == 38  # a burst of two, then every other caller waits
+    # The next slot frees 30 s after the bucket filled, which was within `elapsed` of the start.
+    assert all(w >= 30.0 - elapsed - 0.001 for w in refusals), min(refusals)
 
 
 # -------------------------------------------------------------------------------- ledger

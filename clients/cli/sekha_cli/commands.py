@@ -20,7 +20,9 @@ from sekha.client import (
     RouterClient,
     SekhaError,
     UnimplementedError,
+    json_schema_format,
     system,
+    tool,
     user,
 )
 from sekha.embedding.v1 import embedding_service_pb2 as emb
@@ -100,6 +102,12 @@ def _prompt_text(prompt: str) -> str:
     return text
 
 
+def _schema_name(path: Path) -> str:
+    """A schema name providers accept (letters, digits, `_`, `-`) from the file's name."""
+    name = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in path.stem)[:64]
+    return name or "response"
+
+
 def _footer(view: dict[str, Any]) -> str:
     parts = [
         f"-- {view['provider_id']}/{view['model']}",
@@ -112,9 +120,63 @@ def _footer(view: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def _json_file(path: Path, flag: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CliError(f"{flag} {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CliError(f"{flag} {path}: not JSON ({exc})") from None
+
+
+def _tools_from_file(path: Path) -> list[rt.Tool]:
+    """Tools from a JSON list of `{name, description, parameters}` or OpenAI `{type, function}` entries."""
+    entries = _json_file(path, "--tools")
+    if not isinstance(entries, list) or not entries:
+        raise CliError(f"--tools {path}: expected a non-empty JSON list of tools")
+    tools = []
+    for index, entry in enumerate(entries):
+        spec = entry.get("function", entry) if isinstance(entry, dict) else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise CliError(f"--tools {path}: entry {index} has no name")
+        parameters = spec.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise CliError(f"--tools {path}: entry {index}: parameters must be a JSON Schema object")
+        tools.append(
+            tool(spec["name"], parameters, str(spec.get("description", "")), strict=bool(spec.get("strict")))
+        )
+    return tools
+
+
+def _print_chat_reply(args: argparse.Namespace, reply: rt.ChatResponse) -> int:
+    view = chat_result_view(reply)
+    nonconforming = reply.HasField("conformance") and not reply.conformance.conforms
+    if args.json:
+        print_json(view)
+    else:
+        if not nonconforming:  # a wrong answer is never printed as if it were the JSON asked for
+            if reply.text:
+                print(reply.text)
+            for call in reply.tool_calls:
+                print(f"{call.name} {call.arguments}")
+        print(_footer(view), file=sys.stderr)
+    if nonconforming:
+        raise CliError(
+            f"the answer does not conform to {args.json_schema}: {reply.conformance.reason}", EXIT_OTHER
+        )
+    return EXIT_OK
+
+
 async def chat(args: argparse.Namespace) -> int:
     _check_max_tokens(args)
     messages = [system(args.system)] if args.system else []
+    tools = _tools_from_file(args.tools) if args.tools is not None else []
+    response_format = None
+    if args.json_schema is not None:
+        schema = _json_file(args.json_schema, "--json-schema")
+        if not isinstance(schema, dict):
+            raise CliError(f"--json-schema {args.json_schema}: expected a JSON Schema object")
+        response_format = json_schema_format(schema, _schema_name(args.json_schema))
     messages.append(user(_prompt_text(args.prompt)))
     generation = rt.GenerationConfig()
     if args.max_tokens is not None:
@@ -123,17 +185,12 @@ async def chat(args: argparse.Namespace) -> int:
         generation.temperature = args.temperature
     routing = routing_from_args(args)
     async with RouterClient(connection_settings(args, "router")) as router:
-        if args.no_stream:
-            reply = await router.chat(
-                rt.ChatRequest(routing=routing, messages=messages, generation=generation)
-            )
-            view = chat_result_view(reply)
-            if args.json:
-                print_json(view)
-            else:
-                print(reply.text)
-                print(_footer(view), file=sys.stderr)
-            return EXIT_OK
+        # A JSON answer is checked whole and tool calls print whole: no streaming for either.
+        if args.no_stream or tools or response_format is not None:
+            request = rt.ChatRequest(routing=routing, messages=messages, generation=generation, tools=tools)
+            if response_format is not None:
+                request.response_format.CopyFrom(response_format)
+            return _print_chat_reply(args, await router.chat(request))
         pieces: list[str] = []
         summary: rt.ChatSummary | None = None
         request = rt.StreamChatRequest(routing=routing, messages=messages, generation=generation)
@@ -479,6 +536,18 @@ async def embed_import(args: argparse.Namespace) -> int:
     return await _upload(args, documents)
 
 
+# What the two numbers of a search hit are: the fusion score orders hits across collections (and
+# models) whose distances cannot be compared; the distance is the similarity a user expects.
+_FUSION_LEGEND = {
+    "rrf": "fusion: reciprocal-rank fusion score, the sum over collections of 1/(k + rank); it orders "
+    "the hits and is not a similarity. distance: vector distance in the closest collection "
+    "(lower is closer, 0 = identical).",
+    "minmax": "fusion: min-max fused score, each collection's similarities rescaled to 0..1 (1 = its "
+    "best hit) and summed; it orders the hits and is not a similarity. distance: vector distance in the "
+    "closest collection (lower is closer, 0 = identical).",
+}
+
+
 async def embed_search(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise CliError("--top-k must be at least 1")
@@ -508,11 +577,20 @@ async def embed_search(args: argparse.Namespace) -> int:
     for rank, hit in enumerate(hits, start=1):
         text = " ".join(hit["text"].split())
         shown = text if len(text) <= _MAX_SHOWN_TEXT else text[: _MAX_SHOWN_TEXT - 3] + "..."
+        distances = [m["distance"] for m in hit["matches"]]
         rows.append(
-            (rank, f"{hit['score']:.4f}", hit["id"], ",".join(m["collection"] for m in hit["matches"]), shown)
+            (
+                rank,
+                f"{hit['score']:.4f}",
+                f"{min(distances):.4f}" if distances else "-",
+                hit["id"],
+                ",".join(m["collection"] for m in hit["matches"]),
+                shown,
+            )
         )
     print(f"searched: {', '.join(reply.collections) or '-'}")
-    print(render_table(("rank", "score", "id", "collections", "text"), rows))
+    print(render_table(("rank", "fusion", "distance", "id", "collections", "text"), rows))
+    print(_FUSION_LEGEND[args.fusion], file=sys.stderr)
     return EXIT_OK
 
 

@@ -4,15 +4,21 @@ Three v1 inputs are understood, and may be mixed in one file:
 
 * the v1 bridge's flat environment settings (a ``.env`` file: ``KEY=VALUE`` lines, comments,
   optional quotes, optional ``export``): ``OLLAMA_URL``, ``OLLAMA_TIMEOUT``, ``EMBEDDING_MODEL``,
-  ``SUMMARIZATION_MODEL``, ``EXTRACTION_MODEL``, ``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``,
-  ``REDIS_URL``, ``LOG_LEVEL``, with or without the bridge's ``SEKHA_`` prefix;
+  ``SUMMARIZATION_MODEL``, ``EXTRACTION_MODEL``, ``DEFAULT_MODEL``, ``OPENAI_API_KEY``,
+  ``ANTHROPIC_API_KEY``, ``REDIS_URL``, ``LOG_LEVEL``, with or without the bridge's ``SEKHA_``
+  prefix;
 * the v1 controller's flat TOML keys (``ollama_url``, ``embedding_model``,
   ``summarization_model``, ``chroma_url``, ``llm_bridge_url``, ``rate_limit_per_minute``, ...);
 * the spellings of the old migration script: an ``llm_providers`` list whose entries say
   ``type`` and ``timeout`` (``provider_type``, ``timeout_secs``, ``model_id``, ``task`` and
   ``dimension`` are read too).
 
-What has a v2 home is mapped; everything else is reported, never silently dropped. Secrets are
+``DEFAULT_MODEL`` (the model v1 used when a call named none) becomes a chat model serving
+``chat_small`` and ``chat_smart`` whose provider is tried before the other chat providers.
+
+What has a v2 home is mapped; everything else is reported, never silently dropped, and the
+report matches the written file: a setting whose provider had to be left out is listed as not
+mapped, and only the variables the YAML really reads are named. Secrets are
 never written: an API key becomes a ``${VAR}`` reference the router expands at start-up. The
 written YAML is validated with the services' own config models before it replaces anything,
 and an embedding model whose vector dimension cannot be inferred is left out (and reported)
@@ -75,6 +81,9 @@ _DEFAULT_MODELS: Mapping[str, tuple[str, tuple[str, ...]]] = MappingProxyType(
         "anthropic": ("claude-haiku-4-5", ("chat_small", "chat_smart")),
     }
 )
+# DEFAULT_MODEL answered every v1 call that named no model: in v2, the general chat tasks.
+_DEFAULT_MODEL_TASKS = ("chat_small", "chat_smart")
+_CHAT_TASKS = frozenset({"chat_small", "chat_smart", "chat_large", "vision"})
 _TASK_ORDER = ("embedding", "chat_small", "chat_smart", "chat_large", "vision", "audio")
 _TASK_ALIASES = MappingProxyType({"chat_fast": "chat_small", "chat": "chat_smart"})
 _CAPABILITY_FLAGS = MappingProxyType(
@@ -110,6 +119,7 @@ _ALIASES: Mapping[str, str] = MappingProxyType(
         "default_importance_model": "importance_model",
         "chat_model": "chat_model",
         "default_chat_model": "chat_model",
+        "default_model": "default_model",
         "redis_url": "redis_url",
         "log_level": "log_level",
         "rate_limit_per_minute": "rate_limit_per_minute",
@@ -189,6 +199,16 @@ class MigrationReport:
 
     def skip(self, key: str, reason: str) -> None:
         self.unmapped.append((key, reason))
+
+    def withdraw(self, target_prefix: str, reason: str) -> None:
+        """Move every mapping into `target_prefix` (a provider that was left out) to not mapped."""
+        kept = []
+        for key, target in self.mapped:
+            if target.startswith(target_prefix):
+                self.unmapped.append((key, reason))
+            else:
+                kept.append((key, target))
+        self.mapped = kept
 
     def reference(self, variable: str) -> None:
         if variable not in self.env_references:
@@ -398,6 +418,7 @@ class _Planner:
         self.embedding: dict[str, Any] = {}
         self.embedding_model_ref: str | None = None
         self.router_state: dict[str, Any] | None = None
+        self.default_provider: _Provider | None = None
         self.router_rate_limits: dict[str, Any] | None = None
 
     # ---- providers
@@ -460,10 +481,11 @@ class _Planner:
             return KNOWN_OLLAMA_EMBEDDING_DIMENSIONS.get(bare)
         return None
 
-    def add_flat_model(self, key: str, name: str, tasks: tuple[str, ...]) -> None:
+    def add_flat_model(self, key: str, name: str, tasks: tuple[str, ...]) -> _Provider | None:
+        """Add the model; return its provider (None when the model could not be added)."""
         if not isinstance(name, str) or not name.strip():
             self.report.skip(key, "empty model name")
-            return
+            return None
         provider_type, model_id = self.resolve_model(name.strip())
         provider = self.ensure_ollama() if provider_type == "ollama" else self.provider_of_type(provider_type)
         if provider.type in _HOSTED_TYPES and provider.api_key_ref is None:
@@ -478,12 +500,30 @@ class _Planner:
                     f"embedding model {name!r}: its vector dimension could not be inferred (not in "
                     "LiteLLM's model map nor the Ollama table); add it by hand with embedding_dimension",
                 )
-                return
+                return None
             model.embedding_dimension = dimension
             self.embedding_model_ref = f"{provider.id}/{model_id}"
         provider.add_model(model)
         dim = f", dimension {model.embedding_dimension}" if model.embedding_dimension else ""
         self.report.map(key, f"providers[{provider.id}].models[{model_id}] (tasks {', '.join(tasks)}{dim})")
+        return provider
+
+    def prefer_default_provider(self) -> None:
+        """Order DEFAULT_MODEL's provider before every other provider with a chat model."""
+        preferred = self.default_provider
+        if preferred is None or preferred.id not in self.providers:
+            return
+        rivals = [
+            p.priority
+            for p in self.providers.values()
+            if p is not preferred and any(_CHAT_TASKS & set(m.tasks) for m in p.models)
+        ]
+        if rivals and preferred.priority >= min(rivals):
+            preferred.priority = max(1, min(rivals) - 1)
+        self.report.notes.append(
+            f"providers[{preferred.id}]: serves DEFAULT_MODEL, so it is tried before the other chat "
+            f"providers (priority {preferred.priority}); a request can still name another model"
+        )
 
     # ---- old migration script's provider list
 
@@ -770,6 +810,9 @@ def plan_migration(
         if name in canonical:
             key, value = canonical[name]
             planner.add_flat_model(key, str(value), tasks)
+    if "default_model" in canonical:
+        key, value = canonical["default_model"]
+        planner.default_provider = planner.add_flat_model(key, str(value), _DEFAULT_MODEL_TASKS)
     for original, provider_name in api_keys:
         variable = (
             original
@@ -833,6 +876,12 @@ def plan_migration(
     for provider_id in [pid for pid, p in planner.providers.items() if not p.models]:
         del planner.providers[provider_id]
         report.notes.append(f"providers[{provider_id}]: no model to serve; left out")
+        report.withdraw(
+            f"providers[{provider_id}]",
+            f"providers[{provider_id}] was left out (no model to serve): add the provider with a "
+            "model by hand to use it",
+        )
+    planner.prefer_default_provider()
     if any(p.type == "ollama" and any(m.price_zero for m in p.models) for p in planner.providers.values()):
         report.notes.append("Ollama models are priced at $0 (local), as in the v2 default config")
 
@@ -853,6 +902,9 @@ def plan_migration(
         if planner.embedding_model_ref is not None:
             embedding["defaults"] = {"model": planner.embedding_model_ref}
             report.map("(embedding model)", f"embedding defaults.model = {planner.embedding_model_ref}")
+    # The report names only the variables the written YAML really reads.
+    written = render_yaml(router) + (render_yaml(embedding) if embedding is not None else "")
+    report.env_references = [name for name in report.env_references if f"${{{name}}}" in written]
     return MigrationPlan(router=router, embedding=embedding, report=report)
 
 

@@ -3,6 +3,8 @@
 Commands::
 
     sekha chat "PROMPT"            stream a chat answer; provider, model, tokens and cost on stderr
+      --json-schema FILE           print the answer's JSON only when it conforms to the schema
+      --tools FILE                 offer tools; print the calls the model makes
     sekha route                    the routing decision for a request, without calling a provider
     sekha models                   every configured model (all pages)
     sekha status                   provider states, breakers, spend
@@ -42,6 +44,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 __all__ = ["EXIT_CODES", "CliError", "build_parser", "main"]
@@ -179,6 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-stream", action="store_true", help="wait for the whole answer (Chat, not StreamChat)"
     )
     chat.add_argument("--no-fallback", action="store_true", help="try only the first candidate")
+    chat.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        type=Path,
+        help="answer as JSON valid against this JSON Schema file; prints the JSON when it conforms, "
+        "fails (exit 9) naming the violation when it does not",
+    )
+    chat.add_argument(
+        "--tools",
+        metavar="FILE",
+        type=Path,
+        help="offer the tools in this JSON file (a list of {name, description, parameters}, or OpenAI's "
+        '{"type": "function", "function": {...}} entries); prints the calls the model makes, one per line',
+    )
     _json_flag(chat)
     chat.set_defaults(handler="sekha_cli.commands:chat", default_timeout=300.0)
 
@@ -383,6 +400,42 @@ def connection_settings(args: argparse.Namespace, service: str) -> Any:
     )
 
 
+# What an attempt's error kind means, in the words of someone who has to fix it.
+_ATTEMPT_CAUSES = {
+    "connect": "connection refused or host unreachable",
+    "reset": "connection reset",
+    "timeout": "timed out",
+    "rate_limited": "rate limited (429)",
+    "auth": "key rejected (401/403)",
+    "model_not_found": "model not found (404)",
+    "bad_response": "malformed answer",
+    "breaker_open": "skipped: circuit breaker open",
+    "provider_disabled": "skipped: provider disabled",
+    "budget": "skipped: over budget",
+}
+
+
+def _attempt_cause(kind: str) -> str:
+    if kind.startswith("http_"):
+        return f"HTTP {kind[5:]}"
+    return _ATTEMPT_CAUSES.get(kind, kind)
+
+
+def format_attempts(listing: str) -> str:
+    """`primary/llama3.2:3b:connect,backup/gpt-4o:http_503` (the attempts an UNAVAILABLE carries)
+    as `primary/llama3.2:3b: connection refused or host unreachable; backup/gpt-4o: HTTP 503`,
+    repeats of one attempt counted instead of listed."""
+    shown: list[list[Any]] = []
+    for entry in filter(None, listing.split(",")):
+        target, _, kind = entry.rpartition(":")  # the kind has no ':'; a model name may
+        line = f"{target or entry}: {_attempt_cause(kind)}" if target else entry
+        if shown and shown[-1][0] == line:
+            shown[-1][1] += 1
+        else:
+            shown.append([line, 1])
+    return "; ".join(line if count == 1 else f"{line} (x{count})" for line, count in shown)
+
+
 def format_error(exc: Any) -> str:
     """One line for a SekhaError: code, message, then what the details add."""
     parts = [f"{exc.code.name}: {exc.message}"]
@@ -395,6 +448,9 @@ def format_error(exc: Any) -> str:
         )
     if details.quota_violations:
         parts.append("[" + "; ".join(f"{s}: {d}" for s, d in details.quota_violations) + "]")
+    attempts = details.metadata.get("attempts", "")
+    if attempts:
+        parts.append(f"[attempts: {format_attempts(attempts)}]")
     if details.reason and details.reason not in exc.message:
         parts.append(f"(reason {details.reason})")
     if details.retry_after_s is not None:

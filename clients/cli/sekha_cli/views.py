@@ -110,13 +110,19 @@ def decision_view(decision: rt.RoutingDecision) -> dict[str, Any]:
 
 
 def chat_result_view(result: rt.ChatResponse | rt.ChatSummary, text: str | None = None) -> dict[str, Any]:
-    """A finished chat (a ChatResponse, or a stream's ChatSummary plus the streamed text)."""
+    """A finished chat (a ChatResponse, or a stream's ChatSummary plus the streamed text).
+
+    `provider_id` / `model` are the attempt that answered: after a fallback that is not the
+    routing plan's first choice, which `planned` names.
+    """
     chosen = result.routing.chosen
+    served = next((a for a in reversed(result.attempts) if a.outcome == rt.ATTEMPT_OUTCOME_SUCCEEDED), chosen)
     return {
         "request_id": result.request_id,
         "text": result.text if isinstance(result, rt.ChatResponse) else text,
-        "provider_id": chosen.provider_id,
-        "model": chosen.model,
+        "provider_id": served.provider_id,
+        "model": served.model,
+        "planned": f"{chosen.provider_id}/{chosen.model}",
         "response_model": result.response_model,
         "finish_reason": enum_name(rt.FinishReason, result.finish_reason, "FINISH_REASON_"),
         "input_tokens": result.usage.input_tokens,
@@ -124,6 +130,9 @@ def chat_result_view(result: rt.ChatResponse | rt.ChatSummary, text: str | None 
         "usage_counted_locally": result.usage.counted_locally,
         "cost_usd": result.cost.cost_usd if result.cost.HasField("cost_usd") else None,
         "price_unknown": result.cost.price_unknown,
+        "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls],
+        "conforms": result.conformance.conforms if result.HasField("conformance") else None,
+        "conformance_reason": result.conformance.reason if result.HasField("conformance") else None,
         "attempts": [
             {
                 "provider_id": a.provider_id,

@@ -176,11 +176,14 @@ function createEmbeddingClient(target, options = {}) {
  * Reads a StreamChat call to its end.
  *
  * @param {AsyncIterable<object>} stream the result of `router.streamChat(...)`
- * @returns {Promise<{text: string, deltas: string[], summary: object}>}
+ * @returns {Promise<{text: string, deltas: string[], toolCallDeltas: object[], reasoning: string, summary: object}>}
+ *   the summary's `toolCalls` hold the complete calls; `toolCallDeltas` are the pieces as they came
  * @throws the call's gRPC error when the stream fails, or an Error when it ends without a summary
  */
 async function collectChatStream(stream) {
   const deltas = [];
+  const toolCallDeltas = [];
+  const reasoning = [];
   let summary = null;
   for await (const message of stream) {
     if (summary !== null) {
@@ -188,6 +191,10 @@ async function collectChatStream(stream) {
     }
     if (message.event === 'delta') {
       deltas.push(message.delta.text);
+    } else if (message.event === 'toolCall') {
+      toolCallDeltas.push(message.toolCall);
+    } else if (message.event === 'reasoning') {
+      reasoning.push(message.reasoning.text);
     } else if (message.event === 'summary') {
       summary = message.summary;
     }
@@ -195,7 +202,7 @@ async function collectChatStream(stream) {
   if (summary === null) {
     throw new Error('StreamChat ended without a summary');
   }
-  return { text: deltas.join(''), deltas, summary };
+  return { text: deltas.join(''), deltas, toolCallDeltas, reasoning: reasoning.join(''), summary };
 }
 
 /**
@@ -208,6 +215,90 @@ function textMessage(role, text) {
   return { role, parts: [{ text }] };
 }
 
+/** A JSON value as a google.protobuf.Value message (the shape proto-loader sends). */
+function valueFromJson(value) {
+  if (value === null || value === undefined) return { nullValue: 'NULL_VALUE' };
+  if (typeof value === 'string') return { stringValue: value };
+  if (typeof value === 'number') return { numberValue: value };
+  if (typeof value === 'boolean') return { boolValue: value };
+  if (Array.isArray(value)) return { listValue: { values: value.map(valueFromJson) } };
+  return { structValue: structFromJson(value) };
+}
+
+/**
+ * A plain JSON object (a JSON Schema, say) as the google.protobuf.Struct the contract carries.
+ *
+ * @param {Record<string, unknown>} object
+ */
+function structFromJson(object) {
+  const fields = {};
+  for (const [key, value] of Object.entries(object)) fields[key] = valueFromJson(value);
+  return { fields };
+}
+
+function jsonFromValue(value) {
+  switch (value.kind) {
+    case 'stringValue':
+    case 'numberValue':
+    case 'boolValue':
+      return value[value.kind];
+    case 'listValue':
+      return (value.listValue.values ?? []).map(jsonFromValue);
+    case 'structValue':
+      return jsonFromStruct(value.structValue);
+    default:
+      return null;
+  }
+}
+
+/** A google.protobuf.Struct received from the router as a plain JSON object. */
+function jsonFromStruct(struct) {
+  const out = {};
+  for (const [key, value] of Object.entries(struct?.fields ?? {})) out[key] = jsonFromValue(value);
+  return out;
+}
+
+/**
+ * A tool the model may call, from the JSON Schema of its arguments.
+ *
+ * @param {string} name
+ * @param {Record<string, unknown>} [parameters] JSON Schema of the arguments; omitted: none
+ * @param {string} [description]
+ */
+function toolFromSchema(name, parameters, description = '') {
+  const tool = { name, description };
+  if (parameters) tool.parameters = structFromJson(parameters);
+  return tool;
+}
+
+/**
+ * A response format holding the answer to a JSON Schema; the response's
+ * `conformance.conforms` says whether it did.
+ */
+function jsonSchemaFormat(schema, name = 'response', strict = true) {
+  return { type: 'RESPONSE_FORMAT_TYPE_JSON_SCHEMA', jsonSchema: { name, strict, schema: structFromJson(schema) } };
+}
+
+/**
+ * Continues a conversation after the model called tools: the assistant turn
+ * with its calls, then a ROLE_TOOL message per call with its result (objects
+ * are sent as JSON text).
+ *
+ * @param {object[]} messages the request's messages, extended in place and returned
+ * @param {{toolCalls: object[]}} reply a Chat response (or StreamChat summary)
+ * @param {Record<string, unknown>} results result per call id
+ */
+function appendToolResults(messages, reply, results) {
+  messages.push({ role: 'ROLE_ASSISTANT', parts: [], toolCalls: reply.toolCalls });
+  for (const call of reply.toolCalls) {
+    if (!(call.id in results)) throw new Error(`no result for tool call ${call.id}`);
+    const result = results[call.id];
+    const text = typeof result === 'string' ? result : JSON.stringify(result);
+    messages.push({ role: 'ROLE_TOOL', toolCallId: call.id, parts: [{ text }] });
+  }
+  return messages;
+}
+
 module.exports = {
   PROTO_ROOT,
   loadSekhaProtos,
@@ -215,6 +306,11 @@ module.exports = {
   createEmbeddingClient,
   collectChatStream,
   textMessage,
+  structFromJson,
+  jsonFromStruct,
+  toolFromSchema,
+  jsonSchemaFormat,
+  appendToolResults,
   status: grpc.status,
   credentials: grpc.credentials,
 };

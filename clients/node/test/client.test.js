@@ -15,6 +15,8 @@ const {
   createEmbeddingClient,
   collectChatStream,
   textMessage,
+  toolFromSchema,
+  appendToolResults,
   status,
 } = require('../src/client.js');
 
@@ -104,6 +106,35 @@ describe('router service', () => {
     assert.ok(text.length > 0, 'the deltas carry no text');
     assert.ok(summary.usage, 'summary.usage is missing');
     assert.ok(summary.routing?.chosen, 'summary.routing.chosen is missing');
+  });
+
+  it('Chat with tools returns the tool call, and the result message gets the answer', async () => {
+    // The test's router has one model with CAPABILITY_TOOLS, scripted to call get_weather.
+    const weather = toolFromSchema(
+      'get_weather',
+      { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+      'Current weather in a city',
+    );
+    const request = {
+      messages: [textMessage('ROLE_USER', 'Weather in Paris?')],
+      tools: [weather],
+      toolChoice: { mode: 'TOOL_CHOICE_MODE_REQUIRED' },
+      generation: { maxTokens: 32 },
+    };
+    const first = await router.chat(request);
+    assert.equal(first.finishReason, 'FINISH_REASON_TOOL_CALLS');
+    assert.equal(first.toolCalls.length, 1);
+    const [call] = first.toolCalls;
+    assert.equal(call.name, 'get_weather');
+    assert.equal(call.id, 'call_node');
+    assert.deepEqual(JSON.parse(call.arguments), { city: 'Paris' });
+
+    appendToolResults(request.messages, first, { [call.id]: { temperature: 21 } });
+    const stream = router.streamChat(request);
+    const { toolCallDeltas, summary } = await collectChatStream(stream);
+    assert.equal(toolCallDeltas[0].name, 'get_weather');
+    assert.equal(toolCallDeltas.map((d) => d.arguments).join(''), call.arguments);
+    assert.deepEqual(summary.toolCalls.map((c) => c.id), ['call_node']);
   });
 
   it('Chat without messages is rejected with INVALID_ARGUMENT', async () => {

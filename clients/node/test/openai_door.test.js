@@ -57,6 +57,27 @@ describe('the HTTP door through the openai package', () => {
     assert.ok(ids.includes('chatty') && ids.includes('sekha/chat_smart'), ids.join(','));
   });
 
+  it('runs a tool call round trip', async () => {
+    const tools = [
+      {
+        type: 'function',
+        function: {
+          name: 'get_weather',
+          parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+        },
+      },
+    ];
+    const messages = [{ role: 'user', content: 'weather in Paris?' }];
+    const first = await client().chat.completions.create({ model: 'toolbot', messages, tools });
+    assert.equal(first.choices[0].finish_reason, 'tool_calls');
+    const call = first.choices[0].message.tool_calls[0];
+    assert.equal(call.function.name, 'get_weather');
+    assert.deepEqual(JSON.parse(call.function.arguments), { city: 'Paris' });
+    messages.push(first.choices[0].message, { role: 'tool', tool_call_id: call.id, content: '{"temp_c": 21}' });
+    const final = await client().chat.completions.create({ model: 'toolbot', messages, tools });
+    assert.equal(final.choices[0].message.content, '21 degrees in Paris.');
+  });
+
   it('raises BadRequestError naming the param, and NotFoundError for an unknown model', async () => {
     await assert.rejects(
       client().chat.completions.create({ model: 'chatty', messages: USER, temperature: 7 }),

@@ -12,13 +12,14 @@ details, so callers branch on types and fields instead of parsing strings.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+import json
+from collections.abc import AsyncIterator, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import grpc
-from google.protobuf import wrappers_pb2
+from google.protobuf import json_format, struct_pb2, wrappers_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from sekha.embedding.v1 import embedding_service_pb2 as emb
@@ -404,3 +405,79 @@ def user(text: str) -> rt.ChatMessage:
 def system(text: str) -> rt.ChatMessage:
     """A system message with one text part."""
     return rt.ChatMessage(role=rt.ROLE_SYSTEM, parts=[rt.ContentPart(text=text)])
+
+
+def assistant(text: str) -> rt.ChatMessage:
+    """An assistant message with one text part (an earlier answer, replayed in the conversation)."""
+    return rt.ChatMessage(role=rt.ROLE_ASSISTANT, parts=[rt.ContentPart(text=text)])
+
+
+def struct_from(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    """A JSON object (a JSON Schema, say) as the `google.protobuf.Struct` the contract carries."""
+    out = struct_pb2.Struct()
+    out.update(value)
+    return out
+
+
+def json_from(value: struct_pb2.Struct) -> dict[str, Any]:
+    """A `google.protobuf.Struct` back as a plain JSON object."""
+    converted: dict[str, Any] = json_format.MessageToDict(value)
+    return converted
+
+
+def tool(
+    name: str, parameters: Mapping[str, Any] | None = None, description: str = "", *, strict: bool = False
+) -> rt.Tool:
+    """A tool the model may call, from the JSON Schema of its arguments (None: no arguments).
+
+    weather = tool("get_weather", {"type": "object", "properties": {"city": {"type": "string"}},
+                                   "required": ["city"]}, "Current weather in a city")
+    """
+    out = rt.Tool(name=name, description=description, strict=strict)
+    if parameters is not None:
+        out.parameters.CopyFrom(struct_from(parameters))
+    return out
+
+
+def json_schema_format(
+    schema: Mapping[str, Any], name: str = "response", description: str = "", *, strict: bool = True
+) -> rt.ResponseFormat:
+    """A response format holding the answer to `schema`; the response's `conformance` says if it did."""
+    return rt.ResponseFormat(
+        type=rt.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
+        json_schema=rt.JsonSchema(
+            name=name, description=description, schema=struct_from(schema), strict=strict
+        ),
+    )
+
+
+def tool_arguments(call: rt.ToolCall) -> Any:
+    """A tool call's arguments parsed from the JSON text the model produced (ValueError if invalid)."""
+    return json.loads(call.arguments or "{}")
+
+
+def tool_result(call: rt.ToolCall | str, content: str | Mapping[str, Any] | Sequence[Any]) -> rt.ChatMessage:
+    """The ROLE_TOOL message answering a call (or a call id); JSON values are serialized."""
+    call_id = call if isinstance(call, str) else call.id
+    text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+    return rt.ChatMessage(role=rt.ROLE_TOOL, tool_call_id=call_id, parts=[rt.ContentPart(text=text)])
+
+
+def append_tool_results(
+    messages: MutableSequence[rt.ChatMessage],
+    reply: rt.ChatResponse | rt.ChatSummary,
+    results: Mapping[str, str | Mapping[str, Any] | Sequence[Any]],
+) -> MutableSequence[rt.ChatMessage]:
+    """Continue a conversation after the model called tools: the assistant turn with its calls,
+    then one tool message per call, its result looked up by call id in `results`.
+
+    Works on a request's `messages` field or a plain list; returns it for chaining. A call
+    without a result is a KeyError, since the provider would refuse the conversation anyway.
+    """
+    turn = rt.ChatMessage(role=rt.ROLE_ASSISTANT, tool_calls=reply.tool_calls)
+    if isinstance(reply, rt.ChatResponse) and reply.text:
+        turn.parts.append(rt.ContentPart(text=reply.text))
+    messages.append(turn)
+    for call in reply.tool_calls:
+        messages.append(tool_result(call, results[call.id]))
+    return messages

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
@@ -55,7 +55,7 @@ def check_hash_shape(value: str) -> str:
     return value
 
 
-def presented_key(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+def presented_key(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     """The key a caller presents in `authorization: Bearer ...` or `x-api-key`, if any.
 
     Works for gRPC metadata and for HTTP headers (names compared case-insensitively).

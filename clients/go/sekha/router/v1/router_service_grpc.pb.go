@@ -24,9 +24,12 @@ type RouterServiceClient interface {
 	// Chat runs one chat completion, falling back to the next candidate when a
 	// provider fails.
 	Chat(ctx context.Context, in *ChatRequest, opts ...grpc.CallOption) (*ChatResponse, error)
-	// StreamChat runs one chat completion and streams the text as it is
-	// generated. Fallback happens only before the first chunk is sent; the last
-	// message of a successful stream carries usage, cost and routing.
+	// StreamChat runs one chat completion and streams the text, tool calls and
+	// reasoning as they are generated. Fallback happens only before the first
+	// event reaches the caller; the last message of a successful stream carries
+	// the complete tool calls, usage, cost and routing. A stream that breaks
+	// after output (or inside a tool call) ends with UNAVAILABLE, never with a
+	// summary.
 	StreamChat(ctx context.Context, in *StreamChatRequest, opts ...grpc.CallOption) (RouterService_StreamChatClient, error)
 	// Embed returns one vector per input text.
 	Embed(ctx context.Context, in *EmbedRequest, opts ...grpc.CallOption) (*EmbedResponse, error)
@@ -146,9 +149,12 @@ type RouterServiceServer interface {
 	// Chat runs one chat completion, falling back to the next candidate when a
 	// provider fails.
 	Chat(context.Context, *ChatRequest) (*ChatResponse, error)
-	// StreamChat runs one chat completion and streams the text as it is
-	// generated. Fallback happens only before the first chunk is sent; the last
-	// message of a successful stream carries usage, cost and routing.
+	// StreamChat runs one chat completion and streams the text, tool calls and
+	// reasoning as they are generated. Fallback happens only before the first
+	// event reaches the caller; the last message of a successful stream carries
+	// the complete tool calls, usage, cost and routing. A stream that breaks
+	// after output (or inside a tool call) ends with UNAVAILABLE, never with a
+	// summary.
 	StreamChat(*StreamChatRequest, RouterService_StreamChatServer) error
 	// Embed returns one vector per input text.
 	Embed(context.Context, *EmbedRequest) (*EmbedResponse, error)

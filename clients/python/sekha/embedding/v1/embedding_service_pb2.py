@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*sekha/embedding/v1/embedding_service.proto\x12\x12sekha.embedding.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n\rMetadataValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"\xc9\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12<\n\x08metadata\x18\x03 \x03(\x0b\x32*.sekha.embedding.v1.Document.MetadataEntry\x12\x11\n\tembedding\x18\x04 \x03(\x02\x1aR\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32!.sekha.embedding.v1.MetadataValue:\x02\x38\x01\"\x85\x02\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12;\n\x0f\x64istance_metric\x18\x05 \x01(\x0e\x32\".sekha.embedding.v1.DistanceMetric\x12\x16\n\x0e\x64ocument_count\x18\x06 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rserving_reads\x18\x08 \x01(\x08\x12\x18\n\x10receiving_writes\x18\t \x01(\x08\"z\n\x16UpsertDocumentsRequest\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12/\n\tdocuments\x18\x02 \x03(\x0b\x32\x1c.sekha.embedding.v1.Document\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"j\n\x17UpsertDocumentsResponse\x12\x16\n\x0eupserted_count\x18\x01 \x01(\x05\x12\x37\n\x0b\x63ollections\x18\x02 \x03(\x0b\x32\".sekha.embedding.v1.CollectionInfo\"\x86\x01\n\x13GetDocumentsRequest\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x1a\n\x12include_embeddings\x18\x04 \x01(\x08\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"t\n\x14GetDocumentsResponse\x12/\n\tdocuments\x18\x01 \x03(\x0b\x32\x1c.sekha.embedding.v1.Document\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"e\n\x16\x44\x65leteDocumentsRequest\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x30\n\x0fmetadata_filter\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"0\n\x17\x44\x65leteDocumentsResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x05\"\xff\x02\n\x16SearchDocumentsRequest\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\ndimensions\x18\x04 \x03(\x05\x12\x37\n\rfusion_method\x18\x05 \x01(\x0e\x32 .sekha.embedding.v1.FusionMethod\x12\r\n\x05rrf_k\x18\x06 \x01(\x05\x12]\n\x12\x63ollection_weights\x18\x07 \x03(\x0b\x32\x41.sekha.embedding.v1.SearchDocumentsRequest.CollectionWeightsEntry\x12\x30\n\x0fmetadata_filter\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\t \x01(\t\x1a\x38\n\x16\x43ollectionWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"E\n\x0f\x43ollectionMatch\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x10\n\x08\x64istance\x18\x03 \x01(\x01\"\x80\x01\n\tSearchHit\x12.\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x1c.sekha.embedding.v1.Document\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x34\n\x07matches\x18\x03 \x03(\x0b\x32#.sekha.embedding.v1.CollectionMatch\"[\n\x17SearchDocumentsResponse\x12+\n\x04hits\x18\x01 \x03(\x0b\x32\x1d.sekha.embedding.v1.SearchHit\x12\x13\n\x0b\x63ollections\x18\x02 \x03(\t\"M\n\x16ListCollectionsRequest\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x17ListCollectionsResponse\x12\x37\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\".sekha.embedding.v1.CollectionInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x18\x44\x65leteCollectionResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x16\x41\x64optCollectionRequest\x12\x19\n\x11source_collection\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\"Q\n\x17\x41\x64optCollectionResponse\x12\x36\n\ncollection\x18\x01 \x01(\x0b\x32\".sekha.embedding.v1.CollectionInfo\"\xca\x02\n\tMigration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x02 \x01(\t\x12\x19\n\x11source_collection\x18\x03 \x01(\t\x12\x19\n\x11target_collection\x18\x04 \x01(\t\x12\x14\n\x0ctarget_model\x18\x05 \x01(\t\x12\x31\n\x05state\x18\x06 \x01(\x0e\x32\".sekha.embedding.v1.MigrationState\x12\x17\n\x0ftotal_documents\x18\x07 \x01(\x03\x12\x1a\n\x12migrated_documents\x18\x08 \x01(\x03\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x0b \x01(\t\"O\n\x15StartMigrationRequest\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\x14\n\x0ctarget_model\x18\x02 \x01(\t\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\"J\n\x16StartMigrationResponse\x12\x30\n\tmigration\x18\x01 \x01(\x0b\x32\x1d.sekha.embedding.v1.Migration\"!\n\x13GetMigrationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"H\n\x14GetMigrationResponse\x12\x30\n\tmigration\x18\x01 \x01(\x0b\x32\x1d.sekha.embedding.v1.Migration*k\n\x0c\x46usionMethod\x12\x1d\n\x19\x46USION_METHOD_UNSPECIFIED\x10\x00\x12!\n\x1d\x46USION_METHOD_RECIPROCAL_RANK\x10\x01\x12\x19\n\x15\x46USION_METHOD_MIN_MAX\x10\x02*\x88\x01\n\x0e\x44istanceMetric\x12\x1f\n\x1b\x44ISTANCE_METRIC_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44ISTANCE_METRIC_COSINE\x10\x01\x12\x16\n\x12\x44ISTANCE_METRIC_L2\x10\x02\x12!\n\x1d\x44ISTANCE_METRIC_INNER_PRODUCT\x10\x03*\xc9\x01\n\x0eMigrationState\x12\x1f\n\x1bMIGRATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MIGRATION_STATE_PENDING\x10\x01\x12\x1f\n\x1bMIGRATION_STATE_BACKFILLING\x10\x02\x12\x1d\n\x19MIGRATION_STATE_VERIFYING\x10\x03\x12\x1d\n\x19MIGRATION_STATE_COMPLETED\x10\x04\x12\x1a\n\x16MIGRATION_STATE_FAILED\x10\x05\x32\xcc\x07\n\x10\x45mbeddingService\x12j\n\x0fUpsertDocuments\x12*.sekha.embedding.v1.UpsertDocumentsRequest\x1a+.sekha.embedding.v1.UpsertDocumentsResponse\x12\x61\n\x0cGetDocuments\x12\'.sekha.embedding.v1.GetDocumentsRequest\x1a(.sekha.embedding.v1.GetDocumentsResponse\x12j\n\x0f\x44\x65leteDocuments\x12*.sekha.embedding.v1.DeleteDocumentsRequest\x1a+.sekha.embedding.v1.DeleteDocumentsResponse\x12j\n\x0fSearchDocuments\x12*.sekha.embedding.v1.SearchDocumentsRequest\x1a+.sekha.embedding.v1.SearchDocumentsResponse\x12j\n\x0fListCollections\x12*.sekha.embedding.v1.ListCollectionsRequest\x1a+.sekha.embedding.v1.ListCollectionsResponse\x12m\n\x10\x44\x65leteCollection\x12+.sekha.embedding.v1.DeleteCollectionRequest\x1a,.sekha.embedding.v1.DeleteCollectionResponse\x12j\n\x0f\x41\x64optCollection\x12*.sekha.embedding.v1.AdoptCollectionRequest\x1a+.sekha.embedding.v1.AdoptCollectionResponse\x12g\n\x0eStartMigration\x12).sekha.embedding.v1.StartMigrationRequest\x1a*.sekha.embedding.v1.StartMigrationResponse\x12\x61\n\x0cGetMigration\x12\'.sekha.embedding.v1.GetMigrationRequest\x1a(.sekha.embedding.v1.GetMigrationResponseB=Z;sekha.dev/gateway/clients/go/sekha/embedding/v1;embeddingv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*sekha/embedding/v1/embedding_service.proto\x12\x12sekha.embedding.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n\rMetadataValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"\xc9\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12<\n\x08metadata\x18\x03 \x03(\x0b\x32*.sekha.embedding.v1.Document.MetadataEntry\x12\x11\n\tembedding\x18\x04 \x03(\x02\x1aR\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32!.sekha.embedding.v1.MetadataValue:\x02\x38\x01\"\x85\x02\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12;\n\x0f\x64istance_metric\x18\x05 \x01(\x0e\x32\".sekha.embedding.v1.DistanceMetric\x12\x16\n\x0e\x64ocument_count\x18\x06 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rserving_reads\x18\x08 \x01(\x08\x12\x18\n\x10receiving_writes\x18\t \x01(\x08\"z\n\x16UpsertDocumentsRequest\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12/\n\tdocuments\x18\x02 \x03(\x0b\x32\x1c.sekha.embedding.v1.Document\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"j\n\x17UpsertDocumentsResponse\x12\x16\n\x0eupserted_count\x18\x01 \x01(\x05\x12\x37\n\x0b\x63ollections\x18\x02 \x03(\x0b\x32\".sekha.embedding.v1.CollectionInfo\"\x86\x01\n\x13GetDocumentsRequest\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x1a\n\x12include_embeddings\x18\x04 \x01(\x08\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"\x89\x01\n\x14GetDocumentsResponse\x12/\n\tdocuments\x18\x01 \x03(\x0b\x32\x1c.sekha.embedding.v1.Document\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x13\n\x0b\x63ollections\x18\x04 \x03(\t\"e\n\x16\x44\x65leteDocumentsRequest\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x30\n\x0fmetadata_filter\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"0\n\x17\x44\x65leteDocumentsResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x05\"\xff\x02\n\x16SearchDocumentsRequest\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\ndimensions\x18\x04 \x03(\x05\x12\x37\n\rfusion_method\x18\x05 \x01(\x0e\x32 .sekha.embedding.v1.FusionMethod\x12\r\n\x05rrf_k\x18\x06 \x01(\x05\x12]\n\x12\x63ollection_weights\x18\x07 \x03(\x0b\x32\x41.sekha.embedding.v1.SearchDocumentsRequest.CollectionWeightsEntry\x12\x30\n\x0fmetadata_filter\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\t \x01(\t\x1a\x38\n\x16\x43ollectionWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"E\n\x0f\x43ollectionMatch\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x10\n\x08\x64istance\x18\x03 \x01(\x01\"\x80\x01\n\tSearchHit\x12.\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x1c.sekha.embedding.v1.Document\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x34\n\x07matches\x18\x03 \x03(\x0b\x32#.sekha.embedding.v1.CollectionMatch\"[\n\x17SearchDocumentsResponse\x12+\n\x04hits\x18\x01 \x03(\x0b\x32\x1d.sekha.embedding.v1.SearchHit\x12\x13\n\x0b\x63ollections\x18\x02 \x03(\t\"M\n\x16ListCollectionsRequest\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x17ListCollectionsResponse\x12\x37\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\".sekha.embedding.v1.CollectionInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x18\x44\x65leteCollectionResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x16\x41\x64optCollectionRequest\x12\x19\n\x11source_collection\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\"Q\n\x17\x41\x64optCollectionResponse\x12\x36\n\ncollection\x18\x01 \x01(\x0b\x32\".sekha.embedding.v1.CollectionInfo\"\xca\x02\n\tMigration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x02 \x01(\t\x12\x19\n\x11source_collection\x18\x03 \x01(\t\x12\x19\n\x11target_collection\x18\x04 \x01(\t\x12\x14\n\x0ctarget_model\x18\x05 \x01(\t\x12\x31\n\x05state\x18\x06 \x01(\x0e\x32\".sekha.embedding.v1.MigrationState\x12\x17\n\x0ftotal_documents\x18\x07 \x01(\x03\x12\x1a\n\x12migrated_documents\x18\x08 \x01(\x03\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x0b \x01(\t\"O\n\x15StartMigrationRequest\x12\x0c\n\x04\x62\x61se\x18\x01 \x01(\t\x12\x14\n\x0ctarget_model\x18\x02 \x01(\t\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\"J\n\x16StartMigrationResponse\x12\x30\n\tmigration\x18\x01 \x01(\x0b\x32\x1d.sekha.embedding.v1.Migration\"!\n\x13GetMigrationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"H\n\x14GetMigrationResponse\x12\x30\n\tmigration\x18\x01 \x01(\x0b\x32\x1d.sekha.embedding.v1.Migration*k\n\x0c\x46usionMethod\x12\x1d\n\x19\x46USION_METHOD_UNSPECIFIED\x10\x00\x12!\n\x1d\x46USION_METHOD_RECIPROCAL_RANK\x10\x01\x12\x19\n\x15\x46USION_METHOD_MIN_MAX\x10\x02*\x88\x01\n\x0e\x44istanceMetric\x12\x1f\n\x1b\x44ISTANCE_METRIC_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44ISTANCE_METRIC_COSINE\x10\x01\x12\x16\n\x12\x44ISTANCE_METRIC_L2\x10\x02\x12!\n\x1d\x44ISTANCE_METRIC_INNER_PRODUCT\x10\x03*\xc9\x01\n\x0eMigrationState\x12\x1f\n\x1bMIGRATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MIGRATION_STATE_PENDING\x10\x01\x12\x1f\n\x1bMIGRATION_STATE_BACKFILLING\x10\x02\x12\x1d\n\x19MIGRATION_STATE_VERIFYING\x10\x03\x12\x1d\n\x19MIGRATION_STATE_COMPLETED\x10\x04\x12\x1a\n\x16MIGRATION_STATE_FAILED\x10\x05\x32\xcc\x07\n\x10\x45mbeddingService\x12j\n\x0fUpsertDocuments\x12*.sekha.embedding.v1.UpsertDocumentsRequest\x1a+.sekha.embedding.v1.UpsertDocumentsResponse\x12\x61\n\x0cGetDocuments\x12\'.sekha.embedding.v1.GetDocumentsRequest\x1a(.sekha.embedding.v1.GetDocumentsResponse\x12j\n\x0f\x44\x65leteDocuments\x12*.sekha.embedding.v1.DeleteDocumentsRequest\x1a+.sekha.embedding.v1.DeleteDocumentsResponse\x12j\n\x0fSearchDocuments\x12*.sekha.embedding.v1.SearchDocumentsRequest\x1a+.sekha.embedding.v1.SearchDocumentsResponse\x12j\n\x0fListCollections\x12*.sekha.embedding.v1.ListCollectionsRequest\x1a+.sekha.embedding.v1.ListCollectionsResponse\x12m\n\x10\x44\x65leteCollection\x12+.sekha.embedding.v1.DeleteCollectionRequest\x1a,.sekha.embedding.v1.DeleteCollectionResponse\x12j\n\x0f\x41\x64optCollection\x12*.sekha.embedding.v1.AdoptCollectionRequest\x1a+.sekha.embedding.v1.AdoptCollectionResponse\x12g\n\x0eStartMigration\x12).sekha.embedding.v1.StartMigrationRequest\x1a*.sekha.embedding.v1.StartMigrationResponse\x12\x61\n\x0cGetMigration\x12\'.sekha.embedding.v1.GetMigrationRequest\x1a(.sekha.embedding.v1.GetMigrationResponseB=Z;sekha.dev/gateway/clients/go/sekha/embedding/v1;embeddingv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,12 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOCUMENT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHDOCUMENTSREQUEST_COLLECTIONWEIGHTSENTRY']._loaded_options = None
   _globals['_SEARCHDOCUMENTSREQUEST_COLLECTIONWEIGHTSENTRY']._serialized_options = b'8\001'
-  _globals['_FUSIONMETHOD']._serialized_start=3069
-  _globals['_FUSIONMETHOD']._serialized_end=3176
-  _globals['_DISTANCEMETRIC']._serialized_start=3179
-  _globals['_DISTANCEMETRIC']._serialized_end=3315
-  _globals['_MIGRATIONSTATE']._serialized_start=3318
-  _globals['_MIGRATIONSTATE']._serialized_end=3519
+  _globals['_FUSIONMETHOD']._serialized_start=3091
+  _globals['_FUSIONMETHOD']._serialized_end=3198
+  _globals['_DISTANCEMETRIC']._serialized_start=3201
+  _globals['_DISTANCEMETRIC']._serialized_end=3337
+  _globals['_MIGRATIONSTATE']._serialized_start=3340
+  _globals['_MIGRATIONSTATE']._serialized_end=3541
   _globals['_METADATAVALUE']._serialized_start=129
   _globals['_METADATAVALUE']._serialized_end=243
   _globals['_DOCUMENT']._serialized_start=246
@@ -58,44 +58,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPSERTDOCUMENTSRESPONSE']._serialized_end=943
   _globals['_GETDOCUMENTSREQUEST']._serialized_start=946
   _globals['_GETDOCUMENTSREQUEST']._serialized_end=1080
-  _globals['_GETDOCUMENTSRESPONSE']._serialized_start=1082
-  _globals['_GETDOCUMENTSRESPONSE']._serialized_end=1198
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1200
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1301
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1303
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1351
-  _globals['_SEARCHDOCUMENTSREQUEST']._serialized_start=1354
-  _globals['_SEARCHDOCUMENTSREQUEST']._serialized_end=1737
-  _globals['_SEARCHDOCUMENTSREQUEST_COLLECTIONWEIGHTSENTRY']._serialized_start=1681
-  _globals['_SEARCHDOCUMENTSREQUEST_COLLECTIONWEIGHTSENTRY']._serialized_end=1737
-  _globals['_COLLECTIONMATCH']._serialized_start=1739
-  _globals['_COLLECTIONMATCH']._serialized_end=1808
-  _globals['_SEARCHHIT']._serialized_start=1811
-  _globals['_SEARCHHIT']._serialized_end=1939
-  _globals['_SEARCHDOCUMENTSRESPONSE']._serialized_start=1941
-  _globals['_SEARCHDOCUMENTSRESPONSE']._serialized_end=2032
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=2034
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=2111
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=2113
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=2220
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=2222
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=2261
-  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=2263
-  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=2303
-  _globals['_ADOPTCOLLECTIONREQUEST']._serialized_start=2305
-  _globals['_ADOPTCOLLECTIONREQUEST']._serialized_end=2385
-  _globals['_ADOPTCOLLECTIONRESPONSE']._serialized_start=2387
-  _globals['_ADOPTCOLLECTIONRESPONSE']._serialized_end=2468
-  _globals['_MIGRATION']._serialized_start=2471
-  _globals['_MIGRATION']._serialized_end=2801
-  _globals['_STARTMIGRATIONREQUEST']._serialized_start=2803
-  _globals['_STARTMIGRATIONREQUEST']._serialized_end=2882
-  _globals['_STARTMIGRATIONRESPONSE']._serialized_start=2884
-  _globals['_STARTMIGRATIONRESPONSE']._serialized_end=2958
-  _globals['_GETMIGRATIONREQUEST']._serialized_start=2960
-  _globals['_GETMIGRATIONREQUEST']._serialized_end=2993
-  _globals['_GETMIGRATIONRESPONSE']._serialized_start=2995
-  _globals['_GETMIGRATIONRESPONSE']._serialized_end=3067
-  _globals['_EMBEDDINGSERVICE']._serialized_start=3522
-  _globals['_EMBEDDINGSERVICE']._serialized_end=4494
+  _globals['_GETDOCUMENTSRESPONSE']._serialized_start=1083
+  _globals['_GETDOCUMENTSRESPONSE']._serialized_end=1220
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1222
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1323
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1325
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1373
+  _globals['_SEARCHDOCUMENTSREQUEST']._serialized_start=1376
+  _globals['_SEARCHDOCUMENTSREQUEST']._serialized_end=1759
+  _globals['_SEARCHDOCUMENTSREQUEST_COLLECTIONWEIGHTSENTRY']._serialized_start=1703
+  _globals['_SEARCHDOCUMENTSREQUEST_COLLECTIONWEIGHTSENTRY']._serialized_end=1759
+  _globals['_COLLECTIONMATCH']._serialized_start=1761
+  _globals['_COLLECTIONMATCH']._serialized_end=1830
+  _globals['_SEARCHHIT']._serialized_start=1833
+  _globals['_SEARCHHIT']._serialized_end=1961
+  _globals['_SEARCHDOCUMENTSRESPONSE']._serialized_start=1963
+  _globals['_SEARCHDOCUMENTSRESPONSE']._serialized_end=2054
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=2056
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=2133
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=2135
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=2242
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=2244
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=2283
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=2285
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=2325
+  _globals['_ADOPTCOLLECTIONREQUEST']._serialized_start=2327
+  _globals['_ADOPTCOLLECTIONREQUEST']._serialized_end=2407
+  _globals['_ADOPTCOLLECTIONRESPONSE']._serialized_start=2409
+  _globals['_ADOPTCOLLECTIONRESPONSE']._serialized_end=2490
+  _globals['_MIGRATION']._serialized_start=2493
+  _globals['_MIGRATION']._serialized_end=2823
+  _globals['_STARTMIGRATIONREQUEST']._serialized_start=2825
+  _globals['_STARTMIGRATIONREQUEST']._serialized_end=2904
+  _globals['_STARTMIGRATIONRESPONSE']._serialized_start=2906
+  _globals['_STARTMIGRATIONRESPONSE']._serialized_end=2980
+  _globals['_GETMIGRATIONREQUEST']._serialized_start=2982
+  _globals['_GETMIGRATIONREQUEST']._serialized_end=3015
+  _globals['_GETMIGRATIONRESPONSE']._serialized_start=3017
+  _globals['_GETMIGRATIONRESPONSE']._serialized_end=3089
+  _globals['_EMBEDDINGSERVICE']._serialized_start=3544
+  _globals['_EMBEDDINGSERVICE']._serialized_end=4516
 # @@protoc_insertion_point(module_scope)

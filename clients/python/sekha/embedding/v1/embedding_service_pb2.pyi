@@ -136,14 +136,16 @@ class GetDocumentsRequest(_message.Message):
     def __init__(self, base: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., dimension: _Optional[int] = ..., include_embeddings: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class GetDocumentsResponse(_message.Message):
-    __slots__ = ("documents", "collection", "next_page_token")
+    __slots__ = ("documents", "collection", "next_page_token", "collections")
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     collection: str
     next_page_token: str
-    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., collection: _Optional[str] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    collections: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., collection: _Optional[str] = ..., next_page_token: _Optional[str] = ..., collections: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteDocumentsRequest(_message.Message):
     __slots__ = ("base", "ids", "metadata_filter")

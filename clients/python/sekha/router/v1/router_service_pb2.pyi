@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -27,6 +28,8 @@ class Capability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CAPABILITY_VISION: _ClassVar[Capability]
     CAPABILITY_AUDIO: _ClassVar[Capability]
     CAPABILITY_TOOLS: _ClassVar[Capability]
+    CAPABILITY_STRUCTURED_OUTPUT: _ClassVar[Capability]
+    CAPABILITY_REASONING: _ClassVar[Capability]
 
 class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -34,6 +37,37 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_SYSTEM: _ClassVar[Role]
     ROLE_USER: _ClassVar[Role]
     ROLE_ASSISTANT: _ClassVar[Role]
+    ROLE_TOOL: _ClassVar[Role]
+
+class ToolChoiceMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOOL_CHOICE_MODE_UNSPECIFIED: _ClassVar[ToolChoiceMode]
+    TOOL_CHOICE_MODE_AUTO: _ClassVar[ToolChoiceMode]
+    TOOL_CHOICE_MODE_NONE: _ClassVar[ToolChoiceMode]
+    TOOL_CHOICE_MODE_REQUIRED: _ClassVar[ToolChoiceMode]
+
+class ResponseFormatType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESPONSE_FORMAT_TYPE_UNSPECIFIED: _ClassVar[ResponseFormatType]
+    RESPONSE_FORMAT_TYPE_TEXT: _ClassVar[ResponseFormatType]
+    RESPONSE_FORMAT_TYPE_JSON_OBJECT: _ClassVar[ResponseFormatType]
+    RESPONSE_FORMAT_TYPE_JSON_SCHEMA: _ClassVar[ResponseFormatType]
+
+class ReasoningEffort(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REASONING_EFFORT_UNSPECIFIED: _ClassVar[ReasoningEffort]
+    REASONING_EFFORT_LOW: _ClassVar[ReasoningEffort]
+    REASONING_EFFORT_MEDIUM: _ClassVar[ReasoningEffort]
+    REASONING_EFFORT_HIGH: _ClassVar[ReasoningEffort]
+
+class CostPart(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COST_PART_UNSPECIFIED: _ClassVar[CostPart]
+    COST_PART_INPUT: _ClassVar[CostPart]
+    COST_PART_CACHED_INPUT: _ClassVar[CostPart]
+    COST_PART_CACHE_WRITE_INPUT: _ClassVar[CostPart]
+    COST_PART_OUTPUT: _ClassVar[CostPart]
+    COST_PART_REASONING: _ClassVar[CostPart]
 
 class ImageDetail(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -82,10 +116,31 @@ CAPABILITY_UNSPECIFIED: Capability
 CAPABILITY_VISION: Capability
 CAPABILITY_AUDIO: Capability
 CAPABILITY_TOOLS: Capability
+CAPABILITY_STRUCTURED_OUTPUT: Capability
+CAPABILITY_REASONING: Capability
 ROLE_UNSPECIFIED: Role
 ROLE_SYSTEM: Role
 ROLE_USER: Role
 ROLE_ASSISTANT: Role
+ROLE_TOOL: Role
+TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode
+TOOL_CHOICE_MODE_AUTO: ToolChoiceMode
+TOOL_CHOICE_MODE_NONE: ToolChoiceMode
+TOOL_CHOICE_MODE_REQUIRED: ToolChoiceMode
+RESPONSE_FORMAT_TYPE_UNSPECIFIED: ResponseFormatType
+RESPONSE_FORMAT_TYPE_TEXT: ResponseFormatType
+RESPONSE_FORMAT_TYPE_JSON_OBJECT: ResponseFormatType
+RESPONSE_FORMAT_TYPE_JSON_SCHEMA: ResponseFormatType
+REASONING_EFFORT_UNSPECIFIED: ReasoningEffort
+REASONING_EFFORT_LOW: ReasoningEffort
+REASONING_EFFORT_MEDIUM: ReasoningEffort
+REASONING_EFFORT_HIGH: ReasoningEffort
+COST_PART_UNSPECIFIED: CostPart
+COST_PART_INPUT: CostPart
+COST_PART_CACHED_INPUT: CostPart
+COST_PART_CACHE_WRITE_INPUT: CostPart
+COST_PART_OUTPUT: CostPart
+COST_PART_REASONING: CostPart
 IMAGE_DETAIL_UNSPECIFIED: ImageDetail
 IMAGE_DETAIL_AUTO: ImageDetail
 IMAGE_DETAIL_LOW: ImageDetail
@@ -110,18 +165,20 @@ SPEND_GROUPING_PROVIDER: SpendGrouping
 SPEND_GROUPING_MODEL: SpendGrouping
 
 class RoutingPreferences(_message.Message):
-    __slots__ = ("task", "preferred_model", "required_capabilities", "max_cost_usd", "disable_fallback")
+    __slots__ = ("task", "preferred_model", "required_capabilities", "max_cost_usd", "disable_fallback", "fallback_on_nonconforming")
     TASK_FIELD_NUMBER: _ClassVar[int]
     PREFERRED_MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     MAX_COST_USD_FIELD_NUMBER: _ClassVar[int]
     DISABLE_FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_ON_NONCONFORMING_FIELD_NUMBER: _ClassVar[int]
     task: Task
     preferred_model: str
     required_capabilities: _containers.RepeatedScalarFieldContainer[Capability]
     max_cost_usd: float
     disable_fallback: bool
-    def __init__(self, task: _Optional[_Union[Task, str]] = ..., preferred_model: _Optional[str] = ..., required_capabilities: _Optional[_Iterable[_Union[Capability, str]]] = ..., max_cost_usd: _Optional[float] = ..., disable_fallback: _Optional[bool] = ...) -> None: ...
+    fallback_on_nonconforming: bool
+    def __init__(self, task: _Optional[_Union[Task, str]] = ..., preferred_model: _Optional[str] = ..., required_capabilities: _Optional[_Iterable[_Union[Capability, str]]] = ..., max_cost_usd: _Optional[float] = ..., disable_fallback: _Optional[bool] = ..., fallback_on_nonconforming: _Optional[bool] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("url", "data", "mime_type", "detail")
@@ -144,24 +201,94 @@ class ContentPart(_message.Message):
     def __init__(self, text: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
-    __slots__ = ("role", "parts")
+    __slots__ = ("role", "parts", "tool_calls", "tool_call_id")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     role: Role
     parts: _containers.RepeatedCompositeFieldContainer[ContentPart]
-    def __init__(self, role: _Optional[_Union[Role, str]] = ..., parts: _Optional[_Iterable[_Union[ContentPart, _Mapping]]] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    tool_call_id: str
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., parts: _Optional[_Iterable[_Union[ContentPart, _Mapping]]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ...) -> None: ...
+
+class Tool(_message.Message):
+    __slots__ = ("name", "description", "parameters", "strict")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    parameters: _struct_pb2.Struct
+    strict: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strict: _Optional[bool] = ...) -> None: ...
+
+class ToolChoice(_message.Message):
+    __slots__ = ("mode", "tool_name")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
+    mode: ToolChoiceMode
+    tool_name: str
+    def __init__(self, mode: _Optional[_Union[ToolChoiceMode, str]] = ..., tool_name: _Optional[str] = ...) -> None: ...
+
+class ToolCall(_message.Message):
+    __slots__ = ("id", "name", "arguments")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    arguments: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., arguments: _Optional[str] = ...) -> None: ...
+
+class JsonSchema(_message.Message):
+    __slots__ = ("name", "description", "schema", "strict")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    schema: _struct_pb2.Struct
+    strict: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strict: _Optional[bool] = ...) -> None: ...
+
+class ResponseFormat(_message.Message):
+    __slots__ = ("type", "json_schema")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    type: ResponseFormatType
+    json_schema: JsonSchema
+    def __init__(self, type: _Optional[_Union[ResponseFormatType, str]] = ..., json_schema: _Optional[_Union[JsonSchema, _Mapping]] = ...) -> None: ...
+
+class Conformance(_message.Message):
+    __slots__ = ("conforms", "reason")
+    CONFORMS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    conforms: bool
+    reason: str
+    def __init__(self, conforms: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GenerationConfig(_message.Message):
-    __slots__ = ("max_tokens", "temperature", "top_p", "stop_sequences")
+    __slots__ = ("max_tokens", "temperature", "top_p", "stop_sequences", "seed", "presence_penalty", "frequency_penalty", "reasoning_effort")
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     STOP_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    REASONING_EFFORT_FIELD_NUMBER: _ClassVar[int]
     max_tokens: int
     temperature: float
     top_p: float
     stop_sequences: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop_sequences: _Optional[_Iterable[str]] = ...) -> None: ...
+    seed: int
+    presence_penalty: float
+    frequency_penalty: float
+    reasoning_effort: ReasoningEffort
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., reasoning_effort: _Optional[_Union[ReasoningEffort, str]] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("provider_id", "model", "estimated_cost_usd", "price_unknown", "priority")
@@ -206,22 +333,40 @@ class RoutingDecision(_message.Message):
     def __init__(self, chosen: _Optional[_Union[Candidate, _Mapping]] = ..., fallbacks: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., reason: _Optional[str] = ..., estimated_input_tokens: _Optional[int] = ..., estimated_output_tokens: _Optional[int] = ..., task: _Optional[_Union[Task, str]] = ..., rejected: _Optional[_Iterable[_Union[RejectedCandidate, _Mapping]]] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("input_tokens", "output_tokens", "counted_locally")
+    __slots__ = ("input_tokens", "output_tokens", "counted_locally", "cached_input_tokens", "cache_write_input_tokens", "reasoning_tokens")
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COUNTED_LOCALLY_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     input_tokens: int
     output_tokens: int
     counted_locally: bool
-    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., counted_locally: _Optional[bool] = ...) -> None: ...
+    cached_input_tokens: int
+    cache_write_input_tokens: int
+    reasoning_tokens: int
+    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., counted_locally: _Optional[bool] = ..., cached_input_tokens: _Optional[int] = ..., cache_write_input_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ...) -> None: ...
 
 class Cost(_message.Message):
-    __slots__ = ("cost_usd", "price_unknown")
+    __slots__ = ("cost_usd", "price_unknown", "input_cost_usd", "cached_input_cost_usd", "cache_write_input_cost_usd", "output_cost_usd", "reasoning_cost_usd", "unknown_rate_parts")
     COST_USD_FIELD_NUMBER: _ClassVar[int]
     PRICE_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    INPUT_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_INPUT_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    REASONING_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_RATE_PARTS_FIELD_NUMBER: _ClassVar[int]
     cost_usd: float
     price_unknown: bool
-    def __init__(self, cost_usd: _Optional[float] = ..., price_unknown: _Optional[bool] = ...) -> None: ...
+    input_cost_usd: float
+    cached_input_cost_usd: float
+    cache_write_input_cost_usd: float
+    output_cost_usd: float
+    reasoning_cost_usd: float
+    unknown_rate_parts: _containers.RepeatedScalarFieldContainer[CostPart]
+    def __init__(self, cost_usd: _Optional[float] = ..., price_unknown: _Optional[bool] = ..., input_cost_usd: _Optional[float] = ..., cached_input_cost_usd: _Optional[float] = ..., cache_write_input_cost_usd: _Optional[float] = ..., output_cost_usd: _Optional[float] = ..., reasoning_cost_usd: _Optional[float] = ..., unknown_rate_parts: _Optional[_Iterable[_Union[CostPart, str]]] = ...) -> None: ...
 
 class Attempt(_message.Message):
     __slots__ = ("provider_id", "model", "outcome", "error_kind", "latency")
@@ -267,7 +412,7 @@ class RouteResponse(_message.Message):
     def __init__(self, decision: _Optional[_Union[RoutingDecision, _Mapping]] = ...) -> None: ...
 
 class ChatRequest(_message.Message):
-    __slots__ = ("routing", "messages", "generation", "request_id", "metadata")
+    __slots__ = ("routing", "messages", "generation", "request_id", "metadata", "tools", "tool_choice", "parallel_tool_calls", "response_format", "user")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -280,15 +425,25 @@ class ChatRequest(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
     routing: RoutingPreferences
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     generation: GenerationConfig
     request_id: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, routing: _Optional[_Union[RoutingPreferences, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., generation: _Optional[_Union[GenerationConfig, _Mapping]] = ..., request_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[Tool]
+    tool_choice: ToolChoice
+    parallel_tool_calls: bool
+    response_format: ResponseFormat
+    user: str
+    def __init__(self, routing: _Optional[_Union[RoutingPreferences, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., generation: _Optional[_Union[GenerationConfig, _Mapping]] = ..., request_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., parallel_tool_calls: _Optional[bool] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., user: _Optional[str] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
-    __slots__ = ("request_id", "text", "finish_reason", "usage", "cost", "routing", "attempts", "response_model")
+    __slots__ = ("request_id", "text", "finish_reason", "usage", "cost", "routing", "attempts", "response_model", "tool_calls", "reasoning", "conformance")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +452,9 @@ class ChatResponse(_message.Message):
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_FIELD_NUMBER: _ClassVar[int]
+    CONFORMANCE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     text: str
     finish_reason: FinishReason
@@ -305,10 +463,13 @@ class ChatResponse(_message.Message):
     routing: RoutingDecision
     attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
     response_model: str
-    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., routing: _Optional[_Union[RoutingDecision, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., response_model: _Optional[str] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    reasoning: str
+    conformance: Conformance
+    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., routing: _Optional[_Union[RoutingDecision, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., response_model: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., reasoning: _Optional[str] = ..., conformance: _Optional[_Union[Conformance, _Mapping]] = ...) -> None: ...
 
 class StreamChatRequest(_message.Message):
-    __slots__ = ("routing", "messages", "generation", "request_id", "metadata")
+    __slots__ = ("routing", "messages", "generation", "request_id", "metadata", "tools", "tool_choice", "parallel_tool_calls", "response_format", "user")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -321,12 +482,22 @@ class StreamChatRequest(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
     routing: RoutingPreferences
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     generation: GenerationConfig
     request_id: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, routing: _Optional[_Union[RoutingPreferences, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., generation: _Optional[_Union[GenerationConfig, _Mapping]] = ..., request_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[Tool]
+    tool_choice: ToolChoice
+    parallel_tool_calls: bool
+    response_format: ResponseFormat
+    user: str
+    def __init__(self, routing: _Optional[_Union[RoutingPreferences, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., generation: _Optional[_Union[GenerationConfig, _Mapping]] = ..., request_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., parallel_tool_calls: _Optional[bool] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., user: _Optional[str] = ...) -> None: ...
 
 class ChatDelta(_message.Message):
     __slots__ = ("text",)
@@ -334,8 +505,26 @@ class ChatDelta(_message.Message):
     text: str
     def __init__(self, text: _Optional[str] = ...) -> None: ...
 
+class ToolCallDelta(_message.Message):
+    __slots__ = ("index", "id", "name", "arguments")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    id: str
+    name: str
+    arguments: str
+    def __init__(self, index: _Optional[int] = ..., id: _Optional[str] = ..., name: _Optional[str] = ..., arguments: _Optional[str] = ...) -> None: ...
+
+class ReasoningDelta(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
 class ChatSummary(_message.Message):
-    __slots__ = ("request_id", "finish_reason", "usage", "cost", "routing", "attempts", "response_model")
+    __slots__ = ("request_id", "finish_reason", "usage", "cost", "routing", "attempts", "response_model", "tool_calls", "conformance")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -343,6 +532,8 @@ class ChatSummary(_message.Message):
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    CONFORMANCE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     finish_reason: FinishReason
     usage: Usage
@@ -350,15 +541,21 @@ class ChatSummary(_message.Message):
     routing: RoutingDecision
     attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
     response_model: str
-    def __init__(self, request_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., routing: _Optional[_Union[RoutingDecision, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., response_model: _Optional[str] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    conformance: Conformance
+    def __init__(self, request_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., routing: _Optional[_Union[RoutingDecision, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., response_model: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., conformance: _Optional[_Union[Conformance, _Mapping]] = ...) -> None: ...
 
 class StreamChatResponse(_message.Message):
-    __slots__ = ("delta", "summary")
+    __slots__ = ("delta", "summary", "tool_call", "reasoning")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
+    REASONING_FIELD_NUMBER: _ClassVar[int]
     delta: ChatDelta
     summary: ChatSummary
-    def __init__(self, delta: _Optional[_Union[ChatDelta, _Mapping]] = ..., summary: _Optional[_Union[ChatSummary, _Mapping]] = ...) -> None: ...
+    tool_call: ToolCallDelta
+    reasoning: ReasoningDelta
+    def __init__(self, delta: _Optional[_Union[ChatDelta, _Mapping]] = ..., summary: _Optional[_Union[ChatSummary, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallDelta, _Mapping]] = ..., reasoning: _Optional[_Union[ReasoningDelta, _Mapping]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("routing", "inputs", "request_id", "metadata")
@@ -404,12 +601,18 @@ class EmbedResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., dimension: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., routing: _Optional[_Union[RoutingDecision, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
 
 class Price(_message.Message):
-    __slots__ = ("input_usd_per_million_tokens", "output_usd_per_million_tokens")
+    __slots__ = ("input_usd_per_million_tokens", "output_usd_per_million_tokens", "cached_input_usd_per_million_tokens", "cache_write_input_usd_per_million_tokens", "reasoning_usd_per_million_tokens")
     INPUT_USD_PER_MILLION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_USD_PER_MILLION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_USD_PER_MILLION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_INPUT_USD_PER_MILLION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_USD_PER_MILLION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     input_usd_per_million_tokens: float
     output_usd_per_million_tokens: float
-    def __init__(self, input_usd_per_million_tokens: _Optional[float] = ..., output_usd_per_million_tokens: _Optional[float] = ...) -> None: ...
+    cached_input_usd_per_million_tokens: float
+    cache_write_input_usd_per_million_tokens: float
+    reasoning_usd_per_million_tokens: float
+    def __init__(self, input_usd_per_million_tokens: _Optional[float] = ..., output_usd_per_million_tokens: _Optional[float] = ..., cached_input_usd_per_million_tokens: _Optional[float] = ..., cache_write_input_usd_per_million_tokens: _Optional[float] = ..., reasoning_usd_per_million_tokens: _Optional[float] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("provider_id", "model", "tasks", "capabilities", "context_window", "embedding_dimension", "price", "price_unknown", "breaker_state", "available", "priority")
@@ -544,20 +747,26 @@ class GetSpendRequest(_message.Message):
     def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., grouping: _Optional[_Union[SpendGrouping, str]] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class SpendRow(_message.Message):
-    __slots__ = ("key", "cost_usd", "request_count", "input_tokens", "output_tokens", "price_unknown_count")
+    __slots__ = ("key", "cost_usd", "request_count", "input_tokens", "output_tokens", "price_unknown_count", "cached_input_tokens", "cache_write_input_tokens", "reasoning_tokens")
     KEY_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_COUNT_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PRICE_UNKNOWN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     key: str
     cost_usd: float
     request_count: int
     input_tokens: int
     output_tokens: int
     price_unknown_count: int
-    def __init__(self, key: _Optional[str] = ..., cost_usd: _Optional[float] = ..., request_count: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., price_unknown_count: _Optional[int] = ...) -> None: ...
+    cached_input_tokens: int
+    cache_write_input_tokens: int
+    reasoning_tokens: int
+    def __init__(self, key: _Optional[str] = ..., cost_usd: _Optional[float] = ..., request_count: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., price_unknown_count: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., cache_write_input_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ...) -> None: ...
 
 class BudgetStatus(_message.Message):
     __slots__ = ("scope", "period", "limit_usd", "spent_usd", "reserved_usd")

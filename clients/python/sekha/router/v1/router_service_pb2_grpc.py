@@ -94,9 +94,12 @@ class RouterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamChat(self, request, context):
-        """StreamChat runs one chat completion and streams the text as it is
-        generated. Fallback happens only before the first chunk is sent; the last
-        message of a successful stream carries usage, cost and routing.
+        """StreamChat runs one chat completion and streams the text, tool calls and
+        reasoning as they are generated. Fallback happens only before the first
+        event reaches the caller; the last message of a successful stream carries
+        the complete tool calls, usage, cost and routing. A stream that breaks
+        after output (or inside a tool call) ends with UNAVAILABLE, never with a
+        summary.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
