@@ -76,6 +76,16 @@ def _error_response(error: HttpError) -> web.Response:
     return _json(error.body(), error.status, error.headers)
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as RFC 8259 has it: Python's NaN and Infinity literals are refused, since no provider
+    accepts them back."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
 def _sse(data: dict[str, Any] | str) -> bytes:
     payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     return f"data: {payload}\n\n".encode()
@@ -203,8 +213,8 @@ class HttpDoor:
         self, request: web.Request, model: type[ChatCompletionRequest] | type[EmbeddingRequest]
     ) -> Any:
         try:
-            raw = await request.json(loads=json.loads)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            raw = await request.json(loads=_strict_json)
+        except (ValueError, UnicodeDecodeError):
             raise InvalidArgumentError(FieldViolation("body", "the request body is not valid JSON")) from None
         if not isinstance(raw, dict):
             raise InvalidArgumentError(FieldViolation("body", "the request body must be a JSON object"))

@@ -259,9 +259,13 @@ def _whole_numbers(value: Any) -> Any:
     return value
 
 
-def _struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as plain JSON values."""
-    converted: dict[str, Any] = _whole_numbers(json_format.MessageToDict(value))
+def _struct_to_dict(value: struct_pb2.Struct, path: str, violations: list[FieldViolation]) -> dict[str, Any]:
+    """A Struct as plain JSON values; a number JSON cannot carry (NaN, infinity) is a violation at `path`."""
+    try:
+        converted: dict[str, Any] = _whole_numbers(json_format.MessageToDict(value))
+    except (json_format.Error, ValueError):
+        violations.append(FieldViolation(path, "is not valid JSON: numbers must be finite"))
+        return {}
     return converted
 
 
@@ -274,7 +278,11 @@ def tools_from_pb(tools: Iterable[pb.Tool], violations: list[FieldViolation]) ->
         elif tool.name in seen:
             violations.append(FieldViolation(f"tools[{i}].name", f"duplicate tool name {tool.name!r}"))
         seen.add(tool.name)
-        parameters = _struct_to_dict(tool.parameters) if tool.HasField("parameters") else None
+        parameters = (
+            _struct_to_dict(tool.parameters, f"tools[{i}].parameters", violations)
+            if tool.HasField("parameters")
+            else None
+        )
         if parameters is not None and parameters.get("type", "object") != "object":
             violations.append(
                 FieldViolation(f"tools[{i}].parameters", "must be a JSON Schema of type object")
@@ -333,7 +341,7 @@ def response_format_from_pb(msg: pb.ResponseFormat, violations: list[FieldViolat
             )
         )
         return d.ResponseFormat(type=kind, schema={})
-    schema = _struct_to_dict(msg.json_schema.schema)
+    schema = _struct_to_dict(msg.json_schema.schema, "response_format.json_schema.schema", violations)
     problem = schema_problem(schema)
     if problem is not None:
         violations.append(FieldViolation("response_format.json_schema.schema", problem))

@@ -192,6 +192,23 @@ CASES: list[tuple[str, rt.ChatRequest, str]] = [
         ),
         "messages[1].tool_calls[0].arguments",
     ),
+    (  # found by tests/service/test_fuzz.py: Struct carries infinity, JSON cannot
+        "infinite-number-in-tool-schema",
+        chat(tools=[rt.Tool(name="t", parameters=struct({"type": "object", "maximum": float("inf")}))]),
+        "tools[0].parameters",
+    ),
+    (
+        "nan-in-response-schema",
+        chat(
+            response_format=rt.ResponseFormat(
+                type=rt.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
+                json_schema=rt.JsonSchema(
+                    name="x", schema=struct({"type": "object", "minimum": float("nan")})
+                ),
+            )
+        ),
+        "response_format.json_schema.schema",
+    ),
     (
         "unknown-role",
         chat(messages=[rt.ChatMessage(role=17, parts=[rt.ContentPart(text="hi")])]),

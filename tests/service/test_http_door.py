@@ -469,3 +469,18 @@ async def test_langchain_binds_tools_through_the_door(fake: FakeProvider) -> Non
     assert message.tool_calls == [
         {"name": "get_weather", "args": {"city": "Paris"}, "id": "call_paris", "type": "tool_call"}
     ]
+
+
+async def test_a_body_that_is_not_json_is_400_and_nan_is_not_json(fake: FakeProvider) -> None:
+    import aiohttp
+
+    async with running_router(door_config(fake)) as (app, _):
+        url = f"http://127.0.0.1:{app.http_port}/v1/chat/completions"
+        async with aiohttp.ClientSession() as session:
+            for body in (b"{not json", b'{"model": "chatty", "messages": [], "temperature": NaN}'):
+                async with session.post(
+                    url, data=body, headers={"Content-Type": "application/json"}
+                ) as reply:
+                    error = (await reply.json())["error"]
+                    assert reply.status == 400 and error["param"] == "body", error
+    assert not fake.requests
