@@ -16,8 +16,11 @@ config keeps serving.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+
+log = logging.getLogger("embedding_service")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,6 +73,12 @@ async def _serve(path: str | None) -> int:
         if app.reloader is not None:
             app.reloader.path = _path(path)  # a reload re-reads the file the service started from
             install_sighup(app.reloader)
+        if app.metrics_port is not None:
+            log.info(
+                "embedding metrics on port %d",
+                app.metrics_port,
+                extra={"event": "metrics_listening", "port": app.metrics_port},
+            )
 
     return await serve_service(
         "embedding",

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from embedding_service.batching import BatchSizer
 from embedding_service.config import MigrationConfig
 from embedding_service.domain import MigrationState
+from embedding_service.events import EVENTS
 from embedding_service.leases import Lease, LeaseLostError, Leases, LocalLeases
 from embedding_service.locks import BaseLocks
 from embedding_service.registry import CollectionRecord, MigrationRecord, RegistryStore
@@ -147,7 +148,12 @@ class MigrationRunner:
                 await self._registry.collections()
                 for record in await self._registry.active_migrations():
                     if await self.claim(record.id):
-                        _log.info("migration %s: taken over by this replica", record.id)
+                        EVENTS.info(
+                            "migration_taken_over",
+                            f"migration {record.id}: taken over by this replica",
+                            subject=record.id,
+                            migration=record.id,
+                        )
             except UnavailableError:
                 continue  # the shared state is down; its outage is logged once by the connection
             except Exception as exc:
@@ -195,12 +201,15 @@ class MigrationRunner:
                 await self._fail(migration_id, "a collection of the migration no longer exists", lease)
                 return
             if record.cursor is not None or record.state is MigrationState.VERIFYING:
-                _log.info(
-                    "migration %s: resuming on this replica in %s from its cursor (%d of %d done)",
-                    migration_id,
-                    record.state.value,
-                    record.migrated_documents,
-                    record.total_documents,
+                EVENTS.info(
+                    "migration_resumed",
+                    f"migration {migration_id}: resuming on this replica in {record.state.value} "
+                    f"from its cursor ({record.migrated_documents} of {record.total_documents} done)",
+                    subject=migration_id,
+                    migration=migration_id,
+                    state=record.state.value,
+                    done=record.migrated_documents,
+                    total=record.total_documents,
                 )
             if record.state in (MigrationState.PENDING, MigrationState.BACKFILLING):
                 record = await self._registry.update_migration(
@@ -210,38 +219,48 @@ class MigrationRunner:
             await self._verify_and_switch(record, source, target, lease)
         except asyncio.CancelledError:
             if lease.lost:
-                _log.warning(
-                    "migration %s: lost the lease; stopped before its next step, the replica holding "
-                    "the lease carries on from the stored cursor",
-                    migration_id,
-                )
+                _lease_lost(migration_id)
             else:
-                _log.info("migration %s paused; it resumes from its cursor", migration_id)
+                EVENTS.info(
+                    "migration_paused",
+                    f"migration {migration_id} paused; it resumes from its cursor",
+                    subject=migration_id,
+                    migration=migration_id,
+                    reason="stopped",
+                )
             raise
         except LeaseLostError:
-            _log.warning(
-                "migration %s: lost the lease; stopped before its next step, the replica holding the "
-                "lease carries on from the stored cursor",
-                migration_id,
-            )
+            _lease_lost(migration_id)
         except UnavailableError as exc:
             if exc.reason == "STATE_UNAVAILABLE":
                 # The shared state is down, not the work: stop; the lease lapses and the migration
                 # resumes from its cursor (here or elsewhere) once Redis is back.
-                _log.warning("migration %s: paused, the shared state is unavailable", migration_id)
+                EVENTS.warning(
+                    "migration_paused",
+                    f"migration {migration_id}: paused, the shared state is unavailable",
+                    subject=migration_id,
+                    migration=migration_id,
+                    reason="state_unavailable",
+                )
             else:
-                _log.warning("migration %s failed: %s", migration_id, type(exc).__name__)
-                await self._fail(migration_id, exc.message[:_MAX_ERROR_CHARS], lease)
+                await self._fail(migration_id, exc.message[:_MAX_ERROR_CHARS], lease, type(exc).__name__)
         except GatewayError as exc:
-            _log.warning("migration %s failed: %s", migration_id, type(exc).__name__)
-            await self._fail(migration_id, exc.message[:_MAX_ERROR_CHARS], lease)
+            await self._fail(migration_id, exc.message[:_MAX_ERROR_CHARS], lease, type(exc).__name__)
         except Exception as exc:
-            _log.error("migration %s failed unexpectedly: %s", migration_id, type(exc).__name__)
-            await self._fail(migration_id, "internal error during the migration", lease)
+            await self._fail(migration_id, "internal error during the migration", lease, type(exc).__name__)
         finally:
             await self._leases.release(lease)
 
-    async def _fail(self, migration_id: str, error: str, lease: Lease) -> None:
+    async def _fail(self, migration_id: str, error: str, lease: Lease, error_type: str = "") -> None:
+        # `error` is what GetMigration shows the caller: written for them, no provider text.
+        EVENTS.warning(
+            "migration_failed",
+            f"migration {migration_id} failed: {error}",
+            subject=migration_id,
+            migration=migration_id,
+            error=error_type,
+            reason=error,
+        )
         try:
             await self._registry.fail_migration(migration_id, error, fence=lease)
         except LeaseLostError:
@@ -257,7 +276,7 @@ class MigrationRunner:
         migrated = record.migrated_documents
         total = migrated + len(remaining)
         await self._registry.update_migration(record.id, total_documents=total, fence=lease)
-        _log.info("migration %s: backfilling %d documents", record.id, len(remaining))
+        _progress(record, migrated, total)
         reported = migrated * 10 // max(total, 1)
 
         async def written(prepared: _Prepared) -> None:
@@ -269,7 +288,7 @@ class MigrationRunner:
             tenth = migrated * 10 // max(total, 1)
             if tenth > reported:  # one progress line per tenth, not one per batch
                 reported = tenth
-                _log.info("migration %s: %d of %d documents backfilled", record.id, migrated, total)
+                _progress(record, migrated, total)
 
         await self._reembed(record, source, target, remaining, lease, after_batch=written)
 
@@ -285,17 +304,28 @@ class MigrationRunner:
                 if source_ids == target_ids and not differing:
                     # The alias swap: refused by the registry unless this replica still holds the lease.
                     await self._registry.complete_migration(record.id, len(source_ids), fence=lease)
-                    _log.info("migration %s completed: reads switched to %s", record.id, target.name)
+                    EVENTS.info(
+                        "migration_finished",
+                        f"migration {record.id} finished: reads switched to {target.name}",
+                        subject=record.id,
+                        migration=record.id,
+                        base=record.base,
+                        collection=target.name,
+                        documents=len(source_ids),
+                    )
                     return
             missing = sorted(source_ids - target_ids)
             extra = sorted(target_ids - source_ids)
-            _log.warning(
-                "migration %s verification %d: %d missing, %d extra, %d differing",
-                record.id,
-                verification,
-                len(missing),
-                len(extra),
-                len(differing),
+            EVENTS.warning(
+                "migration_verify_mismatch",
+                f"migration {record.id} verification {verification}: {len(missing)} missing, "
+                f"{len(extra)} extra, {len(differing)} differing",
+                subject=record.id,
+                migration=record.id,
+                verification=verification,
+                missing=len(missing),
+                extra=len(extra),
+                differing=len(differing),
             )
             if extra:
                 await self._drop_extras(record.base, source, target, extra, lease)
@@ -450,3 +480,25 @@ class MigrationRunner:
                     [doc.metadata for doc, _ in keep],
                     guard=lease.still_held,
                 )
+
+
+def _progress(record: MigrationRecord, done: int, total: int) -> None:
+    EVENTS.info(
+        "migration_progress",
+        f"migration {record.id}: {done} of {total} documents re-embedded",
+        subject=record.id,
+        migration=record.id,
+        base=record.base,
+        done=done,
+        total=total,
+    )
+
+
+def _lease_lost(migration_id: str) -> None:
+    EVENTS.warning(
+        "migration_lease_lost",
+        f"migration {migration_id}: lost the lease; stopped before its next step, the replica "
+        "holding the lease carries on from the stored cursor",
+        subject=migration_id,
+        migration=migration_id,
+    )

@@ -126,6 +126,7 @@ class ConfigReloader(Reloader[EmbeddingConfig, "RouterVectors"]):
             self.generation,
             config.router.target,
             " (new connection)" if router is not None else "",
+            extra={"event": "config_reloaded", "generation": self.generation},
         )
         return True
 

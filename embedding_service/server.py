@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from embedding_service.config import EmbeddingConfig
+from embedding_service.events import EVENTS
 from embedding_service.observability import ObservedEmbeddingService
 from embedding_service.reload import ConfigReloader
 from embedding_service.router_vectors import RouterVectorSource
@@ -102,6 +103,7 @@ async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = Non
     refuse_if_open(config.auth, [config.server.host], "embedding service")
     deps = deps or EmbeddingDeps()
     telemetry = _telemetry(deps)
+    EVENTS.window_s = config.telemetry.event_log_window_s
     router = router_vectors(config, deps)
     service: EmbeddingStoreService
     if telemetry is not None:
@@ -126,7 +128,12 @@ async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = Non
     )
     auth = next((i for i in options.extra_interceptors if isinstance(i, ApiKeyAuthInterceptor)), None)
     reloader = ConfigReloader(service, config, deps, router, auth_interceptor=auth)
+
+    async def flush_events() -> None:  # the last windows' suppressed counts, once all else stopped
+        EVENTS.flush()
+
     # on_stop runs in reverse: the service (and its migrations) closes before the router channels.
+    serving.on_stop.append(flush_events)
     serving.on_stop.append(reloader.close)
     serving.on_stop.append(service.aclose)
     await service.resume_migrations()

@@ -52,6 +52,7 @@ from embedding_service.domain import (
     UpsertResult,
     WhereFilter,
 )
+from embedding_service.events import EVENTS
 from embedding_service.fusion import FusedHit, RankedList, min_max_fusion, reciprocal_rank_fusion
 from embedding_service.leases import Lease, Leases, LocalLeases
 from embedding_service.locks import BaseLocks
@@ -901,7 +902,17 @@ class EmbeddingStoreService:
                 source_model=source.model,
             )
             await self._register_or_drop(target, self._registry.begin_migration(record, target, fence=lease))
-        _log.info("migration %s started: %s -> %s (%s)", record.id, source.name, name, probe.model)
+        EVENTS.info(
+            "migration_started",
+            f"migration {record.id} started: {source.name} -> {name} ({probe.model})",
+            subject=record.id,
+            migration=record.id,
+            base=base,
+            source_collection=source.name,
+            target_collection=name,
+            model=probe.model,
+            total=record.total_documents,
+        )
         # Usually this replica runs it; if another one's supervisor was quicker, that one does.
         await self._migrations.claim(record.id)
         return _migration(record)

@@ -26,6 +26,7 @@ import httpx
 from embedding_service.chroma_where import exact_where
 from embedding_service.config import ChromaConfig
 from embedding_service.domain import DistanceMetric, Metadata, WhereFilter
+from embedding_service.events import EVENTS
 from sekha_runtime.errors import (
     AlreadyExistsError,
     DimensionMismatchError,
@@ -143,6 +144,7 @@ class ChromaStore:
         self._closed = False
         # Imported with the store, at start-up, so that no request pays for the import on the loop.
         self._errors = _chroma_errors()
+        self._chroma_down = False  # the last call found Chroma unreachable (logged when it is back)
 
     def _default_client(self) -> ClientAPI:
         import chromadb
@@ -166,7 +168,7 @@ class ChromaStore:
         future = loop.run_in_executor(self._executor, call)
         try:
             try:
-                return await asyncio.shield(future)
+                result = await asyncio.shield(future)
             except asyncio.CancelledError:
                 # A Chroma call cannot be interrupted: let it finish before the cancellation goes on, so
                 # a caller's lock is never released while its write is still running.
@@ -183,8 +185,20 @@ class ChromaStore:
                 FieldViolation("metadata_filter", "is not a valid Chroma where filter")
             ) from None
         except (httpx.TransportError, ConnectionError, _Unreachable) as exc:
-            _log.warning("chroma unreachable: %s", type(exc).__name__)
+            self._chroma_down = True
+            EVENTS.warning(
+                "chroma_error",
+                f"chroma unreachable ({type(exc).__name__})",
+                subject="chroma",
+                mode=self._config.mode,
+                error=type(exc).__name__,
+                collection=collection or "",
+            )
             raise UnavailableError("vector store unavailable", reason="STORE_UNAVAILABLE") from None
+        if self._chroma_down:
+            self._chroma_down = False
+            EVENTS.info("chroma_recovered", "chroma answers again", subject="chroma", mode=self._config.mode)
+        return result
 
     def _client_sync(self) -> ClientAPI:
         with self._lock:

@@ -74,7 +74,11 @@ async def _serve(config_path: str | None) -> int:
             app.reloader.path = config_path
             install_sighup(app.reloader)
         if app.metrics_port is not None:
-            log.info("router metrics on port %d", app.metrics_port)
+            log.info(
+                "router metrics on port %d",
+                app.metrics_port,
+                extra={"event": "metrics_listening", "port": app.metrics_port},
+            )
 
     # The model loads before the server listens, so serve_service's gc.freeze() covers it too.
     return await serve_service(

@@ -14,6 +14,15 @@ call that notices it (`try_acquire`, or an outcome).
 Thread-safety: every call happens on the one asyncio event loop of the server, and no method
 awaits, so each method runs to completion without interleaving; no locks are needed. Code that
 calls these from other threads must bring its own lock.
+How long it stays open grows with each reopening (as Envoy's outlier detection ejects for
+longer each time): the first opening lasts ``initial_reset_timeout_s``, each reopening without
+a close in between twice as long as the one before, up to ``reset_timeout_s``
+(`breaker_rules.reset_timeout_for`, shared with the Redis breaker). A lone local server that was
+started a moment late is back in seconds; a provider that stays down is probed every
+``reset_timeout_s``.
+
+Every transition has a cause (``transition_cause``, read by listeners such as the event log):
+the failures that opened it, the probe that closed or reopened it, the timeout that passed.
 """
 
 from __future__ import annotations
@@ -134,6 +143,7 @@ class CircuitBreaker:
         self._probe_generation = -1
         self._reported = BreakerState.CLOSED  # the last state listeners were told
         self._listeners: list[BreakerListener] = []
+        self.transition_cause = ""  # why the last transition happened (for listeners)
 
     # -- reads (never change state) --------------------------------------------------------
 
@@ -189,7 +199,7 @@ class CircuitBreaker:
     def try_acquire(self) -> bool:
         """Admit a call: always when closed; in half-open only while a probe slot is free."""
         state = self.state
-        self._report(state)
+        self._report(state, "the open period passed: one probe call is admitted")
         if state is BreakerState.CLOSED:
             return True
         if state is BreakerState.OPEN:
@@ -240,16 +250,36 @@ class CircuitBreaker:
 
     def _apply(self, event: BreakerEvent) -> None:
         before = visible_state(self._record, event.at)
-        self._report(before)  # a half-open breaker noticed by its outcome, not by an admission
+        # A half-open breaker noticed by its outcome, not by an admission.
+        self._report(before, "the open period passed: one probe call is admitted")
         self._record = apply_breaker_event(self._record, event, self.config)
-        self._report(visible_state(self._record, event.at))
+        after = visible_state(self._record, event.at)
+        if after is not before:
+            self._report(after, self._cause(before, event))
 
-    def _report(self, state: BreakerState) -> None:
+    def _cause(self, before: BreakerState, event: BreakerEvent) -> str:
+        """Why `event` moved the breaker out of `before` (it did), in words for the event log."""
+        record = self._record
+        if record.state == "closed":
+            return "a half-open probe call succeeded"
+        kind = event.kind or "failure"
+        open_for = f"; open for {record.open_until - event.at:.3g} s"
+        if before is BreakerState.HALF_OPEN:
+            return f"the half-open probe call failed ({kind}){open_for}"
+        if record.consecutive_failures >= self.config.failure_threshold:
+            return f"{record.consecutive_failures} failures in a row (the last: {kind}){open_for}"
+        if event.retry_after_s and record.open_until <= event.at + event.retry_after_s:
+            return f"the provider asked to wait {event.retry_after_s:g} s ({kind}){open_for}"
+        calls = len(record.window)
+        return f"{record.window_failures} of the last {calls} calls failed (the last: {kind}){open_for}"
+
+    def _report(self, state: BreakerState, cause: str) -> None:
         """Tell listeners when the state differs from the one they were last told."""
         old = self._reported
         if state is old:
             return
         self._reported = state
+        self.transition_cause = cause
         for listener in self._listeners:
             try:
                 listener(self.name, old, state)

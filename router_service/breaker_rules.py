@@ -17,14 +17,17 @@ closed                success    consecutive failures := 0; the success enters t
 closed                failure    consecutive failures + 1; the failure enters the window; open
                                  when consecutive failures >= failure_threshold, or when the
                                  window holds >= minimum_calls and its failure rate >=
-                                 failure_rate_threshold (until now + reset_timeout_s, or the
-                                 Retry-After if later); below the thresholds, a Retry-After alone
+                                 failure_rate_threshold (until now + the opening's reset time,
+                                 or the Retry-After if later); below the thresholds, a Retry-After alone
                                  opens it until now + Retry-After
 open, before reset    success    nothing (a call admitted before the breaker opened proves little)
 open, before reset    failure    a Retry-After later than the reset time extends it
 half-open             success    closed, with a fresh window
-half-open             failure    open again until now + reset_timeout_s (or the Retry-After)
+half-open             failure    open again, for longer (see below), or until the Retry-After
 ====================  =========  ==============================================================
+
+The n-th opening since the breaker last closed lasts `reset_timeout_for(n)`:
+`initial_reset_timeout_s` doubling with each reopening, at most `reset_timeout_s`.
 
 Half-open is not stored: it is an open breaker whose reset time has passed, so no timer is
 needed and every replica agrees on it from the record alone. Each opening starts a new
@@ -49,6 +52,7 @@ __all__ = [
     "BreakerSettings",
     "apply_breaker_event",
     "lua_rule_arguments",
+    "reset_timeout_for",
 ]
 
 
@@ -67,6 +71,8 @@ class BreakerSettings(Protocol):
     @property
     def reset_timeout_s(self) -> float: ...
     @property
+    def initial_reset_timeout_s(self) -> float: ...
+    @property
     def half_open_max_probes(self) -> int: ...
 
 
@@ -77,7 +83,22 @@ RULE_PARAMETERS: tuple[str, ...] = (
     "window_size",
     "minimum_calls",
     "reset_timeout_s",
+    "initial_reset_timeout_s",
 )
+
+# Openings beyond this many in a row all last reset_timeout_s (and 2**n stays a small float).
+_MAX_DOUBLINGS = 32
+
+
+def reset_timeout_for(opens: int, settings: BreakerSettings) -> float:
+    """How long the `opens`-th opening since the breaker last closed lasts (1 = the first):
+    `initial_reset_timeout_s`, doubling with each reopening, at most `reset_timeout_s` (Envoy's
+    outlier detection does the same: a provider that just failed is tried again soon, one that
+    keeps failing less and less often). `reset_for` in `LUA_RULES` is its port.
+    """
+    initial = min(settings.initial_reset_timeout_s, settings.reset_timeout_s)
+    doublings = min(max(opens - 1, 0), _MAX_DOUBLINGS)
+    return min(settings.reset_timeout_s, initial * 2.0**doublings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +107,10 @@ class BreakerRecord:
 
     `generation` grows each time the breaker opens; half-open probe permits belong to one
     generation, so permits of an earlier open period can never admit a probe of a later one.
-    `window` holds the last calls oldest first, True for a failure. Times are on the clock of
-    whoever applies the events (monotonic for the local breaker, epoch seconds when shared).
+    `opens` counts the openings since the breaker last closed (each lasts longer, see
+    `reset_timeout_for`). `window` holds the last calls oldest first, True for a failure. Times
+    are on the clock of whoever applies the events (monotonic for the local breaker, epoch
+    seconds when shared).
     """
 
     state: Literal["closed", "open"] = "closed"
@@ -96,6 +119,7 @@ class BreakerRecord:
     consecutive_failures: int = 0
     window: tuple[bool, ...] = ()
     generation: int = 0
+    opens: int = 0
 
     def half_open(self, now: float) -> bool:
         return self.state == "open" and now >= self.open_until
@@ -137,13 +161,13 @@ def apply_breaker_event(
         failures = record.consecutive_failures + 1
         record = replace(record, consecutive_failures=failures, window=window)
         if _thresholds_reached(failures, window, settings):
-            return _open(record, now, now + settings.reset_timeout_s, cooldown_until)
+            return _open(record, now, now + reset_timeout_for(record.opens + 1, settings), cooldown_until)
         if cooldown_until is not None:
             return _open(record, now, now, cooldown_until)
         return record
     if half_open:
         record = replace(record, consecutive_failures=record.consecutive_failures + 1)
-        return _open(record, now, now + settings.reset_timeout_s, cooldown_until)
+        return _open(record, now, now + reset_timeout_for(record.opens + 1, settings), cooldown_until)
     if cooldown_until is not None and cooldown_until > record.open_until:
         return replace(record, open_until=cooldown_until)
     return record
@@ -166,7 +190,12 @@ def _open(
     if cooldown_until is not None and cooldown_until > open_until:
         open_until = cooldown_until
     return replace(
-        record, state="open", open_until=open_until, opened_at=now, generation=record.generation + 1
+        record,
+        state="open",
+        open_until=open_until,
+        opened_at=now,
+        generation=record.generation + 1,
+        opens=record.opens + 1,
     )
 
 
@@ -176,7 +205,7 @@ def lua_rule_arguments(settings: BreakerSettings) -> list[str]:
 
 
 # `apply_breaker_event` in Lua, line for line. A breaker is a table
-# {state, open_until, opened_at (string, '' = none), consec, gen, window (list of '0'/'1')}.
+# {state, open_until, opened_at (string, '' = none), consec, gen, opens, window (list of '0'/'1')}.
 # `apply_event(b, failed, now, retry_after)` changes `b` in place and returns true when the
 # event closed a half-open breaker (the caller then drops that generation's probe permits).
 _LUA_SETTINGS = "".join(
@@ -185,6 +214,10 @@ _LUA_SETTINGS = "".join(
 LUA_RULES = (
     _LUA_SETTINGS
     + """
+local function reset_for(opens)
+  local initial = math.min(initial_reset_timeout_s, reset_timeout_s)
+  return math.min(reset_timeout_s, initial * 2 ^ math.min(math.max(opens - 1, 0), 32))
+end
 local function push(b, v)
   b.window[#b.window + 1] = v
   while #b.window > window_size do table.remove(b.window, 1) end
@@ -203,6 +236,7 @@ local function open(b, now, open_until, cooldown)
   b.open_until = open_until
   b.opened_at = string.format('%.17g', now)
   b.gen = b.gen + 1
+  b.opens = b.opens + 1
 end
 local function apply_event(b, failed, now, retry_after)
   local cooldown = nil
@@ -213,7 +247,7 @@ local function apply_event(b, failed, now, retry_after)
       b.consec = 0
       push(b, '0')
     elseif half_open then
-      b.state, b.open_until, b.opened_at, b.consec, b.window = 'closed', 0, '', 0, {}
+      b.state, b.open_until, b.opened_at, b.consec, b.window, b.opens = 'closed', 0, '', 0, {}, 0
       return true
     end
     return false
@@ -222,13 +256,13 @@ local function apply_event(b, failed, now, retry_after)
     b.consec = b.consec + 1
     push(b, '1')
     if thresholds_reached(b) then
-      open(b, now, now + reset_timeout_s, cooldown)
+      open(b, now, now + reset_for(b.opens + 1), cooldown)
     elseif cooldown then
       open(b, now, now, cooldown)
     end
   elseif half_open then
     b.consec = b.consec + 1
-    open(b, now, now + reset_timeout_s, cooldown)
+    open(b, now, now + reset_for(b.opens + 1), cooldown)
   elseif cooldown and cooldown > b.open_until then
     b.open_until = cooldown
   end

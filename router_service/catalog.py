@@ -1,7 +1,8 @@
 """Read models for ListModels and GetProviderStatus.
 
-Joins the registry, the price table, the breakers, provider enablement and the
-latest health probes into plain views; the servicer only converts them.
+Joins the registry, the price table, the breakers, provider enablement, the
+latest health probes and the state backend's health into plain views; the
+servicer only converts them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from router_service import domain as d
 from router_service.breaker import Breakers, BreakerSnapshot
+from router_service.events import StateBackendHealth, StateBackendView
 from router_service.pricing import PriceTable
 from router_service.probes import ProbeResult, ProbeScheduler
 from router_service.registry import ModelEntry, Registry
@@ -60,12 +62,22 @@ def page_size_or_default(page_size: int, field: str = "page_size") -> int:
 
 class Catalog:
     def __init__(
-        self, registry: Registry, prices: PriceTable, breakers: Breakers, probes: ProbeScheduler
+        self,
+        registry: Registry,
+        prices: PriceTable,
+        breakers: Breakers,
+        probes: ProbeScheduler,
+        state: StateBackendHealth | None = None,
     ) -> None:
         self.registry = registry
         self.prices = prices
         self.breakers = breakers
         self.probes = probes
+        self.state = state
+
+    def state_backend(self) -> StateBackendView | None:
+        """The state backend's health (None when no store is watched)."""
+        return self.state.view() if self.state is not None else None
 
     def _provider_enabled(self, provider_id: str) -> bool:
         return self.registry.disabled_reason(provider_id) is None

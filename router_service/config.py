@@ -124,9 +124,36 @@ class CircuitBreakerConfig(_Section):
     failure_rate_threshold: float = Field(default=0.5, gt=0, le=1)
     window_size: int = Field(default=20, ge=1, description="calls in the sliding window")
     minimum_calls: int = Field(default=10, ge=1, description="calls in the window before the rate counts")
-    reset_timeout_s: float = Field(default=30.0, gt=0)
+    reset_timeout_s: float = Field(
+        default=30.0, gt=0, description="the longest an open breaker waits before a half-open probe"
+    )
+    initial_reset_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="how long the breaker's first opening lasts; each reopening without a close in "
+        "between doubles it, up to reset_timeout_s (a provider that comes back soon is used soon). "
+        "Unset while reset_timeout_s is set: every opening lasts reset_timeout_s, as before",
+    )
     half_open_max_probes: int = Field(default=1, ge=1)
     slow_call_threshold_s: float = Field(default=60.0, gt=0)
+    auth_recheck_initial_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a provider disabled by a 401/403 is re-checked by its probe after this long, "
+        "then at doubling intervals; re-enabled as soon as the probe is accepted",
+    )
+    auth_recheck_max_s: float = Field(default=600.0, gt=0, description="the longest re-check interval")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_period_when_only_reset_is_set(cls, data: Any) -> Any:
+        # A file that tuned reset_timeout_s alone was written when every opening lasted that long;
+        # it keeps meaning that. Growing openings come with the defaults, or by setting both.
+        if isinstance(data, Mapping) and "initial_reset_timeout_s" not in data:
+            reset = data.get("reset_timeout_s")
+            if isinstance(reset, int | float | str) and not isinstance(reset, bool):
+                return {**data, "initial_reset_timeout_s": reset}
+        return data
 
     @model_validator(mode="after")
     def _window_can_reach_minimum(self) -> CircuitBreakerConfig:
@@ -149,6 +176,13 @@ class RetryConfig(_Section):
     max_attempts: int = Field(default=3, ge=1, le=20, description="total provider calls per request")
     backoff_base_s: float = Field(default=0.05, ge=0)
     backoff_max_s: float = Field(default=1.0, ge=0)
+    default_deadline_s: float | None = Field(
+        default=120.0,
+        gt=0,
+        description="the deadline of a request that brings none (no gRPC deadline, no "
+        "x-sekha-timeout-s): it bounds the wait for an answer (a stream's first chunk), fallbacks "
+        "included; null: no limit beyond the providers' timeouts",
+    )
 
     @model_validator(mode="after")
     def _base_below_max(self) -> RetryConfig:

@@ -395,6 +395,9 @@ class Attempt:
     outcome: AttemptOutcome
     error_kind: str = ""
     latency_s: float = 0.0
+    # What went wrong, in a few words safe to show a caller ("connection refused by
+    # 127.0.0.1:11434", "HTTP 503"); never provider text. Empty when it succeeded.
+    cause: str = ""
 
 
 @dataclass(slots=True)

@@ -1,17 +1,27 @@
 """The Router's data plane: route, call, fall back, stream, count and price.
 
 `Gateway` ties the decision plane (registry, prices, token estimates, routing,
-breakers) to the provider clients. The rules it enforces (docs/ARCHITECTURE.md §4):
+breakers) to the provider clients. Chat, StreamChat and Embed each make only their
+provider call; `Attempts` and `Attempt` are the one place that admits, classifies
+and books the calls, under these rules (docs/ARCHITECTURE.md §4):
 
 * candidates are tried in the route's order; a failure that counts (connect,
   reset, timeout, 5xx, 429) feeds the breaker and moves on, with jittered
   backoff, until the candidates, the attempt budget or the deadline run out;
+  a provider that timed out is not called again within the request (a hung
+  provider would only hang again);
+* a request without a deadline gets the router's default
+  (`retry.default_deadline_s`), so no caller waits for ever;
+* when no candidate answers, UNAVAILABLE names each attempt's provider, model
+  and cause ("connection refused by 127.0.0.1:11434"), in a bounded message;
 * the caller's own mistakes (400/422, context length, content policy) return
-  at once and never feed a breaker; 401/403 disables the provider;
+  at once and never feed a breaker; 401/403 disables the provider and spares
+  its breaker, before or after a stream's first chunk alike;
 * a stream falls back only before its first event reached the caller (text,
   tool-call or reasoning piece; role-only or metadata-only chunks do not count);
   once output went out, a broken stream ends with UNAVAILABLE
-  (StreamInterruptedError), and a stream the provider layer judged incomplete
+  (StreamInterruptedError, carrying every attempt of the request), the
+  delivered output is billed, and a stream the provider layer judged incomplete
   (no answer at all, or cut inside a tool call) counts as broken;
 * an answer to a JSON response format is checked against it; with the routing
   option `fallback_on_nonconforming` a non-conforming answer is paid for, booked
@@ -26,6 +36,11 @@ breakers) to the provider clients. The rules it enforces (docs/ARCHITECTURE.md �
   (a candidate the budget cannot cover is skipped like an open breaker), the
   real cost is settled after it, and whatever is left is given back on the
   way out (`SpendTicket.close` in a `finally`).
+
+Every operational event on the way (a failed attempt, a fallback, a provider
+disabled, a broken stream, a request refused by a rate limit or budget) is
+one structured log line (`sekha_runtime.events.EventLog`), rate-limited per
+provider; none carries a prompt, a provider's error text or a key.
 """
 
 from __future__ import annotations
@@ -35,7 +50,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from router_service import domain as d
@@ -44,10 +59,10 @@ from router_service.image_fetch import ImageInliner
 from router_service.limits import Limits, check_chat, check_embed
 from router_service.pricing import PriceTable
 from router_service.providers.base import ProviderClient, StreamEnd, TextDelta
-from router_service.providers.errors import ProviderAuthError, ProviderFailure, ProviderRejection
+from router_service.providers.errors import REFUSED, ProviderAuthError, ProviderFailure, ProviderRejection
 from router_service.registry import Registry
 from router_service.routing import Router
-from router_service.spend import SpendGuard, SpendTicket, resolve_identity
+from router_service.spend import Identity, SpendGuard, SpendTicket, resolve_identity
 from router_service.structured import check_conformance
 from router_service.tokens import TokenEstimator
 from sekha_runtime.errors import (
@@ -59,9 +74,21 @@ from sekha_runtime.errors import (
     InvalidArgumentError,
     NoRouteError,
     ProviderRejectedError,
+    RateLimitedError,
     StreamInterruptedError,
     UnavailableError,
 )
+from sekha_runtime.events import EventLog
+
+# The UNAVAILABLE message lists attempts up to about this length (the error interceptor caps a
+# status message at 512 characters); the details carry them all.
+_MAX_CAUSES_CHARS = 400
+_MAX_NAME_CHARS = 80  # of a `provider/model` name, and of a cause
+_SKIP_CAUSES = {
+    "provider_disabled": "disabled",
+    "breaker_open": "circuit breaker open",
+    "budget": "not within the spend budget",
+}
 
 _REJECTION_MESSAGES = {
     "context_length": "the request is longer than the model's context window",
@@ -86,10 +113,14 @@ def _rejected(exc: ProviderRejection) -> ProviderRejectedError:
 
 @dataclass(frozen=True)
 class Deadline:
-    """The caller's deadline as an absolute monotonic time (None = no deadline)."""
+    """The caller's deadline as an absolute monotonic time (None = no deadline).
+
+    `default_s` is set when the caller brought none and the router's default applies.
+    """
 
     at: float | None
     clock: Callable[[], float] = time.monotonic
+    default_s: float | None = None
 
     @classmethod
     def after(cls, remaining_s: float | None, clock: Callable[[], float] = time.monotonic) -> Deadline:
@@ -179,26 +210,505 @@ class NullObserver:
         pass
 
 
-@dataclass
-class _Call:
-    """Book-keeping for one request's attempts."""
+class Attempts:
+    """One request's provider calls: the one home of the attempt rules (the module docstring).
 
-    decision: d.RoutingDecision
-    attempts: list[d.Attempt] = field(default_factory=list)
-    calls: int = 0
-    retry_after_s: float | None = None
-    previous_provider: str | None = None
-    request_id: str = ""
-    ticket: SpendTicket | None = None  # None when the gateway has no SpendGuard
-    refusal: GatewayError | None = None  # why a budget refused a candidate (first one)
+    Chat, StreamChat and Embed differ only in the provider call they make. The loop is::
 
-    async def settle(self, candidate: d.Candidate, usage: d.Usage, cost: d.Cost) -> None:
-        if self.ticket is not None:
-            await self.ticket.settle(candidate.provider_id, candidate.model, usage, cost)
+        async for attempt in attempts:          # admitted candidates, in the plan's order
+            async with attempt:                 # books whatever ends the call
+                reply = await attempt.provider.chat(...)
+                cost = await attempt.succeed(usage)
+                return ...
+        raise attempts.exhausted()
+
+    Admission (disabled provider, a provider that timed out already, backoff, deadline, breaker
+    permit, budget reservation) happens in `__anext__`; the caller's rate limits when the
+    request opens (`Attempts.open`). Leaving `async with` by a provider failure books it
+    (breaker, observer, event log) and moves on to the next candidate; a rejection of the
+    request itself, a failure after output reached the caller, or the deadline passing end the
+    request with the matching error; any other exit (the caller cancelling, the server
+    stopping) gives the breaker permit back and books nothing against the provider. Output
+    already delivered is billed on every way out, since the provider bills it.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        decision: d.RoutingDecision,
+        operation: str,
+        request: d.ChatRequest | d.EmbedRequest,
+        deadline: Deadline,
+        request_id: str,
+        identity: Identity,
+    ) -> None:
+        self.gateway = gateway
+        self.decision = decision
+        self.operation = operation
+        self.request = request
+        self.deadline = deadline
+        self.request_id = request_id
+        self.identity = identity
+        self.attempts: list[d.Attempt] = []
+        self.ticket: SpendTicket | None = None  # None when the gateway has no SpendGuard
+        planned = self._planned(decision, request.routing)
+        self._plan = iter(planned)
+        self._planned_calls = len(planned)
+        self._calls = 0
+        self._retry_after_s: float | None = None
+        self._previous_provider: str | None = None
+        self._refusal: GatewayError | None = None  # why a budget refused a candidate (the first)
+        self._timed_out: set[str] = set()  # providers not to call again in this request
+        # The caller chose the id: it goes into log lines clipped, never whole.
+        self.log_request_id = _clip(request_id, _MAX_NAME_CHARS)
+
+    @classmethod
+    async def open(
+        cls,
+        gateway: Gateway,
+        decision: d.RoutingDecision,
+        operation: str,
+        request: d.ChatRequest | d.EmbedRequest,
+        deadline: Deadline,
+        caller: str | None,
+    ) -> Attempts:
+        """Start a request's book-keeping; raises RateLimitedError before any provider call."""
+        identity = resolve_identity(caller, request.metadata)
+        request_id = request.request_id or uuid.uuid4().hex
+        attempts = cls(gateway, decision, operation, request, deadline, request_id, identity)
+        if gateway.spend is not None:
+            tokens = decision.estimated_input_tokens + decision.estimated_output_tokens
+            try:
+                attempts.ticket = await gateway.spend.open(identity, operation, request_id, tokens)
+            except RateLimitedError as refused:
+                attempts._log_refusal("rate_limit", refused.limit, refused.scope, refused.retry_after_s)
+                raise
+        return attempts
 
     async def close(self) -> None:
+        """Give back what the request reserved and did not use (every way out calls this)."""
         if self.ticket is not None:
             await self.ticket.close()
+
+    # -- admission ------------------------------------------------------------------------
+
+    def _planned(self, decision: d.RoutingDecision, prefs: d.RoutingPreferences) -> list[d.Candidate]:
+        """The calls to make, in order: each candidate once, then again while attempts remain."""
+        max_attempts = self.gateway.retry.max_attempts
+        candidates = list(decision.candidates[:1] if prefs.disable_fallback else decision.candidates)
+        plan: list[d.Candidate] = []
+        while len(plan) < max_attempts and candidates:
+            plan.extend(candidates[: max_attempts - len(plan)])
+            if prefs.disable_fallback:
+                break
+        return plan
+
+    def calls_left(self) -> bool:
+        """Whether the plan still holds a call after the ones made (a fallback is possible)."""
+        return self._calls < self._planned_calls
+
+    def __aiter__(self) -> Attempts:
+        return self
+
+    async def __anext__(self) -> Attempt:
+        for candidate in self._plan:
+            if candidate.provider_id in self._timed_out:
+                continue  # a retry the plan held for a provider that hung: not made, not listed
+            timeout_s = await self._admit(candidate)
+            if timeout_s is not None:
+                return Attempt(self, candidate, timeout_s)
+        raise StopAsyncIteration
+
+    async def _admit(self, candidate: d.Candidate) -> float | None:
+        """Admit a call: returns its timeout, or None when the candidate is skipped."""
+        gateway = self.gateway
+        if gateway.registry.disabled_reason(candidate.provider_id) is not None:
+            self.attempts.append(_skip(candidate, "provider_disabled"))
+            return None
+        if self._calls > 0:
+            retry = gateway.retry
+            delay = min(retry.backoff_max_s, retry.backoff_base_s * 2 ** (self._calls - 1))
+            delay *= 0.5 + gateway.rng.random()  # full jitter spreads retries of many callers apart
+            remaining = self.deadline.remaining()
+            if remaining is not None:
+                delay = min(delay, max(remaining - 0.001, 0.0))
+            if delay > 0:
+                await gateway.sleep(delay)
+        self._check_deadline()
+        remaining = self.deadline.remaining()
+        breaker = gateway.breakers.get(candidate.provider_id)
+        if not breaker.try_acquire():
+            self.attempts.append(_skip(candidate, "breaker_open"))
+            return None
+        if self.ticket is not None:
+            try:
+                await self.ticket.reserve(candidate)
+            except (BudgetExhaustedError, NoRouteError) as refusal:
+                breaker.release()
+                self.attempts.append(_skip(candidate, "budget"))
+                self._refusal = self._refusal or refusal
+                return None
+            except BaseException:
+                breaker.release()  # a half-open probe permit must not leak with the error
+                raise
+        provider_timeout = gateway.provider_timeouts[candidate.provider_id]
+        previous = self._previous_provider
+        if previous is not None and previous != candidate.provider_id:
+            gateway.observer.fallback(self.decision.task, previous, candidate.provider_id)
+            gateway.events.info(
+                "fallback",
+                f"falling back from {previous} to {candidate.provider_id}",
+                subject=previous,
+                from_provider=previous,
+                to_provider=candidate.provider_id,
+                to_model=candidate.model,
+                task=self.decision.task.value,
+                request_id=self.log_request_id,
+            )
+        self._previous_provider = candidate.provider_id
+        self._calls += 1
+        return provider_timeout if remaining is None else min(provider_timeout, remaining)
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def exhausted(self) -> GatewayError:
+        """The error that ends a request whose plan ran out."""
+        if self._refusal is not None and self._calls == 0:
+            # No provider was called: the budget, not the providers, is why the request failed.
+            refusal = self._refusal
+            if isinstance(refusal, BudgetExhaustedError):
+                self._log_refusal("budget", refusal.period, refusal.scope)
+            else:
+                self._log_refusal("budget", "price_unknown", "")
+            return refusal
+        retry_after = self._retry_after_s
+        open_ids = [a.provider_id for a in self.attempts if a.error_kind == "breaker_open"]
+        if open_ids:
+            wait = self.gateway.breakers.seconds_until_available(open_ids)
+            retry_after = wait if retry_after is None else min(retry_after, wait)
+        return UnavailableError(
+            f"no provider could serve the request: {_causes(self.attempts)}",
+            retry_after_s=retry_after if retry_after is not None else 1.0,
+            attempts=self.summaries(),
+        )
+
+    def summaries(self) -> list[AttemptSummary]:
+        return [AttemptSummary(a.provider_id, a.model, a.error_kind) for a in self.attempts]
+
+    def _note_retry_after(self, seconds: float | None) -> None:
+        if seconds is not None:
+            self._retry_after_s = max(self._retry_after_s or 0.0, seconds)
+
+    def _check_deadline(self) -> None:
+        remaining = self.deadline.remaining()
+        if remaining is not None and remaining <= 0:
+            default_s = self.deadline.default_s
+            if default_s is not None:
+                raise DeadlineExceededError(
+                    f"no provider answered within the router's default deadline of {default_s:g} s "
+                    "(retry.default_deadline_s); a request may set its own deadline"
+                )
+            raise DeadlineExceededError("deadline exceeded before a provider answered")
+
+    def _log_refusal(self, limit: str, which: str, scope: str, retry_after_s: float | None = None) -> None:
+        caller = self.identity.caller
+        fields: dict[str, Any] = {"caller": caller, "limit": limit, "which": which, "scope": scope}
+        if retry_after_s is not None:
+            fields["retry_after_s"] = round(retry_after_s, 3)
+        self.gateway.events.warning(
+            "request_refused",
+            f"request of {caller} refused by its {which.replace('_', ' ')} {limit.replace('_', ' ')}",
+            subject=f"{caller}|{limit}",
+            operation=self.operation,
+            request_id=self.log_request_id,
+            **fields,
+        )
+
+
+class Attempt:
+    """One admitted provider call of a request; `Attempts` describes how it is used."""
+
+    def __init__(self, attempts: Attempts, candidate: d.Candidate, timeout_s: float) -> None:
+        gateway = attempts.gateway
+        self._attempts = attempts
+        self._gateway = gateway
+        self.candidate = candidate
+        self.timeout_s = timeout_s  # min(the provider's timeout, the caller's remaining deadline)
+        self.entry: Any = gateway.registry.by_key(candidate.key)
+        self.provider: ProviderClient = gateway.providers[candidate.provider_id]
+        self._text: list[str] = []  # the text that reached the caller
+        self._generated: list[str] = []  # all output that reached it (text, tool arguments, reasoning)
+        self._reasoning: list[str] = []
+        self._booked = False
+        self.started = gateway.clock()
+        self._scope = gateway.observer.attempt_started(attempts.operation, self.entry, attempts.request)
+
+    @property
+    def text(self) -> str:
+        """The text delivered to the caller so far."""
+        return "".join(self._text)
+
+    @property
+    def generated(self) -> str:
+        """Everything delivered so far (text, tool-call arguments, reasoning), for counting tokens."""
+        return "".join(self._generated)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self._reasoning)
+
+    def delivered(self, output: d.StreamOutput) -> None:
+        """Output reached the caller: from now on the request cannot fall back."""
+        if not self._generated:
+            self._gateway.observer.first_token(self.entry, self._gateway.clock() - self.started, self._scope)
+        if isinstance(output, str):
+            self._text.append(output)
+            self._generated.append(output)
+        elif isinstance(output, d.ToolCallDelta):
+            self._generated.append(output.arguments)
+        else:
+            self._reasoning.append(output.text)
+            self._generated.append(output.text)
+
+    async def succeed(
+        self,
+        usage: d.Usage,
+        response_model: str = "",
+        output_text: str = "",
+        *,
+        error_kind: str = "",
+        output_tool_calls: tuple[d.ToolCall, ...] = (),
+        output_reasoning: str = "",
+    ) -> d.Cost:
+        """Book the answer: breaker, upstream time, real cost, spend, attempt list, observer.
+
+        With `error_kind` the provider answered well but the answer is refused (it does not
+        conform): the attempt is paid for and healthy for the breaker, yet listed as failed.
+        """
+        gateway, attempts, candidate = self._gateway, self._attempts, self.candidate
+        latency = gateway.clock() - self.started
+        gateway.breakers.get(candidate.provider_id).record_success(latency)
+        gateway.observer.upstream_time(latency, self._scope)
+        cost = gateway.prices.real_cost(self.entry, usage)
+        await self._settle(usage, cost)
+        outcome = d.AttemptOutcome.FAILED if error_kind else d.AttemptOutcome.SUCCEEDED
+        cause = "the answer did not conform to the response format" if error_kind == "nonconforming" else ""
+        attempt = d.Attempt(candidate.provider_id, candidate.model, outcome, error_kind, latency, cause)
+        attempts.attempts.append(attempt)
+        operation = attempts.operation
+        extra: dict[str, Any] = {}
+        if operation == "chat":
+            extra = {
+                "response_model": response_model,
+                "output_text": output_text,
+                "output_tool_calls": output_tool_calls,
+                "output_reasoning": output_reasoning,
+            }
+        gateway.observer.attempt_finished(
+            operation, self.entry, attempt, usage, cost, scope=self._scope, **extra
+        )
+        self._booked = True
+        return cost
+
+    async def __aenter__(self) -> Attempt:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> bool:
+        """Book how the call ended; True (go on to the next candidate) after a provider failure."""
+        if exc is None or self._booked:
+            return False
+        if isinstance(exc, ProviderFailure | ProviderAuthError):
+            await self._failed(exc)
+            return True
+        if isinstance(exc, ProviderRejection):
+            raise await self._rejection(exc) from None
+        self._cancelled()
+        return False
+
+    # -- bookings -------------------------------------------------------------------------
+
+    def _billed(self) -> tuple[d.Usage, d.Cost]:
+        """What the output delivered so far costs (the provider generated it, and bills it)."""
+        gateway = self._gateway
+        usage = gateway._usage(self.entry, None, self._attempts.decision, self.generated)
+        return usage, gateway.prices.real_cost(self.entry, usage)
+
+    async def _settle(self, usage: d.Usage, cost: d.Cost) -> None:
+        ticket = self._attempts.ticket
+        if ticket is not None:
+            await ticket.settle(self.candidate.provider_id, self.candidate.model, usage, cost)
+
+    def _finish(
+        self,
+        outcome: d.AttemptOutcome,
+        kind: str,
+        latency: float,
+        usage: d.Usage | None,
+        cost: d.Cost | None,
+        cause: str = "",
+    ) -> None:
+        attempt = d.Attempt(self.candidate.provider_id, self.candidate.model, outcome, kind, latency, cause)
+        self._attempts.attempts.append(attempt)
+        self._gateway.observer.attempt_finished(
+            self._attempts.operation, self.entry, attempt, usage, cost, scope=self._scope
+        )
+        self._booked = True
+
+    def _cut_short_for_caller(self, kind: str) -> bool:
+        """A timeout that the request's deadline caused: we cut the call short, the provider was
+        not necessarily slow, so it is not the provider's fault."""
+        gateway = self._gateway
+        return (
+            kind == "timeout"
+            and self._attempts.deadline.at is not None
+            and self.timeout_s < gateway.provider_timeouts[self.candidate.provider_id]
+        )
+
+    async def _failed(self, exc: ProviderFailure | ProviderAuthError) -> None:
+        """Book a provider failure; raises when it ends the request."""
+        gateway, attempts, candidate = self._gateway, self._attempts, self.candidate
+        provider_id = candidate.provider_id
+        latency = gateway.clock() - self.started
+        breaker = gateway.breakers.get(provider_id)
+        cause = _failure_cause(exc, gateway.provider_addresses.get(provider_id, ""), self.timeout_s)
+        if isinstance(exc, ProviderAuthError):
+            # The provider's credentials, not the provider, failed: disabled, breaker spared.
+            breaker.release()
+            reason = f"provider answered HTTP {exc.status}: check its api_key"
+            if gateway.registry.disable_provider(provider_id, reason):
+                gateway.events.warning(
+                    "provider_disabled",
+                    f"provider {provider_id} disabled: it refused our credentials (HTTP {exc.status})",
+                    subject=provider_id,
+                    provider=provider_id,
+                    http_status=exc.status,
+                    reason=reason,
+                )
+            kind = "auth"
+        else:
+            kind = exc.kind
+            if self._cut_short_for_caller(kind):
+                breaker.release()
+            else:
+                breaker.record_failure(kind, exc.retry_after_s)
+                if kind == "timeout":
+                    attempts._timed_out.add(provider_id)
+            attempts._note_retry_after(exc.retry_after_s)
+        gateway.events.warning(
+            "provider_attempt_failed",
+            f"{attempts.operation} attempt on {provider_id}/{candidate.model} failed: {cause}",
+            subject=provider_id,
+            provider=provider_id,
+            model=candidate.model,
+            operation=attempts.operation,
+            error_kind=kind,
+            http_status=exc.status,
+            latency_ms=round(latency * 1000, 1),
+            request_id=attempts.log_request_id,
+        )
+        if not self._generated:
+            self._finish(d.AttemptOutcome.FAILED, kind, latency, None, None, cause)
+            attempts._check_deadline()
+            return
+        usage, cost = self._billed()
+        gateway.observer.upstream_time(latency, self._scope)
+        self._finish(d.AttemptOutcome.FAILED, kind, latency, usage, cost, cause)
+        await self._settle(usage, cost)
+        gateway.events.warning(
+            "stream_interrupted",
+            f"the stream from {provider_id}/{candidate.model} broke after output was sent: {cause}",
+            subject=provider_id,
+            provider=provider_id,
+            model=candidate.model,
+            error_kind=kind,
+            chunks_delivered=len(self._generated),
+            request_id=attempts.log_request_id,
+        )
+        raise StreamInterruptedError(
+            f"the stream from {provider_id} broke after output was sent ({cause}); the answer is incomplete",
+            attempts=attempts.summaries(),
+        ) from None
+
+    async def _rejection(self, exc: ProviderRejection) -> ProviderRejectedError:
+        """Book a rejection of the request itself: the caller's fault, so the breaker is spared."""
+        gateway = self._gateway
+        gateway.breakers.get(self.candidate.provider_id).release()
+        latency = gateway.clock() - self.started
+        if self._generated:
+            usage, cost = self._billed()
+            self._finish(d.AttemptOutcome.REJECTED, exc.kind, latency, usage, cost)
+            await self._settle(usage, cost)
+        else:
+            self._finish(d.AttemptOutcome.REJECTED, exc.kind, latency, None, None)
+        return _rejected(exc)
+
+    def _cancelled(self) -> None:
+        """The call ended without an outcome (cancelled, closed early, or a bug): not the
+        provider's fault. Nothing here awaits: the task may be being cancelled."""
+        gateway = self._gateway
+        gateway.breakers.get(self.candidate.provider_id).release()
+        self._booked = True
+        if not self._generated:
+            gateway.observer.attempt_cancelled(self._scope)
+            return
+        usage, cost = self._billed()
+        gateway.observer.attempt_cancelled(self._scope, usage, cost)
+        ticket = self._attempts.ticket
+        if ticket is not None:
+            ticket.settle_soon(self.candidate.provider_id, self.candidate.model, usage, cost)
+
+
+def _failure_cause(exc: ProviderFailure | ProviderAuthError, address: str, timeout_s: float) -> str:
+    """A provider failure in a few words a caller may read: never the provider's own text."""
+    at = f" {address}" if address else ""
+    kind = exc.kind
+    if isinstance(exc, ProviderAuthError):
+        return f"credentials refused (HTTP {exc.status})"
+    if kind == "connect":
+        if exc.cause_type == REFUSED:
+            return f"connection refused by{at}" if at else "connection refused"
+        return f"could not connect to{at}" if at else "could not connect"
+    if kind == "timeout":
+        return f"no answer within {timeout_s:.3g} s"
+    if kind == "reset":
+        return "the connection broke"
+    if kind == "rate_limited":
+        wait = f", retry after {exc.retry_after_s:g} s" if exc.retry_after_s else ""
+        return f"rate limited (HTTP 429{wait})"
+    if kind == "model_not_found":
+        return "model not found (HTTP 404)"
+    if kind == "bad_response":
+        return "malformed answer"
+    if kind.startswith("http_"):
+        return f"HTTP {kind[5:]}"
+    return kind.replace("_", " ")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _causes(attempts: list[d.Attempt]) -> str:
+    """The attempts as `provider/model: cause` (repeats counted), at most ~400 characters."""
+    groups: list[tuple[str, int]] = []
+    for attempt in attempts:
+        cause = attempt.cause or _SKIP_CAUSES.get(attempt.error_kind, attempt.error_kind.replace("_", " "))
+        name = _clip(f"{attempt.provider_id}/{attempt.model}", _MAX_NAME_CHARS)
+        text = f"{name}: {_clip(cause, _MAX_NAME_CHARS)}"
+        if groups and groups[-1][0] == text:
+            groups[-1] = (text, groups[-1][1] + 1)
+        else:
+            groups.append((text, 1))
+    parts: list[str] = []
+    length = 0
+    for index, (text, count) in enumerate(groups):
+        part = text if count == 1 else f"{text} ({count} attempts)"
+        if parts and length + len(part) > _MAX_CAUSES_CHARS:
+            parts.append(f"and {len(groups) - index} more")
+            break
+        parts.append(part)
+        length += len(part) + 2
+    return "; ".join(parts) if parts else "no candidate was left to try"
 
 
 class Gateway:
@@ -220,6 +730,9 @@ class Gateway:
         observer: Observer | None = None,
         spend: SpendGuard | None = None,
         image_inliner: ImageInliner | None = None,
+        events: EventLog | None = None,
+        default_deadline_s: float | None = None,
+        provider_addresses: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
@@ -237,6 +750,9 @@ class Gateway:
         self.observer: Observer = observer or NullObserver()
         self.spend = spend
         self.image_inliner = image_inliner  # None: image URLs go to the provider as given
+        self.events = events or EventLog(__name__)
+        self.default_deadline_s = default_deadline_s  # for requests without a deadline; None: none
+        self.provider_addresses = provider_addresses or {}  # provider id -> host:port, for messages
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
@@ -301,156 +817,11 @@ class Gateway:
             return self.router.decide(task, prefs, 0, max_tokens or self.default_max_tokens, False)
         return self.decide_chat(request)
 
-    # --------------------------------------------------------------- attempts
-
-    def _plan(self, decision: d.RoutingDecision, prefs: d.RoutingPreferences) -> list[d.Candidate]:
-        """The calls to make, in order: each candidate once, then again while attempts remain."""
-        candidates = list(decision.candidates[:1] if prefs.disable_fallback else decision.candidates)
-        plan: list[d.Candidate] = []
-        while len(plan) < self.retry.max_attempts and candidates:
-            plan.extend(candidates[: self.retry.max_attempts - len(plan)])
-            if prefs.disable_fallback:
-                break
-        return plan
-
-    async def _before_call(self, call: _Call, candidate: d.Candidate, deadline: Deadline) -> float | None:
-        """Admit a call: returns its timeout, or None when the candidate is skipped."""
-        if self.registry.disabled_reason(candidate.provider_id) is not None:
-            call.attempts.append(_skip(candidate, "provider_disabled"))
-            return None
-        if call.calls > 0:
-            delay = min(self.retry.backoff_max_s, self.retry.backoff_base_s * 2 ** (call.calls - 1))
-            delay *= 0.5 + self.rng.random()  # full jitter spreads retries of many callers apart
-            remaining = deadline.remaining()
-            if remaining is not None:
-                delay = min(delay, max(remaining - 0.001, 0.0))
-            if delay > 0:
-                await self.sleep(delay)
-        remaining = deadline.remaining()
-        if remaining is not None and remaining <= 0:
-            raise DeadlineExceededError("deadline exceeded before a provider answered")
-        breaker = self.breakers.get(candidate.provider_id)
-        if not breaker.try_acquire():
-            call.attempts.append(_skip(candidate, "breaker_open"))
-            return None
-        if call.ticket is not None:
-            try:
-                await call.ticket.reserve(candidate)
-            except (BudgetExhaustedError, NoRouteError) as refusal:
-                breaker.release()
-                call.attempts.append(_skip(candidate, "budget"))
-                call.refusal = call.refusal or refusal
-                return None
-            except BaseException:
-                breaker.release()  # a half-open probe permit must not leak with the error
-                raise
-        provider_timeout = self.provider_timeouts[candidate.provider_id]
-        if call.previous_provider is not None and call.previous_provider != candidate.provider_id:
-            self.observer.fallback(call.decision.task, call.previous_provider, candidate.provider_id)
-        call.previous_provider = candidate.provider_id
-        call.calls += 1
-        return provider_timeout if remaining is None else min(provider_timeout, remaining)
-
-    def _on_failure(
-        self,
-        call: _Call,
-        candidate: d.Candidate,
-        exc: ProviderFailure | ProviderAuthError,
-        started: float,
-        timeout_s: float,
-        deadline: Deadline,
-        operation: str,
-        scope: Any = None,
-    ) -> None:
-        """Record a failed attempt; raise when the failure ends the request."""
-        latency = self.clock() - started
-        breaker = self.breakers.get(candidate.provider_id)
-        if isinstance(exc, ProviderAuthError):
-            breaker.release()
-            self.registry.disable_provider(
-                candidate.provider_id, f"provider answered HTTP {exc.status}: check its api_key"
-            )
-            kind = "auth"
-        else:
-            kind = exc.kind
-            caller_deadline_hit = (
-                kind == "timeout"
-                and deadline.at is not None
-                and timeout_s < self.provider_timeouts[candidate.provider_id]
-            )
-            if caller_deadline_hit:
-                # We cut the call short for the caller; the provider was not necessarily slow.
-                breaker.release()
-            else:
-                breaker.record_failure(kind, exc.retry_after_s)
-            if exc.retry_after_s is not None:
-                call.retry_after_s = max(call.retry_after_s or 0.0, exc.retry_after_s)
-        attempt = d.Attempt(candidate.provider_id, candidate.model, d.AttemptOutcome.FAILED, kind, latency)
-        call.attempts.append(attempt)
-        self.observer.attempt_finished(
-            operation, self.registry.by_key(candidate.key), attempt, None, None, scope=scope
-        )
-        remaining = deadline.remaining()
-        if remaining is not None and remaining <= 0:
-            raise DeadlineExceededError("deadline exceeded before a provider answered")
-
-    def _on_rejection(
-        self,
-        call: _Call,
-        candidate: d.Candidate,
-        exc: ProviderRejection,
-        started: float,
-        operation: str,
-        scope: Any = None,
-    ) -> ProviderRejectedError:
-        self.breakers.get(candidate.provider_id).release()
-        attempt = d.Attempt(
-            candidate.provider_id,
-            candidate.model,
-            d.AttemptOutcome.REJECTED,
-            exc.kind,
-            self.clock() - started,
-        )
-        call.attempts.append(attempt)
-        self.observer.attempt_finished(
-            operation, self.registry.by_key(candidate.key), attempt, None, None, scope=scope
-        )
-        return _rejected(exc)
-
-    def _exhausted(self, call: _Call) -> GatewayError:
-        if call.refusal is not None and call.calls == 0:
-            # No provider was called: the budget, not the providers, is why the request failed.
-            return call.refusal
-        summaries = [AttemptSummary(a.provider_id, a.model, a.error_kind) for a in call.attempts]
-        retry_after = call.retry_after_s
-        open_ids = [a.provider_id for a in call.attempts if a.error_kind == "breaker_open"]
-        if open_ids:
-            wait = self.breakers.seconds_until_available(open_ids)
-            retry_after = wait if retry_after is None else min(retry_after, wait)
-        tried = sum(1 for a in call.attempts if a.outcome is d.AttemptOutcome.FAILED)
-        return UnavailableError(
-            f"no provider could serve the request ({tried} failed attempts, "
-            f"{len(call.attempts) - tried} candidates skipped)",
-            retry_after_s=retry_after if retry_after is not None else 1.0,
-            attempts=summaries,
-        )
-
-    async def _open_call(
-        self,
-        decision: d.RoutingDecision,
-        request_id: str,
-        operation: str,
-        caller: str | None,
-        metadata: Mapping[str, str],
-    ) -> _Call:
-        """Start a request's book-keeping; raises RateLimitedError before any provider call."""
-        call = _Call(decision, request_id=request_id or uuid.uuid4().hex)
-        if self.spend is not None:
-            tokens = decision.estimated_input_tokens + decision.estimated_output_tokens
-            call.ticket = await self.spend.open(
-                resolve_identity(caller, metadata), operation, call.request_id, tokens
-            )
-        return call
+    def _or_default(self, deadline: Deadline) -> Deadline:
+        """The request's deadline, or the router's default when it brought none."""
+        if deadline.at is not None or self.default_deadline_s is None:
+            return deadline
+        return Deadline(self.clock() + self.default_deadline_s, self.clock, self.default_deadline_s)
 
     def _usage(
         self, entry: Any, reported: d.Usage | None, decision: d.RoutingDecision, output_text: str
@@ -460,45 +831,6 @@ class Gateway:
         output_tokens = self.estimator.count_text(output_text) if output_text else 0
         return d.Usage(decision.estimated_input_tokens, output_tokens, counted_locally=True)
 
-    async def _succeed(
-        self,
-        call: _Call,
-        candidate: d.Candidate,
-        entry: Any,
-        started: float,
-        scope: Any,
-        operation: str,
-        usage: d.Usage,
-        response_model: str = "",
-        output_text: str = "",
-        error_kind: str = "",
-        output_tool_calls: tuple[d.ToolCall, ...] = (),
-        output_reasoning: str = "",
-    ) -> d.Cost:
-        """Book a successful attempt: breaker, upstream time, real cost, spend, attempt list, observer.
-
-        With `error_kind` the provider answered well but the answer is refused (it does not
-        conform): the attempt is paid for and healthy for the breaker, yet listed as failed.
-        """
-        latency = self.clock() - started
-        self.breakers.get(candidate.provider_id).record_success(latency)
-        self.observer.upstream_time(latency, scope)
-        cost = self.prices.real_cost(entry, usage)
-        await call.settle(candidate, usage, cost)
-        outcome = d.AttemptOutcome.FAILED if error_kind else d.AttemptOutcome.SUCCEEDED
-        attempt = d.Attempt(candidate.provider_id, candidate.model, outcome, error_kind, latency)
-        call.attempts.append(attempt)
-        extra: dict[str, Any] = {}
-        if operation == "chat":
-            extra = {
-                "response_model": response_model,
-                "output_text": output_text,
-                "output_tool_calls": output_tool_calls,
-                "output_reasoning": output_reasoning,
-            }
-        self.observer.attempt_finished(operation, entry, attempt, usage, cost, scope=scope, **extra)
-        return cost
-
     # ------------------------------------------------------------------- chat
 
     async def chat(
@@ -507,73 +839,43 @@ class Gateway:
         """`caller` is the API key id when auth is on (None: `metadata["tenant"]` or anonymous)."""
         request = await self._inline_images(request)
         decision = self.decide_chat(request)
-        call = await self._open_call(decision, request.request_id, "chat", caller, request.metadata)
+        attempts = await Attempts.open(self, decision, "chat", request, self._or_default(deadline), caller)
         try:
-            return await self._chat(request, deadline, call)
+            return await self._chat(request, attempts)
         finally:
-            await call.close()
+            await attempts.close()
 
-    async def _chat(self, request: d.ChatRequest, deadline: Deadline, call: _Call) -> d.ChatResult:
+    async def _chat(self, request: d.ChatRequest, attempts: Attempts) -> d.ChatResult:
         max_tokens = request.generation.max_tokens or self.default_max_tokens
-
-        planned = len(self._plan(call.decision, request.routing))
         retry_nonconforming = request.routing.fallback_on_nonconforming and request.response_format.wants_json
-        nonconforming: list[d.ChatResult] = []  # answers booked as failed, the last one kept
-
-        async def ask(provider: ProviderClient, entry: Any, timeout_s: float) -> Any:
-            return await provider.chat(entry.model, entry.litellm_model, request, max_tokens, timeout_s)
-
-        async def ask_conforming(provider: ProviderClient, entry: Any, timeout_s: float) -> Any:
-            reply = await ask(provider, entry, timeout_s)
-            conformance = check_conformance(request.response_format, reply.text)
-            if conformance is None or conformance.conforms or call.calls >= planned:
-                return reply
-
-            async def book(candidate: d.Candidate, entry: Any, started: float, scope: Any) -> None:
-                # The wrong answer was generated and billed: it is paid for like any other.
-                usage = self._usage(entry, reply.usage, call.decision, _generated_text(reply))
-                cost = await self._succeed(
-                    call,
-                    candidate,
-                    entry,
-                    started,
-                    scope,
-                    "chat",
+        nonconforming: d.ChatResult | None = None  # the last answer refused for its format
+        async for attempt in attempts:
+            async with attempt:
+                entry = attempt.entry
+                reply = await attempt.provider.chat(
+                    entry.model, entry.litellm_model, request, max_tokens, attempt.timeout_s
+                )
+                usage = self._usage(entry, reply.usage, attempts.decision, _generated_text(reply))
+                conformance = check_conformance(request.response_format, reply.text)
+                refused = retry_nonconforming and conformance is not None and not conformance.conforms
+                # The wrong answer was generated and billed: it is paid for like any other, booked
+                # as failed, and the next candidate asked (the last planned call's answer stands).
+                error_kind = "nonconforming" if refused and attempts.calls_left() else ""
+                cost = await attempt.succeed(
                     usage,
                     reply.response_model,
                     reply.text,
-                    error_kind="nonconforming",
+                    error_kind=error_kind,
                     output_tool_calls=reply.tool_calls,
                     output_reasoning=reply.reasoning,
                 )
-                nonconforming[:] = [_chat_result(call, reply, usage, cost, conformance)]
-
-            raise _NextCandidate(book)
-
-        try:
-            answer = await self._first_answer(
-                call, request, deadline, "chat", ask_conforming if retry_nonconforming else ask
-            )
-        except UnavailableError:
-            if nonconforming:  # the candidates after a wrong answer were skipped: it is the best there is
-                return nonconforming[-1]
-            raise
-        reply = answer.reply
-        usage = self._usage(answer.entry, reply.usage, call.decision, _generated_text(reply))
-        cost = await self._succeed(
-            call,
-            answer.candidate,
-            answer.entry,
-            answer.started,
-            answer.scope,
-            "chat",
-            usage,
-            reply.response_model,
-            reply.text,
-            output_tool_calls=reply.tool_calls,
-            output_reasoning=reply.reasoning,
-        )
-        return _chat_result(call, reply, usage, cost, check_conformance(request.response_format, reply.text))
+                result = _chat_result(attempts, reply, usage, cost, conformance)
+                if not error_kind:
+                    return result
+                nonconforming = result
+        if nonconforming is not None:  # the candidates after a wrong answer failed: it is the best there is
+            return nonconforming
+        raise attempts.exhausted()
 
     async def stream_chat(
         self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
@@ -583,138 +885,64 @@ class Gateway:
         Fallback only while nothing was yielded."""
         request = await self._inline_images(request)
         decision = self.decide_chat(request)
-        call = await self._open_call(decision, request.request_id, "chat", caller, request.metadata)
-        events = self._stream_chat(request, deadline, call)
+        attempts = await Attempts.open(self, decision, "chat", request, self._or_default(deadline), caller)
+        events = self._stream_chat(request, attempts)
         try:
             async for event in events:
                 yield event
         finally:
             await events.aclose()  # closes the upstream stream now, not when collected
-            await call.close()
+            await attempts.close()
 
     async def _stream_chat(
-        self, request: d.ChatRequest, deadline: Deadline, call: _Call
+        self, request: d.ChatRequest, attempts: Attempts
     ) -> AsyncGenerator[d.StreamOutput | d.ChatResult, None]:
-        decision = call.decision
-        request_id = call.request_id
+        decision = attempts.decision
         max_tokens = request.generation.max_tokens or self.default_max_tokens
-        for candidate in self._plan(decision, request.routing):
-            timeout_s = await self._before_call(call, candidate, deadline)
-            if timeout_s is None:
-                continue
-            entry = self.registry.by_key(candidate.key)
-            provider = self.providers[candidate.provider_id]
-            started = self.clock()
-            sent: list[str] = []  # the text that reached the caller
-            generated: list[str] = []  # all output that reached the caller (text, arguments, reasoning)
-            reasoning: list[str] = []
-            end: StreamEnd | None = None
-            scope = self.observer.attempt_started("chat", entry, request)
-            stream = provider.stream_chat(entry.model, entry.litellm_model, request, max_tokens, timeout_s)
-            try:
-                async for event in stream:
-                    if isinstance(event, StreamEnd):
-                        end = event
-                        continue
-                    output = _stream_output(event)
-                    if output is None:
-                        continue
-                    if not generated:
-                        self.observer.first_token(entry, self.clock() - started, scope)
-                    if isinstance(output, str):
-                        sent.append(output)
-                        generated.append(output)
-                    elif isinstance(output, d.ToolCallDelta):
-                        generated.append(output.arguments)
-                    else:
-                        reasoning.append(output.text)
-                        generated.append(output.text)
-                    yield output
-            except (ProviderFailure, ProviderAuthError) as exc:
-                if generated:
-                    kind = getattr(exc, "kind", "auth")
-                    self.breakers.get(candidate.provider_id).record_failure(
-                        kind, getattr(exc, "retry_after_s", None)
-                    )
-                    # The tokens that reached the caller were generated and billed: count them.
-                    usage = self._usage(entry, None, decision, "".join(generated))
-                    cost = self.prices.real_cost(entry, usage)
-                    self.observer.upstream_time(self.clock() - started, scope)
-                    self.observer.attempt_finished(
-                        "chat",
-                        entry,
-                        d.Attempt(
-                            candidate.provider_id,
-                            candidate.model,
-                            d.AttemptOutcome.FAILED,
-                            kind,
-                            self.clock() - started,
-                        ),
-                        usage,
-                        cost,
-                        scope=scope,
-                    )
-                    await call.settle(candidate, usage, cost)
-                    raise StreamInterruptedError(
-                        f"the stream from {candidate.provider_id} broke after output was sent; "
-                        "the answer is incomplete",
-                        attempts=[
-                            AttemptSummary(
-                                candidate.provider_id, candidate.model, getattr(exc, "kind", "auth")
-                            )
-                        ],
-                    ) from None
-                self._on_failure(call, candidate, exc, started, timeout_s, deadline, "chat", scope)
-                continue
-            except ProviderRejection as exc:
-                raise self._on_rejection(call, candidate, exc, started, "chat", scope) from None
-            except BaseException:
-                # Cancelled by the caller (or the server shutting down): not the provider's fault.
-                self.breakers.get(candidate.provider_id).release()
-                if generated:
-                    # Output was generated and billed: it counts in the metrics and the ledger.
-                    billed_usage = self._usage(entry, None, decision, "".join(generated))
-                    billed_cost = self.prices.real_cost(entry, billed_usage)
-                    self.observer.attempt_cancelled(scope, billed_usage, billed_cost)
-                    if call.ticket is not None:  # settled without awaiting: this task is being cancelled
-                        call.ticket.settle_soon(
-                            candidate.provider_id, candidate.model, billed_usage, billed_cost
-                        )
-                else:
-                    self.observer.attempt_cancelled(scope)
-                raise
-            finally:
-                await _aclose(stream)
-            text = "".join(sent)
-            usage = self._usage(entry, end.usage if end else None, decision, "".join(generated))
-            response_model = end.response_model if end else ""
-            cost = await self._succeed(
-                call,
-                candidate,
-                entry,
-                started,
-                scope,
-                "chat",
-                usage,
-                response_model,
-                text,
-                output_tool_calls=end.tool_calls if end else (),
-                output_reasoning="".join(reasoning),
-            )
-            yield d.ChatResult(
-                request_id=request_id,
-                text=text,
-                finish_reason=end.finish_reason if end else d.FinishReason.UNSPECIFIED,
-                usage=usage,
-                cost=cost,
-                decision=decision,
-                attempts=call.attempts,
-                response_model=response_model,
-                tool_calls=end.tool_calls if end else (),
-                conformance=check_conformance(request.response_format, text),
-            )
-            return
-        raise self._exhausted(call)
+        async for attempt in attempts:
+            async with attempt:
+                entry = attempt.entry
+                end: StreamEnd | None = None
+                stream = attempt.provider.stream_chat(
+                    entry.model, entry.litellm_model, request, max_tokens, attempt.timeout_s
+                )
+                try:
+                    async for event in stream:
+                        if isinstance(event, StreamEnd):
+                            end = event
+                            continue
+                        output = _stream_output(event)
+                        if output is None:
+                            continue
+                        attempt.delivered(output)
+                        yield output
+                finally:
+                    await _aclose(stream)
+                text = attempt.text
+                usage = self._usage(entry, end.usage if end else None, decision, attempt.generated)
+                response_model = end.response_model if end else ""
+                tool_calls = end.tool_calls if end else ()
+                cost = await attempt.succeed(
+                    usage,
+                    response_model,
+                    text,
+                    output_tool_calls=tool_calls,
+                    output_reasoning=attempt.reasoning,
+                )
+                yield d.ChatResult(
+                    request_id=attempts.request_id,
+                    text=text,
+                    finish_reason=end.finish_reason if end else d.FinishReason.UNSPECIFIED,
+                    usage=usage,
+                    cost=cost,
+                    decision=decision,
+                    attempts=attempts.attempts,
+                    response_model=response_model,
+                    tool_calls=tool_calls,
+                    conformance=check_conformance(request.response_format, text),
+                )
+                return
+        raise attempts.exhausted()
 
     # ------------------------------------------------------------------ embed
 
@@ -722,86 +950,37 @@ class Gateway:
         self, request: d.EmbedRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
     ) -> d.EmbedResult:
         decision = self.decide_embed(request)
-        call = await self._open_call(decision, request.request_id, "embeddings", caller, request.metadata)
+        attempts = await Attempts.open(
+            self, decision, "embeddings", request, self._or_default(deadline), caller
+        )
         try:
-            return await self._embed(request, deadline, call)
+            return await self._embed(request, attempts)
         finally:
-            await call.close()
+            await attempts.close()
 
-    async def _embed(self, request: d.EmbedRequest, deadline: Deadline, call: _Call) -> d.EmbedResult:
-        async def ask(provider: ProviderClient, entry: Any, timeout_s: float) -> Any:
-            reply = await provider.embed(entry.model, entry.litellm_model, request.inputs, timeout_s)
-            # Vectors of the wrong shape are the provider's failure, like any other bad answer.
-            return reply, _check_vectors(reply.vectors, len(request.inputs))
-
-        answer = await self._first_answer(call, request, deadline, "embeddings", ask)
-        reply, dimension = answer.reply
-        usage = reply.usage
-        if usage is None or not usage.input_tokens:
-            usage = d.Usage(call.decision.estimated_input_tokens, 0, counted_locally=True)
-        cost = await self._succeed(
-            call, answer.candidate, answer.entry, answer.started, answer.scope, "embeddings", usage
-        )
-        return d.EmbedResult(
-            request_id=call.request_id,
-            vectors=reply.vectors,
-            dimension=dimension,
-            usage=usage,
-            cost=cost,
-            decision=call.decision,
-            attempts=call.attempts,
-        )
-
-    # ------------------------------------------------------------------ the attempt loop
-
-    async def _first_answer(
-        self,
-        call: _Call,
-        request: d.ChatRequest | d.EmbedRequest,
-        deadline: Deadline,
-        operation: str,
-        ask: Callable[[ProviderClient, Any, float], Awaitable[Any]],
-    ) -> _Answer:
-        """Ask each planned candidate in turn (`ask(provider, entry, timeout_s)`) until one answers.
-
-        A provider failure is booked and the next candidate tried; a rejection of the request
-        itself ends the call at once; a cancellation releases the breaker's probe slot. The
-        caller books the success (`_succeed`), so its own accounting stays outside this loop.
-        Streams have their own loop: they may fall back only before their first chunk.
-        """
-        for candidate in self._plan(call.decision, request.routing):
-            timeout_s = await self._before_call(call, candidate, deadline)
-            if timeout_s is None:
-                continue
-            entry = self.registry.by_key(candidate.key)
-            provider = self.providers[candidate.provider_id]
-            started = self.clock()
-            scope = self.observer.attempt_started(operation, entry, request)
-            try:
-                reply = await ask(provider, entry, timeout_s)
-            except (ProviderFailure, ProviderAuthError) as exc:
-                self._on_failure(call, candidate, exc, started, timeout_s, deadline, operation, scope)
-                continue
-            except ProviderRejection as exc:
-                raise self._on_rejection(call, candidate, exc, started, operation, scope) from None
-            except _NextCandidate as answered:
-                await answered.book(candidate, entry, started, scope)
-                continue
-            except BaseException:
-                self.breakers.get(candidate.provider_id).release()
-                self.observer.attempt_cancelled(scope)
-                raise
-            return _Answer(candidate, entry, started, scope, reply)
-        raise self._exhausted(call)
-
-
-class _NextCandidate(Exception):
-    """An answer the caller's options reject (non-conforming JSON): `book` pays for it, then the
-    attempt loop moves on to the next candidate."""
-
-    def __init__(self, book: Callable[[d.Candidate, Any, float, Any], Awaitable[None]]) -> None:
-        super().__init__("answer rejected by the request's options")
-        self.book = book
+    async def _embed(self, request: d.EmbedRequest, attempts: Attempts) -> d.EmbedResult:
+        async for attempt in attempts:
+            async with attempt:
+                entry = attempt.entry
+                reply = await attempt.provider.embed(
+                    entry.model, entry.litellm_model, request.inputs, attempt.timeout_s
+                )
+                # Vectors of the wrong shape are the provider's failure, like any other bad answer.
+                dimension = _check_vectors(reply.vectors, len(request.inputs))
+                usage = reply.usage
+                if usage is None or not usage.input_tokens:
+                    usage = d.Usage(attempts.decision.estimated_input_tokens, 0, counted_locally=True)
+                cost = await attempt.succeed(usage)
+                return d.EmbedResult(
+                    request_id=attempts.request_id,
+                    vectors=reply.vectors,
+                    dimension=dimension,
+                    usage=usage,
+                    cost=cost,
+                    decision=attempts.decision,
+                    attempts=attempts.attempts,
+                )
+        raise attempts.exhausted()
 
 
 def _stream_output(event: Any) -> d.StreamOutput | None:
@@ -821,32 +1000,21 @@ def _generated_text(reply: Any) -> str:
 
 
 def _chat_result(
-    call: _Call, reply: Any, usage: d.Usage, cost: d.Cost, conformance: d.Conformance | None
+    attempts: Attempts, reply: Any, usage: d.Usage, cost: d.Cost, conformance: d.Conformance | None
 ) -> d.ChatResult:
     return d.ChatResult(
-        request_id=call.request_id,
+        request_id=attempts.request_id,
         text=reply.text,
         finish_reason=reply.finish_reason,
         usage=usage,
         cost=cost,
-        decision=call.decision,
-        attempts=call.attempts,
+        decision=attempts.decision,
+        attempts=attempts.attempts,
         response_model=reply.response_model,
         tool_calls=reply.tool_calls,
         reasoning=reply.reasoning,
         conformance=conformance,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """The attempt that answered, for the caller to book."""
-
-    candidate: d.Candidate
-    entry: Any
-    started: float
-    scope: Any
-    reply: Any
 
 
 def _too_long_or(exc: NoRouteError, field_path: str) -> GatewayError:

@@ -13,8 +13,9 @@ Spans (children of the RPC's SERVER span, which `sekha_runtime.server.tracing` s
 
 Metrics: gen_ai.client.token.usage and gen_ai.client.operation.duration per attempt, cost by
 provider/model (known prices only), time to first token, fallbacks, breaker state (observable
-gauge) and transitions, and the router's overhead: an RPC's time minus the time its attempts
-spent waiting for providers (accumulated in the RPC's `RpcScope`).
+gauge) and transitions, the state backend's health (observable gauge: 0 while a shared backend
+is down and the router serves on local state), and the router's overhead: an RPC's time minus
+the time its attempts spent waiting for providers (accumulated in the RPC's `RpcScope`).
 
 Cost: with tracing off no span is built and no attribute dict is made per call; attribute dicts
 for metrics are cached per (operation, provider, model, response model, error). Prompts and
@@ -240,6 +241,7 @@ class RouterObserver:
         self._providers: dict[str, ProviderConfig] = {}
         self._addresses: dict[str, tuple[str | None, int | None]] = {}
         self._breakers: Breakers | None = None
+        self._state: Any = None  # events.StateBackendHealth
         self._models: dict[tuple[str, str, str], _Model] = {}
         self._attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._overhead_attributes = {rpc: {"rpc": rpc} for rpc in _ROUTED_RPCS}
@@ -248,6 +250,13 @@ class RouterObserver:
             callbacks=[self._observe_breakers],
             unit="{state}",
             description="Circuit breaker state per provider: 0 closed, 1 half-open, 2 open",
+        )
+        telemetry.meter.create_observable_gauge(
+            "sekha.router.state_backend.healthy",
+            callbacks=[self._observe_state],
+            unit="",
+            description="1 while the state backend answers; 0 while a shared one (Redis) is down and "
+            "budgets, rate limits and breakers are served on this replica's local state",
         )
 
     def bind(self, config: RouterConfig, breakers: Breakers) -> None:
@@ -258,6 +267,16 @@ class RouterObserver:
         self._attributes = {}
         self._breakers = breakers
         breakers.add_listener(self.breaker_transition)
+
+    def watch_state(self, state: Any) -> None:
+        """Report the health of this state backend (an `events.StateBackendHealth`)."""
+        self._state = state
+
+    def _observe_state(self, options: CallbackOptions) -> Iterable[Observation]:
+        state = self._state
+        if state is None:
+            return []
+        return [Observation(1 if state.healthy else 0, {"backend": state.backend})]
 
     # -- per-model constants ----------------------------------------------------------------
 

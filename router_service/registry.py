@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -208,8 +208,10 @@ class Registry:
         self._disabled: dict[str, str] = {
             p.id: "disabled in the configuration" for p in config.providers if not p.enabled
         }
+        self._config_disabled = frozenset(self._disabled)
         # Routing reads this mapping directly on its hot path; it changes only through the methods below.
         self.disabled: Mapping[str, str] = MappingProxyType(self._disabled)
+        self._listeners: list[Callable[[str, str | None], None]] = []
 
     @classmethod
     def from_config(cls, config: RouterConfig, model_info: ModelInfoSource | None = None) -> Registry:
@@ -242,14 +244,44 @@ class Registry:
 
     # -- run-time disabling -----------------------------------------------------------------
 
-    def disable_provider(self, provider_id: str, reason: str) -> None:
-        """Stop routing to the provider (e.g. its key was rejected); `reason` may be shown to callers."""
-        self._require_provider(provider_id)
-        self._disabled[provider_id] = reason
+    def disable_provider(self, provider_id: str, reason: str) -> bool:
+        """Stop routing to the provider (its key was rejected); `reason` may be shown to callers.
 
-    def enable_provider(self, provider_id: str) -> None:
+        True when it was enabled until now; listeners hear of it (the probes re-check it)."""
         self._require_provider(provider_id)
-        self._disabled.pop(provider_id, None)
+        if provider_id in self._config_disabled:
+            return False
+        newly = provider_id not in self._disabled
+        self._disabled[provider_id] = reason
+        if newly:
+            self._tell(provider_id, reason)
+        return newly
+
+    def enable_provider(self, provider_id: str) -> bool:
+        """Route to a provider disabled while running again; True when it was disabled until now.
+        (One disabled in the configuration stays disabled: only a reload changes that.)"""
+        self._require_provider(provider_id)
+        if provider_id in self._config_disabled or self._disabled.pop(provider_id, None) is None:
+            return False
+        self._tell(provider_id, None)
+        return True
+
+    def add_listener(self, listener: Callable[[str, str | None], None]) -> None:
+        """Call `listener(provider_id, reason)` when a provider is disabled at run time, and
+        `listener(provider_id, None)` when it is enabled again."""
+        self._listeners.append(listener)
+
+    def _tell(self, provider_id: str, reason: str | None) -> None:
+        for listener in self._listeners:
+            listener(provider_id, reason)
+
+    def is_runtime_disabled(self, provider_id: str) -> bool:
+        """Disabled while running (a 401/403), not by the configuration."""
+        return provider_id in self._disabled and provider_id not in self._config_disabled
+
+    def runtime_disabled(self) -> dict[str, str]:
+        """The providers disabled while running, with their reasons."""
+        return {p: r for p, r in self._disabled.items() if p not in self._config_disabled}
 
     def disabled_reason(self, provider_id: str) -> str | None:
         return self._disabled.get(provider_id)

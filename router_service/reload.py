@@ -10,8 +10,9 @@ A reload is refused, and the running configuration keeps serving, when the new f
 validate, when building from it fails, or when it changes what only a restart can apply: the
 `server` section (address, TLS, limits of the listener), the `state` backend, or whether auth
 is enabled. API keys themselves are swapped, so keys rotate with a SIGHUP. A provider whose
-config the new file leaves unchanged keeps its breaker (an open one stays open); a changed or
-new provider starts with a closed one.
+config the new file leaves unchanged keeps its breaker (an open one stays open) and, when a
+401/403 disabled it, stays disabled and is re-checked by a probe at once; a changed or new
+provider starts with a closed breaker, enabled (a changed key is the usual fix for a 401).
 """
 
 from __future__ import annotations
@@ -139,19 +140,19 @@ class ConfigReloader(Reloader[RouterConfig, tuple["RouterCore", bool]]):
         shared_embedder = old.local_embedder
         deps = dataclasses.replace(self._deps, local_embedder=shared_embedder or self._deps.local_embedder)
         try:
-            core = await build_core(config, deps, self._app.store)
+            core = await build_core(config, deps, self._app.store, self._app.state_health)
         except Exception as exc:
             rebind = getattr(self._deps.observer, "bind", None)
             if rebind is not None:  # the metrics observer may already point at the discarded core
                 rebind(old.config, old.breakers)
             return self._refuse(f"building the new configuration failed ({type(exc).__name__})")
+        old_providers = {p.id: p for p in old.config.providers}
+        unchanged = [p.id for p in config.providers if old_providers.get(p.id) == p]
         if isinstance(core.breakers, BreakerRegistry) and isinstance(old.breakers, BreakerRegistry):
             # A reload during an outage must not send traffic to the dead provider again: providers
             # the new file leaves as they were keep their breakers. (Shared breakers live in Redis.)
-            old_providers = {p.id: p for p in old.config.providers}
-            core.breakers.inherit(
-                old.breakers, [p.id for p in config.providers if old_providers.get(p.id) == p]
-            )
+            core.breakers.inherit(old.breakers, unchanged)
+        self._carry_disabled(old, core, unchanged)
         old_gateway = self._servicer.gateway
         # The swap: no await from here to the end of the block, so a new request sees either the
         # old core or the new one, whole.
@@ -179,8 +180,28 @@ class ConfigReloader(Reloader[RouterConfig, tuple["RouterCore", bool]]):
             self.generation,
             len(config.providers),
             len(core.registry.entries),
+            extra={
+                "event": "config_reloaded",
+                "generation": self.generation,
+                "providers": len(config.providers),
+                "models": len(core.registry.entries),
+            },
         )
         return True
+
+    def _carry_disabled(self, old: RouterCore, core: RouterCore, unchanged: list[str]) -> None:
+        """Providers a 401/403 disabled stay disabled when their config is unchanged, and are
+        re-checked at once; a changed one (a new key, say) starts enabled."""
+        for provider_id, reason in old.registry.runtime_disabled().items():
+            if provider_id in unchanged:
+                core.registry.disable_provider(provider_id, reason.split("; re-checked")[0])
+                core.probes.recheck_now(provider_id)
+            elif core.registry.providers.get(provider_id) is not None:
+                log.info(
+                    "provider %s enabled again: its configuration changed",
+                    provider_id,
+                    extra={"event": "provider_reenabled", "provider": provider_id, "via": "reload"},
+                )
 
     async def _retire(self, old: RouterCore, gateway: TrackedGateway, keep_embedder: bool) -> None:
         """Close the old core once the requests that started on it have ended."""

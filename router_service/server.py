@@ -18,15 +18,16 @@ import grpc
 from router_service.breaker import BreakerRegistry
 from router_service.catalog import Catalog
 from router_service.config import ProviderConfig, RouterConfig
+from router_service.events import StateBackendHealth, log_breaker_transitions
 from router_service.gateway import Gateway, Observer, RetryPolicy
 from router_service.http.app import HttpDoor
 from router_service.image_fetch import ImageFetcher, image_inliner_for
 from router_service.limits import Limits
 from router_service.observability import RouterObserver, inject_trace_headers
 from router_service.pricing import PriceTable
-from router_service.probes import ProbeScheduler
+from router_service.probes import ProbeScheduler, RecheckBackoff
 from router_service.providers.base import ProviderClient, ProviderSpec
-from router_service.providers.factory import make_provider
+from router_service.providers.factory import make_provider, provider_address
 from router_service.providers.local import LocalEmbedder, LocalEmbeddingProvider
 from router_service.registry import ModelInfoSource, Registry
 from router_service.reload import ConfigReloader, TrackedGateway
@@ -39,6 +40,7 @@ from router_service.state import StateStore, open_store
 from router_service.tokens import TokenEstimator
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
+from sekha_runtime.events import EventLog
 from sekha_runtime.server.auth import ApiKeyAuthInterceptor, refuse_if_open
 from sekha_runtime.server.lifecycle import ServerOptions, ServingServer, options_from_config, start_server
 from sekha_runtime.server.tracing import TelemetryInterceptor
@@ -70,6 +72,9 @@ class RouterDeps:
     # Load the in-process embedding model before the server listens (`serve` does): the first
     # embedding would otherwise pay the load, seconds, with every caller queued behind it.
     preload_local_model: bool = False
+    # Where operational events are logged (one per server, so its rate limits outlive a reload);
+    # None: build_server makes one from telemetry.event_log_window_s.
+    events: EventLog | None = None
 
 
 @dataclass
@@ -86,6 +91,7 @@ class RouterApp:
     reloader: ConfigReloader | None = None  # set by build_server; `await app.reloader.reload(path)`
     metrics_port: int | None = None  # the bound /metrics port when one is served
     http_port: int | None = None  # the bound OpenAI-compatible HTTP door's port when it is on
+    state_health: StateBackendHealth | None = None  # the state store's health (status, metrics)
 
     @property
     def port(self) -> int:
@@ -174,8 +180,11 @@ class RouterCore:
                 log.warning("error while closing a router component: %s", type(exc).__name__)
 
 
-async def build_core(config: RouterConfig, deps: RouterDeps, store: StateStore) -> RouterCore:
+async def build_core(
+    config: RouterConfig, deps: RouterDeps, store: StateStore, state_health: StateBackendHealth | None = None
+) -> RouterCore:
     """Build (but do not start) the parts `config` describes, on an open state store."""
+    events = deps.events or EventLog("router_service.events", config.telemetry.event_log_window_s)
     registry = Registry.from_config(config, deps.model_info)
     prices = PriceTable(registry)
     estimator = TokenEstimator()
@@ -191,6 +200,7 @@ async def build_core(config: RouterConfig, deps: RouterDeps, store: StateStore) 
         breakers = BreakerRegistry(
             {p.id: p.circuit_breaker or config.circuit_breaker for p in config.providers}, clock=deps.clock
         )
+    log_breaker_transitions(breakers, events)
     spend = SpendGuard(
         store,
         config.budgets,
@@ -250,14 +260,28 @@ async def build_core(config: RouterConfig, deps: RouterDeps, store: StateStore) 
             config.limits.image_fetch_timeout_s,
             deps.image_fetcher,
         ),
+        events=events,
+        default_deadline_s=config.retry.default_deadline_s,
+        provider_addresses={p.id: provider_address(provider_spec(p)) for p in config.providers},
     )
+    recheck = {
+        p.id: RecheckBackoff(
+            config.breaker_config_for(p.id).auth_recheck_initial_s,
+            config.breaker_config_for(p.id).auth_recheck_max_s,
+        )
+        for p in config.providers
+    }
     probes = ProbeScheduler(
         providers,
         {p.id: p.health_probe_interval_s for p in config.providers},
         timeouts,
         breakers,
         clock=deps.clock,
+        registry=registry,
+        recheck=recheck,
+        events=events,
     )
+    registry.add_listener(probes.provider_changed)
     return RouterCore(
         config=config,
         registry=registry,
@@ -267,7 +291,7 @@ async def build_core(config: RouterConfig, deps: RouterDeps, store: StateStore) 
         providers=providers,
         gateway=gateway,
         probes=probes,
-        catalog=Catalog(registry, prices, breakers, probes),
+        catalog=Catalog(registry, prices, breakers, probes, state_health),
     )
 
 
@@ -282,8 +306,15 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         deps = dataclasses.replace(deps, observer=observer)
         on_finish = observer.rpc_finished if isinstance(observer, RouterObserver) else None
         telemetry_interceptors = (TelemetryInterceptor(telemetry, on_finish=on_finish),)
+    if deps.events is None:
+        deps = dataclasses.replace(
+            deps, events=EventLog("router_service.events", config.telemetry.event_log_window_s)
+        )
     store = deps.state_store or await open_store(config.state, deps.wall_clock)
-    core = await build_core(config, deps, store)
+    state_health = StateBackendHealth(store, config.state.backend, deps.wall_clock)
+    if isinstance(deps.observer, RouterObserver):
+        deps.observer.watch_state(state_health)
+    core = await build_core(config, deps, store, state_health)
     if deps.preload_local_model:
         await _preload_local_model(core)
     servicer = RouterServicer(TrackedGateway(core.gateway), core.catalog)
@@ -309,6 +340,7 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         probes=core.probes,
         spend=core.spend,
         store=store,
+        state_health=state_health,
     )
     auth = _auth_of(options)
     app.reloader = ConfigReloader(app, servicer, core, deps, auth_interceptor=auth)
@@ -322,6 +354,13 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
     # the state store, which takes the breakers' and the ledger's final writes.
     if deps.state_store is None:
         serving.on_stop.append(store.close)
+    events = deps.events
+    assert events is not None  # set above
+
+    async def flush_events() -> None:  # the last windows' suppressed counts, once all else stopped
+        events.flush()
+
+    serving.on_stop.insert(0, flush_events)
     serving.on_stop.append(app.reloader.close)
     core.probes.start()
     return app

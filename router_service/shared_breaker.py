@@ -103,6 +103,7 @@ class SharedBreaker:
         self._last_interest = -math.inf
         self._visible = BreakerState.CLOSED
         self._listeners: list[BreakerListener] = []
+        self.transition_cause = ""  # why the last transition this replica saw happened
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -173,7 +174,7 @@ class SharedBreaker:
             return True
         if now < record.open_until:
             return False
-        self._notice(now)
+        self._notice(now, "the open period passed: probe calls are admitted")
         if self._local_mode():
             if self._local_probes >= self.config.half_open_max_probes:
                 return False
@@ -220,21 +221,23 @@ class SharedBreaker:
         elif self._local_probes > 0:
             self._local_probes -= 1
         self._pending.append(event)
-        self._set_record(apply_breaker_event(self._record, event, self.config), event.at)
+        record = apply_breaker_event(self._record, event, self.config)
+        self._set_record(record, event.at, _event_cause(self._record, record, event, self.config))
 
-    def _set_record(self, record: BreakerRecord, now: float) -> None:
+    def _set_record(self, record: BreakerRecord, now: float, cause: str) -> None:
         if record.state == "closed" or record.generation != self._record.generation:
             self._local_probes = 0
         self._record = record
-        self._notice(now)
+        self._notice(now, cause)
 
-    def _notice(self, now: float) -> None:
+    def _notice(self, now: float, cause: str) -> None:
         """Tell listeners when the state this replica sees changed."""
         new = self._visible_state(now)
         old = self._visible
         if new is old:
             return
         self._visible = new
+        self.transition_cause = cause
         for listener in self._listeners:
             try:
                 listener(self.name, old, new)
@@ -268,7 +271,7 @@ class SharedBreaker:
         for event in self._pending:  # outcomes recorded while the batch was on its way
             mirror = apply_breaker_event(mirror, event, self.config)
         now = self._wall_clock()
-        self._set_record(mirror, now)
+        self._set_record(mirror, now, "the state shared with the other replicas changed")
         if self._permit_gen != remote.generation:
             # Permits of an earlier open period admit nothing now; the store lets them expire.
             self._permits_ready = 0
@@ -417,3 +420,20 @@ class SharedBreakerRegistry:
                 await self.sync_once()
             except Exception as exc:
                 logger.error("breaker sync failed (%s)", type(exc).__name__)
+
+
+def _event_cause(
+    before: BreakerRecord, after: BreakerRecord, event: BreakerEvent, settings: BreakerConfig
+) -> str:
+    """Why one call outcome moved the breaker from `before` to `after` (for the event log)."""
+    if after.state == "closed":
+        return "a half-open probe call succeeded"
+    open_for = f"open for {after.open_until - event.at:.3g} s"
+    if before.state == "open":
+        return f"the half-open probe call failed ({event.kind}); {open_for}"
+    if after.consecutive_failures >= settings.failure_threshold:
+        return f"{after.consecutive_failures} failures in a row (the last: {event.kind}); {open_for}"
+    if event.retry_after_s:
+        return f"the provider asked to wait {event.retry_after_s:g} s ({event.kind}); {open_for}"
+    calls = len(after.window)
+    return f"{after.window_failures} of the last {calls} calls failed (the last: {event.kind}); {open_for}"

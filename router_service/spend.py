@@ -266,6 +266,7 @@ class SpendGuard:
                     f"{what} limit of {_scope_words(refused.scope)} reached",
                     scope=refused.scope,
                     retry_after_s=max(decision.retry_after_s, 0.001),
+                    limit=what.replace("-", "_"),
                 )
         token_limits = tuple(limit for limit in limits if limit.key.endswith(":tpm"))
         return SpendTicket(

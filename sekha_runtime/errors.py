@@ -91,10 +91,11 @@ class RateLimitedError(GatewayError):
 
     reason = "RATE_LIMITED"
 
-    def __init__(self, message: str, scope: str, retry_after_s: float) -> None:
+    def __init__(self, message: str, scope: str, retry_after_s: float, limit: str = "") -> None:
         super().__init__(message)
         self.scope = scope
         self.retry_after_s = retry_after_s
+        self.limit = limit  # which limit: requests_per_minute, tokens_per_minute
 
 
 class OverloadedError(GatewayError):

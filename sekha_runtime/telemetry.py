@@ -146,6 +146,12 @@ class TelemetryConfig(BaseModel):
         "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true)",
     )
     log_level: str = Field(default="INFO", description="root log level; $SEKHA_LOG_LEVEL wins")
+    event_log_window_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="operational events (provider failures, breaker transitions, ...): the first of "
+        "a kind per provider in this window is logged, the rest are counted in one summary line",
+    )
 
     @field_validator("otlp_endpoint", mode="before")
     @classmethod

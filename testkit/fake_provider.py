@@ -107,9 +107,11 @@ class Behaviour:
         finish_reason: the reported finish reason (OpenAI's names; the Anthropic endpoint
             translates ``stop`` / ``length`` / ``tool_calls`` to ``end_turn`` / ``max_tokens`` /
             ``tool_use`` and sends any other value as given).
-        stream_error_after_chunks: Anthropic streams only: after this many chunks send an
-            ``event: error`` (its type from ``error_body``, default ``overloaded_error``) and end
-            the stream cleanly, as Anthropic does when it is overloaded mid-answer.
+        stream_error_after_chunks: streams: after this many chunks send an error and end the
+            stream cleanly. Anthropic: an ``event: error`` (its type from ``error_body``, default
+            ``overloaded_error``), as Anthropic does when it is overloaded mid-answer; OpenAI:
+            a ``data:`` event holding ``error_body`` (default a 502 error object with a numeric
+            ``code``), as OpenRouter reports an upstream failure mid-stream.
         tool_calls: answer with these tool calls (the text then defaults to none, and a
             ``stop`` finish reason becomes ``tool_calls``). In a stream every argument fragment
             is one chunk, and so is each call's first piece (its id and name).
@@ -677,6 +679,13 @@ class FakeProvider:
             if deltas and not head:
                 deltas[0] = {"role": "assistant", **deltas[0]}
             pieces = [delta(content) for content in deltas]
+            if behaviour.stream_error_after_chunks is not None:
+                error = behaviour.error_body or {"error": {"code": 502, "message": "upstream failed"}}
+                pieces = pieces[: behaviour.stream_error_after_chunks]
+                error_event = b"data: " + json.dumps(error).encode() + b"\n\n"
+                return await self._stream(
+                    request, behaviour, record, "text/event-stream", pieces, [error_event], head
+                )
             tail = []
             if not behaviour.omit_finish:
                 tail.append(event([{"index": 0, "delta": {}, "finish_reason": finish_reason}]))

@@ -40,6 +40,9 @@ KIND_CONTEXT_LENGTH = "context_length"
 KIND_CONTENT_POLICY = "content_policy"
 KIND_UNSUPPORTED = "unsupported"
 KIND_AUTH = "auth"
+# The `cause_type` of a connect failure whose connection was actively refused (nothing listens
+# at the address): callers are told so, since it usually means the server is not started.
+REFUSED = "ConnectionRefusedError"
 
 _CONTEXT_LENGTH_MARKERS = (
     "context_length_exceeded",
@@ -302,7 +305,7 @@ def classify_transport_error(exc: BaseException) -> ProviderError:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError, aiohttp.ServerTimeoutError)):
         return ProviderFailure(KIND_TIMEOUT, cause_type=cause_type)
     if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError, aiohttp.InvalidURL)):
-        return ProviderFailure(KIND_CONNECT, cause_type=cause_type)
+        return ProviderFailure(KIND_CONNECT, cause_type=REFUSED if _refused(exc) else cause_type)
     if isinstance(
         exc,
         (
@@ -322,6 +325,18 @@ def classify_transport_error(exc: BaseException) -> ProviderError:
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return ProviderFailure(KIND_CONNECT, cause_type=cause_type)
     return ProviderFailure(KIND_BAD_RESPONSE, cause_type=cause_type)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the connection was actively refused (nothing listens there), anywhere in the chain."""
+    for link in _exception_chain(exc):
+        if isinstance(link, ConnectionRefusedError):
+            return True
+        if isinstance(link, aiohttp.ClientConnectorError) and isinstance(
+            link.os_error, ConnectionRefusedError
+        ):
+            return True
+    return False
 
 
 def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
@@ -424,9 +439,10 @@ def classify_litellm_error(exc: BaseException, now: Callable[[], float] = time.t
     # what really happened.
     kind = _network_kind(exc)
     if kind is not None:
-        return ProviderFailure(kind, None, None, cause_type)
+        refused = kind == KIND_CONNECT and _refused(exc)
+        return ProviderFailure(kind, None, None, REFUSED if refused else cause_type)
     if isinstance(exc, lx.APIConnectionError):
-        return ProviderFailure(KIND_CONNECT, None, None, cause_type)
+        return ProviderFailure(KIND_CONNECT, None, None, REFUSED if _refused(exc) else cause_type)
     if isinstance(exc, lx.APIResponseValidationError):
         return ProviderFailure(KIND_BAD_RESPONSE, None, None, cause_type)
     if isinstance(status, int) and status >= 500:

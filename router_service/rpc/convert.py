@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from router_service import domain as d
 from router_service.catalog import ModelView, ProviderView
+from router_service.events import StateBackendView
 from router_service.spend import SpendReport
 from router_service.state.base import SpendGrouping
 from router_service.structured import schema_problem
@@ -649,6 +650,13 @@ def model_to_pb(view: ModelView) -> pb.Model:
             out.price.cache_write_input_usd_per_million_tokens = price.cache_write_per_million
         if price.reasoning_per_million is not None:
             out.price.reasoning_usd_per_million_tokens = price.reasoning_per_million
+    return out
+
+
+def state_backend_to_pb(view: StateBackendView) -> pb.StateBackendStatus:
+    out = pb.StateBackendStatus(backend=view.backend, healthy=view.healthy, message=view.message)
+    if view.changed_at is not None:
+        out.change_time.CopyFrom(timestamp_to_pb(view.changed_at))
     return out
 
 

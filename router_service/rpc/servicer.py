@@ -84,7 +84,13 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         self, request: pb.GetProviderStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetProviderStatusResponse:
         providers = self.catalog.provider_status(request.provider_id)
-        return pb.GetProviderStatusResponse(providers=[convert.provider_status_to_pb(p) for p in providers])
+        response = pb.GetProviderStatusResponse(
+            providers=[convert.provider_status_to_pb(p) for p in providers]
+        )
+        state = self.catalog.state_backend()
+        if state is not None:
+            response.state_backend.CopyFrom(convert.state_backend_to_pb(state))
+        return response
 
     async def GetSpend(
         self, request: pb.GetSpendRequest, context: grpc.aio.ServicerContext

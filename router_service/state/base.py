@@ -38,6 +38,7 @@ from router_service.breaker_rules import (
     BreakerRecord,
     BreakerSettings,
     apply_breaker_event,
+    reset_timeout_for,
 )
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "StoreUnavailableError",
     "apply_breaker_event",
     "nanos_to_usd",
+    "reset_timeout_for",
     "usd_to_nanos",
 ]
 

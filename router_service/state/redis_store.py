@@ -19,7 +19,7 @@ P:s:done:<reservation id>           string     settle marker (SET NX, 15 min): a
                                                after an outage is not counted twice
 P:r:<limit key>                     string     GCRA theoretical arrival time (us on the Redis server's
                                                clock, read by the script: TIME), PX-expiring
-P:k:<breaker>                       hash       state, open_until, opened_at, consec, gen
+P:k:<breaker>                       hash       state, open_until, opened_at, consec, gen, opens
 P:k:<breaker>:w                     list       the breaker's sliding window, '1' = failure
 P:k:<breaker>:p:<gen>               string     half-open probe permits taken in generation `gen`
 ==================================  =========  ====================================================
@@ -302,15 +302,15 @@ return 1
 
 _LUA_BREAKER_READ = """
 local function read(h, w)
-  local st = redis.call('HMGET', h, 'state', 'open_until', 'opened_at', 'consec', 'gen')
+  local st = redis.call('HMGET', h, 'state', 'open_until', 'opened_at', 'consec', 'gen', 'opens')
   return {
     state = st[1] or 'closed', open_until = tonumber(st[2] or '0'), opened_at = st[3] or '',
-    consec = tonumber(st[4] or '0'), gen = tonumber(st[5] or '0'),
+    consec = tonumber(st[4] or '0'), gen = tonumber(st[5] or '0'), opens = tonumber(st[6] or '0'),
     window = redis.call('LRANGE', w, 0, -1),
   }
 end
 local function reply(b)
-  local out = {b.state, string.format('%.17g', b.open_until), b.opened_at, b.consec, b.gen}
+  local out = {b.state, string.format('%.17g', b.open_until), b.opened_at, b.consec, b.gen, b.opens}
   for _, v in ipairs(b.window) do out[#out + 1] = v end
   return out
 end
@@ -334,7 +334,7 @@ for e = {_BREAKER_TTL_ARG + 1}, #ARGV, 3 do
   end
 end
 redis.call('HSET', h, 'state', b.state, 'open_until', string.format('%.17g', b.open_until),
-           'opened_at', b.opened_at, 'consec', b.consec, 'gen', b.gen)
+           'opened_at', b.opened_at, 'consec', b.consec, 'gen', b.gen, 'opens', b.opens)
 redis.call('DEL', w)
 if #b.window > 0 then redis.call('RPUSH', w, unpack(b.window)) end
 redis.call('EXPIRE', h, ARGV[{_BREAKER_TTL_ARG}])
@@ -518,7 +518,10 @@ class RedisStore(StateStore):
         # Budget counters of the outage served their purpose; Redis is the authority again.
         self._fallback = MemoryStore()
         self._last_known.clear()
-        logger.warning("state store: redis reachable again, shared state restored")
+        logger.info(
+            "state store: redis reachable again, shared state restored",
+            extra={"event": "state_backend_recovered", "backend": "redis"},
+        )
         self._set_healthy(True)
         return True
 
@@ -527,6 +530,7 @@ class RedisStore(StateStore):
             logger.warning(
                 "state store: redis unreachable (%s); serving budgets, limits and breakers on local state",
                 type(exc).__name__,
+                extra={"event": "state_backend_lost", "backend": "redis", "error": type(exc).__name__},
             )
         self._set_healthy(False)
         if not self._closed and (self._reconnect_task is None or self._reconnect_task.done()):
@@ -810,14 +814,15 @@ class RedisStore(StateStore):
 
     @staticmethod
     def _breaker_record(reply: Sequence[Any]) -> BreakerRecord:
-        state, open_until, opened_at, consec, gen = reply[:5]
+        state, open_until, opened_at, consec, gen, opens = reply[:6]
         return BreakerRecord(
             state="open" if state == "open" else "closed",
             open_until=float(open_until),
             opened_at=float(opened_at) if opened_at else None,
             consecutive_failures=int(consec),
-            window=tuple(v == "1" for v in reply[5:]),
+            window=tuple(v == "1" for v in reply[6:]),
             generation=int(gen),
+            opens=int(opens),
         )
 
     async def breaker_events(

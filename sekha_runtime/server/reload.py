@@ -115,9 +115,13 @@ class Reloader(Generic[ConfigT, RetiredT]):
 
     def _refuse(self, why: str, details: Sequence[str] | None = None) -> bool:
         self.last_error = why
-        self._log.error("config reload refused, the running config keeps serving: %s", why)
+        self._log.warning(
+            "config reload refused, the running config keeps serving: %s",
+            why,
+            extra={"event": "config_reload_refused", "reason": why, "problems": len(details or ())},
+        )
         for line in details or ():
-            self._log.error("config problem: %s", line)
+            self._log.warning("config problem: %s", line, extra={"event": "config_problem"})
         return False
 
     async def retired(self) -> None:

@@ -391,7 +391,7 @@ def test_promql_metric_names_finds_metrics_and_nothing_else(expr: str, expected:
 @pytest.fixture(scope="module")
 def exported_metrics() -> set[str]:
     names = {line.strip() for line in (DEPLOY / "metrics.txt").read_text().splitlines() if line.strip()}
-    assert len(names) == 13
+    assert len(names) == 14
     return names
 
 

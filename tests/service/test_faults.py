@@ -40,6 +40,7 @@ from testkit.harness import (
     running_embedding,
     running_router,
 )
+from testkit.logs import capture_json_logs
 from testkit.vectors import FakeVectorSource
 
 CHAT = "/v1/chat/completions"
@@ -307,51 +308,57 @@ async def test_chroma_server_restart_is_unavailable_then_recovers(chroma_path: P
                 tmp_path, "127.0.0.1:1", chroma={"mode": "http", "host": "127.0.0.1", "port": proxy.port}
             )
             vectors = FakeVectorSource()
-            async with running_embedding(config, EmbeddingDeps(vectors=vectors)) as (_, client):
-                docs = [emb.Document(id=f"d{i}", text=f"note number {i}") for i in range(5)]
-                await client.upsert_documents(emb.UpsertDocumentsRequest(base="notes", documents=docs))
+            with capture_json_logs() as log:
+                async with running_embedding(config, EmbeddingDeps(vectors=vectors)) as (_, client):
+                    docs = [emb.Document(id=f"d{i}", text=f"note number {i}") for i in range(5)]
+                    await client.upsert_documents(emb.UpsertDocumentsRequest(base="notes", documents=docs))
 
-                proxy.set(refuse=True)
-                proxy.reset_all()
-                await chroma.stop()
-                calls = [
-                    client.get_documents(emb.GetDocumentsRequest(base="notes", ids=["d1"]), timeout_s=20),
-                    client.search_documents(
-                        emb.SearchDocumentsRequest(base="notes", query="note"), timeout_s=20
-                    ),
-                    client.upsert_documents(
+                    proxy.set(refuse=True)
+                    proxy.reset_all()
+                    await chroma.stop()
+                    calls = [
+                        client.get_documents(emb.GetDocumentsRequest(base="notes", ids=["d1"]), timeout_s=20),
+                        client.search_documents(
+                            emb.SearchDocumentsRequest(base="notes", query="note"), timeout_s=20
+                        ),
+                        client.upsert_documents(
+                            emb.UpsertDocumentsRequest(
+                                base="notes", documents=[emb.Document(id="d9", text="late note")]
+                            ),
+                            timeout_s=20,
+                        ),
+                        client.list_collections(timeout_s=20),
+                    ]
+                    for call in calls:
+                        with pytest.raises(c.SekhaError) as down:
+                            await call
+                        assert down.value.code == grpc.StatusCode.UNAVAILABLE, down.value
+
+                    await chroma.start()  # same path, same port
+                    proxy.set()
+                    for _attempt in range(40):
+                        try:
+                            got = await client.get_documents(
+                                emb.GetDocumentsRequest(base="notes", ids=["d1", "d4"])
+                            )
+                            break
+                        except c.SekhaError as exc:
+                            assert exc.code == grpc.StatusCode.UNAVAILABLE
+                            await asyncio.sleep(0.25)
+                    assert sorted(d.id for d in got.documents) == ["d1", "d4"]
+                    await client.upsert_documents(
                         emb.UpsertDocumentsRequest(
                             base="notes", documents=[emb.Document(id="d9", text="late note")]
-                        ),
-                        timeout_s=20,
-                    ),
-                    client.list_collections(timeout_s=20),
-                ]
-                for call in calls:
-                    with pytest.raises(c.SekhaError) as down:
-                        await call
-                    assert down.value.code == grpc.StatusCode.UNAVAILABLE, down.value
-
-                await chroma.start()  # same path, same port
-                proxy.set()
-                for _attempt in range(40):
-                    try:
-                        got = await client.get_documents(
-                            emb.GetDocumentsRequest(base="notes", ids=["d1", "d4"])
                         )
-                        break
-                    except c.SekhaError as exc:
-                        assert exc.code == grpc.StatusCode.UNAVAILABLE
-                        await asyncio.sleep(0.25)
-                assert sorted(d.id for d in got.documents) == ["d1", "d4"]
-                await client.upsert_documents(
-                    emb.UpsertDocumentsRequest(
-                        base="notes", documents=[emb.Document(id="d9", text="late note")]
                     )
-                )
-                hits = await client.search_documents(
-                    emb.SearchDocumentsRequest(base="notes", query="late note")
-                )
-                assert hits.hits[0].document.id == "d9"
+                    hits = await client.search_documents(
+                        emb.SearchDocumentsRequest(base="notes", query="late note")
+                    )
+                    assert hits.hits[0].document.id == "d9"
+            down = log.events("chroma_error")[0]  # then one line per window while it stays down
+            assert (down["level"], down["mode"]) == ("WARNING", "http") and down["error"]
+            assert "note number" not in log.text  # no document text in the log
+            [back] = log.events("chroma_recovered")
+            assert back["level"] == "INFO"
     finally:
         await chroma.stop()

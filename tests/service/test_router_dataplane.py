@@ -291,6 +291,41 @@ async def test_stream_broken_after_output_ends_unavailable_without_duplicates(
     assert fake.count(CHAT, "beta") == 0  # no fallback once output reached the caller
 
 
+async def test_stream_interrupted_after_a_fallback_names_every_attempt(fake: FakeProvider) -> None:
+    fake.script("alpha", Behaviour(status=503))
+    fake.script("beta", Behaviour(chunks=["b1 ", "b2 ", "b3"], stream_error_after_chunks=1))
+    async with running_router(two_providers(fake, "native")) as (_, router):
+        with pytest.raises(c.UnavailableError) as exc:
+            async for _ in router.stream_chat(ask_stream()):
+                pass
+    assert exc.value.details.reason == "STREAM_INTERRUPTED"
+    assert exc.value.details.metadata["attempts"].split(",") == [
+        "primary/alpha:http_503",
+        "backup/beta:http_502",
+    ]
+
+
+async def test_a_401_after_the_first_chunk_disables_the_provider_as_before_it(fake: FakeProvider) -> None:
+    """One rule for credentials refused, whenever they are: disabled, and the breaker spared."""
+    refused = {"error": {"code": 401, "message": "invalid api key"}}
+    fake.script("alpha", Behaviour(chunks=["a1 ", "a2"], stream_error_after_chunks=1, error_body=refused))
+    async with running_router(two_providers(fake, "native")) as (app, router):
+        deltas = []
+        with pytest.raises(c.UnavailableError) as exc:
+            async for message in router.stream_chat(ask_stream()):
+                deltas.append(message.delta.text)
+        status = (
+            await router.get_provider_status(rt.GetProviderStatusRequest(provider_id="primary"))
+        ).providers[0]
+        snapshot = app.breakers.get("primary").snapshot()
+        after = await router.chat(ask())
+    assert deltas == ["a1 "] and exc.value.details.reason == "STREAM_INTERRUPTED"
+    assert exc.value.details.metadata["attempts"] == "primary/alpha:auth"
+    assert not status.enabled and "401" in status.disabled_reason
+    assert snapshot.consecutive_failures == 0 and snapshot.window_calls == 0
+    assert after.attempts[0].provider_id == "backup" and fake.count(CHAT, "alpha") == 1
+
+
 async def test_back_to_back_chunks_before_a_reset_all_reach_the_caller_and_are_billed(
     fake: FakeProvider,
 ) -> None:

@@ -279,7 +279,8 @@ def test_registry_accepts_a_mapping_with_a_default() -> None:
 
 def test_a_reload_keeps_unchanged_providers_breakers_and_resets_changed_ones() -> None:
     clock = FakeClock()
-    same, changed = CircuitBreakerConfig(failure_threshold=3), CircuitBreakerConfig(failure_threshold=5)
+    same = CircuitBreakerConfig(failure_threshold=3, reset_timeout_s=30)  # every opening 30 s
+    changed = CircuitBreakerConfig(failure_threshold=5, reset_timeout_s=30)
     old = BreakerRegistry({"down": same, "flaky": same, "retuned": same}, clock=clock)
     for _ in range(3):
         old.get("down").record_failure("timeout")

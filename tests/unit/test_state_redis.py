@@ -47,6 +47,7 @@ BREAKER = CircuitBreakerConfig(
     half_open_max_probes=1,
     slow_call_threshold_s=5.0,
 )
+GROWING = BREAKER.model_copy(update={"initial_reset_timeout_s": 2.0})  # each opening lasts longer
 
 
 class WallClock:
@@ -289,9 +290,10 @@ async def test_the_lua_breaker_matches_the_python_state_machine(replicas: Replic
     configs = [
         BREAKER,
         BREAKER.model_copy(update={"failure_threshold": 10, "minimum_calls": 4, "window_size": 5}),
+        GROWING,
     ]
-    for case in range(40):
-        config = configs[case % 2]
+    for case in range(60):
+        config = configs[case % 3]
         events = random_events(rng, T0, 30)
         name = f"b{case}"
         while events:
@@ -307,9 +309,10 @@ def test_the_state_machine_agrees_with_the_local_breaker_on_its_own_rules() -> N
     """Without the documented difference (failures after the reset timeout with no probe), the
     pure function and router_service.breaker.CircuitBreaker walk through the same states."""
     rng = random.Random(99)
-    for _ in range(200):
+    for case in range(200):
+        config = (BREAKER, GROWING)[case % 2]
         clock = WallClock()
-        local = CircuitBreaker("p", BREAKER, clock=clock, wall_clock=clock)
+        local = CircuitBreaker("p", config, clock=clock, wall_clock=clock)
         record = CLOSED_RECORD
         for event in random_events(rng, T0, 25):
             clock.now = event.at
@@ -320,7 +323,10 @@ def test_the_state_machine_agrees_with_the_local_breaker_on_its_own_rules() -> N
                 local.record_failure(event.kind, event.retry_after_s)
             else:
                 local.record_success(0.1)
-            record = apply_breaker_event(record, event, BREAKER)
+            record = apply_breaker_event(record, event, config)
+            assert local.seconds_until_available() == pytest.approx(
+                max(0.0, record.open_until - clock.now) if record.state == "open" else 0.0
+            )
             expected = {"closed": BreakerState.CLOSED, "open": BreakerState.OPEN}[record.state]
             if record.half_open(clock.now):
                 expected = BreakerState.HALF_OPEN

@@ -115,6 +115,7 @@ def test_telemetry_section_validates_and_takes_environment_overrides() -> None:
         "otlp_endpoint": None,
         "capture_message_content": False,
         "log_level": "DEBUG",
+        "event_log_window_s": 1.0,
     }
     with pytest.raises(ValidationError):
         TelemetryConfig(log_level="chatty")

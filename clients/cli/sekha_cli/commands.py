@@ -42,6 +42,7 @@ from sekha_cli.views import (
     model_view,
     provider_status_view,
     spend_view,
+    state_backend_view,
     task_from_name,
 )
 
@@ -309,9 +310,9 @@ async def _spend(router: RouterClient) -> dict[str, Any]:
     except UnimplementedError:
         return {"available": False, "reason": "UNIMPLEMENTED"}
     except SekhaError as exc:
-        # Spend is an extra on the status page: a key without the right to read it still
-        # gets the provider states.
-        if exc.code.name in ("PERMISSION_DENIED", "UNAUTHENTICATED", "FAILED_PRECONDITION"):
+        # Spend is an extra on the status page: a key without the right to read it, or a
+        # router whose spend ledger (Redis) is down, still gives the provider states.
+        if exc.code.name in ("PERMISSION_DENIED", "UNAUTHENTICATED", "FAILED_PRECONDITION", "UNAVAILABLE"):
             return {"available": False, "reason": exc.code.name}
         raise
 
@@ -325,10 +326,11 @@ async def _health(client: RouterClient | EmbeddingClient, timeout_s: float | Non
 
 async def gather_status(router: RouterClient, embedding: EmbeddingClient | None) -> dict[str, Any]:
     """Everything `sekha status` and the MCP `llm_status` tool report."""
-    providers = (await router.get_provider_status()).providers
+    reply = await router.get_provider_status()
     result: dict[str, Any] = {
         "router": {"target": router.config.target, "health": await _health(router, None)},
-        "providers": [provider_status_view(p) for p in providers],
+        "state_backend": state_backend_view(reply),
+        "providers": [provider_status_view(p) for p in reply.providers],
         "spend": await _spend(router),
     }
     if embedding is not None:
@@ -349,6 +351,8 @@ async def status(args: argparse.Namespace) -> int:
         print_json(report)
         return EXIT_OK
     print(f"router     {report['router']['target']}: {report['router']['health']}")
+    if report["state_backend"] is not None:
+        print(f"state      {report['state_backend']['message']}")
     print(f"embedding  {report['embedding']['target']}: {report['embedding']['health']}")
     print()
     rows = []

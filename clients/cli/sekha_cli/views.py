@@ -32,6 +32,7 @@ __all__ = [
     "model_view",
     "provider_status_view",
     "spend_view",
+    "state_backend_view",
     "task_from_name",
 ]
 
@@ -193,6 +194,19 @@ def provider_status_view(provider: rt.ProviderStatus) -> dict[str, Any]:
             "half_open_time": _timestamp(breaker, "half_open_time"),
         },
         "last_probe": probe,
+    }
+
+
+def state_backend_view(response: rt.GetProviderStatusResponse) -> dict[str, Any] | None:
+    """The router's state backend; None from a router too old to report it."""
+    if not response.HasField("state_backend"):
+        return None
+    state = response.state_backend
+    return {
+        "backend": state.backend,
+        "healthy": state.healthy,
+        "change_time": _timestamp(state, "change_time"),
+        "message": state.message,
     }
 
 

@@ -715,10 +715,24 @@ class GetProviderStatusRequest(_message.Message):
     def __init__(self, provider_id: _Optional[str] = ...) -> None: ...
 
 class GetProviderStatusResponse(_message.Message):
-    __slots__ = ("providers",)
+    __slots__ = ("providers", "state_backend")
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    STATE_BACKEND_FIELD_NUMBER: _ClassVar[int]
     providers: _containers.RepeatedCompositeFieldContainer[ProviderStatus]
-    def __init__(self, providers: _Optional[_Iterable[_Union[ProviderStatus, _Mapping]]] = ...) -> None: ...
+    state_backend: StateBackendStatus
+    def __init__(self, providers: _Optional[_Iterable[_Union[ProviderStatus, _Mapping]]] = ..., state_backend: _Optional[_Union[StateBackendStatus, _Mapping]] = ...) -> None: ...
+
+class StateBackendStatus(_message.Message):
+    __slots__ = ("backend", "healthy", "change_time", "message")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_TIME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    healthy: bool
+    change_time: _timestamp_pb2.Timestamp
+    message: str
+    def __init__(self, backend: _Optional[str] = ..., healthy: _Optional[bool] = ..., change_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class GetSpendRequest(_message.Message):
     __slots__ = ("start_time", "end_time", "grouping", "caller")
