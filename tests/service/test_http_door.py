@@ -484,3 +484,34 @@ async def test_a_body_that_is_not_json_is_400_and_nan_is_not_json(fake: FakeProv
                     error = (await reply.json())["error"]
                     assert reply.status == 400 and error["param"] == "body", error
     assert not fake.requests
+
+
+async def test_an_unchanged_openai_program_works_with_openai_base_url(fake: FakeProvider) -> None:
+    """The README's promise: `OPENAI_BASE_URL=http://127.0.0.1:PORT/v1` and nothing else changes."""
+    import os
+    import sys
+
+    program = (
+        "from openai import OpenAI\n"
+        "client = OpenAI()\n"
+        "messages = [{'role': 'user', 'content': 'hi'}]\n"
+        "reply = client.chat.completions.create(model='chatty', messages=messages)\n"
+        "print(reply.choices[0].message.content)\n"
+    )
+    async with running_router(door_config(fake)) as (app, _):
+        env = {
+            **os.environ,
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{app.http_port}/v1",
+            "OPENAI_API_KEY": "unused",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            program,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()[-2000:]
+    assert out.decode().strip() == "echo: hi"
