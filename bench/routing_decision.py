@@ -29,8 +29,8 @@ from pathlib import Path
 from router_service.breaker import BreakerRegistry
 from router_service.config import RouterConfig
 from router_service.domain import Capability, Price, RoutingPreferences, Task
+from router_service.model_registry import ModelInfo, Registry, StaticModelInfo
 from router_service.pricing import PriceTable
-from router_service.registry import ModelInfo, Registry, StaticModelInfo
 from router_service.routing import Router
 
 PROVIDERS = 10

@@ -41,12 +41,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from embedding_service.batching import BatchSizer
+from embedding_service.collection_registry import CollectionRecord, MigrationRecord, RegistryStore
 from embedding_service.config import MigrationConfig
 from embedding_service.domain import MigrationState
 from embedding_service.events import EVENTS
 from embedding_service.leases import Lease, LeaseLostError, Leases, LocalLeases
 from embedding_service.locks import BaseLocks
-from embedding_service.registry import CollectionRecord, MigrationRecord, RegistryStore
 from embedding_service.store import ChromaStore, StoredDocument
 from embedding_service.vectors import EmbeddedBatch, VectorSource, embed_checked
 from sekha_runtime.errors import DimensionMismatchError, GatewayError, UnavailableError

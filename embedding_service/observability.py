@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
 
+from embedding_service.collection_registry import RegistryStore
 from embedding_service.config import ChromaConfig, EmbeddingConfig
 from embedding_service.domain import (
     DocumentIn,
@@ -33,7 +34,6 @@ from embedding_service.domain import (
 )
 from embedding_service.fusion import FusedHit, RankedList
 from embedding_service.leases import Leases
-from embedding_service.registry import RegistryStore
 from embedding_service.service import EmbeddingStoreService, _utc_now
 from embedding_service.state import open_state
 from embedding_service.store import ChromaStore, QueryHit, StoredCollection, StoredDocument

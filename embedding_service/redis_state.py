@@ -55,10 +55,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from embedding_service.collection_registry import CollectionRecord, MigrationRecord, not_active
 from embedding_service.config import StateConfig
 from embedding_service.domain import DistanceMetric, MigrationState
 from embedding_service.leases import Lease, LeaseLostError, lease_unavailable
-from embedding_service.registry import CollectionRecord, MigrationRecord, not_active
 from sekha_runtime.errors import AlreadyExistsError, NotFoundError, UnavailableError
 
 __all__ = ["RedisConnection", "RedisLeases", "RedisRegistry", "holder_id"]

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from embedding_service.batching import BatchSizer
+from embedding_service.collection_registry import CollectionRecord, MigrationRecord, RegistryStore
 from embedding_service.config import DefaultsConfig, EmbeddingConfig
 from embedding_service.domain import (
     CollectionInfo,
@@ -57,7 +58,6 @@ from embedding_service.fusion import FusedHit, RankedList, min_max_fusion, recip
 from embedding_service.leases import Lease, Leases, LocalLeases
 from embedding_service.locks import BaseLocks
 from embedding_service.migration import MigrationRunner
-from embedding_service.registry import CollectionRecord, MigrationRecord, RegistryStore
 from embedding_service.state import open_state
 from embedding_service.store import ChromaStore, QueryHit, StoredDocument
 from embedding_service.validation import (

@@ -11,9 +11,9 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
+from embedding_service.collection_registry import RegistryStore, SqliteRegistry
 from embedding_service.config import EmbeddingConfig
 from embedding_service.leases import Leases, LocalLeases
-from embedding_service.registry import RegistryStore, SqliteRegistry
 
 __all__ = ["open_state"]
 

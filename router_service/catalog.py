@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from router_service import domain as d
 from router_service.breaker import Breakers, BreakerSnapshot
 from router_service.events import StateBackendHealth, StateBackendView
+from router_service.model_registry import ModelEntry, Registry
 from router_service.pricing import PriceTable
 from router_service.probes import ProbeResult, ProbeScheduler
-from router_service.registry import ModelEntry, Registry
 from sekha_runtime.errors import FieldViolation, InvalidArgumentError, NotFoundError
 
 DEFAULT_PAGE_SIZE = 100

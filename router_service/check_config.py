@@ -41,7 +41,7 @@ def check_config_main(
             print(f"  {line}", file=err)
         return EXIT_INVALID
 
-    from router_service.registry import Registry
+    from router_service.model_registry import Registry
 
     registry = Registry.from_config(config, model_info)  # type: ignore[arg-type]
     where = str(path) if path else "configuration"

@@ -451,7 +451,7 @@ class RouterConfig(_Section):
     ) -> RouterConfig:
         """Load from `path`, else `$SEKHA_CONFIG`, else the embedded default; raise ConfigError.
 
-        `model_info` is a `router_service.registry.ModelInfoSource` used to find embedding
+        `model_info` is a `router_service.model_registry.ModelInfoSource` used to find embedding
         dimensions; LiteLLM's bundled model map when None.
         """
         env = os.environ if environ is None else environ
@@ -479,7 +479,7 @@ def _embedding_dimension(provider: ProviderConfig, model: ModelConfig, model_inf
     if provider.type == "local":
         return KNOWN_LOCAL_EMBEDDING_DIMENSIONS.get(model.id.lower())
     if model_info is None:
-        from router_service.registry import LiteLLMModelInfo
+        from router_service.model_registry import LiteLLMModelInfo
 
         model_info = LiteLLMModelInfo()
     info = model_info.lookup(provider.litellm_model_for(model), provider.type)

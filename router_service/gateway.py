@@ -56,15 +56,15 @@ from typing import Any, Protocol
 from router_service import domain as d
 from router_service.breaker import Breakers
 from router_service.image_fetch import ImageInliner
-from router_service.limits import Limits, check_chat, check_embed
+from router_service.model_registry import Registry
 from router_service.pricing import PriceTable
 from router_service.providers.base import ProviderClient, StreamEnd, TextDelta
 from router_service.providers.errors import REFUSED, ProviderAuthError, ProviderFailure, ProviderRejection
-from router_service.registry import Registry
 from router_service.routing import Router
 from router_service.spend import Identity, SpendGuard, SpendTicket, resolve_identity
 from router_service.structured import check_conformance
 from router_service.tokens import TokenEstimator
+from router_service.validation import Limits, check_chat, check_embed
 from sekha_runtime.errors import (
     AttemptSummary,
     BudgetExhaustedError,

@@ -34,7 +34,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from router_service import domain as d
-from router_service.limits import ALLOWED_IMAGE_TYPES
+from router_service.validation import ALLOWED_IMAGE_TYPES
 from sekha_runtime.errors import FieldViolation, InvalidArgumentError
 
 __all__ = [

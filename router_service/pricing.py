@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from router_service.domain import Cost, Price, Usage
 
 if TYPE_CHECKING:
-    from router_service.registry import ModelEntry, Registry
+    from router_service.model_registry import ModelEntry, Registry
 
 __all__ = [
     "PriceTable",

@@ -37,7 +37,7 @@ from router_service.providers.errors import ProviderAuthError, ProviderError, Pr
 from sekha_runtime.events import EventLog
 
 if TYPE_CHECKING:
-    from router_service.registry import Registry
+    from router_service.model_registry import Registry
 
 log = logging.getLogger(__name__)
 

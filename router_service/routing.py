@@ -40,8 +40,8 @@ from router_service.domain import (
     RoutingPreferences,
     Task,
 )
+from router_service.model_registry import ModelEntry, Registry
 from router_service.pricing import PriceTable
-from router_service.registry import ModelEntry, Registry
 from sekha_runtime.errors import (
     CostLimitExceededError,
     GatewayError,

@@ -22,14 +22,13 @@ from router_service.events import StateBackendHealth, log_breaker_transitions
 from router_service.gateway import Gateway, Observer, RetryPolicy
 from router_service.http.app import HttpDoor
 from router_service.image_fetch import ImageFetcher, image_inliner_for
-from router_service.limits import Limits
+from router_service.model_registry import ModelInfoSource, Registry
 from router_service.observability import RouterObserver, inject_trace_headers
 from router_service.pricing import PriceTable
 from router_service.probes import ProbeScheduler, RecheckBackoff
 from router_service.providers.base import ProviderClient, ProviderSpec
 from router_service.providers.factory import make_provider, provider_address
 from router_service.providers.local import LocalEmbedder, LocalEmbeddingProvider
-from router_service.registry import ModelInfoSource, Registry
 from router_service.reload import ConfigReloader, TrackedGateway
 from router_service.routing import Router
 from router_service.rpc import convert
@@ -38,6 +37,7 @@ from router_service.shared_breaker import SharedBreakerRegistry
 from router_service.spend import SpendGuard
 from router_service.state import StateStore, open_store
 from router_service.tokens import TokenEstimator
+from router_service.validation import Limits
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
 from sekha_runtime.events import EventLog

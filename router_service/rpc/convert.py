@@ -2,7 +2,7 @@
 
 Structural problems a protobuf cannot express (a content part with neither
 text nor image, an image without a source) are reported here, as field
-violations named by their proto path; limits live in `router_service.limits`.
+violations named by their proto path; limits live in `router_service.validation`.
 """
 
 from __future__ import annotations

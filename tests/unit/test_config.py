@@ -12,7 +12,7 @@ from embedding_service.config import EmbeddingConfig
 from router_service.check_config import check_config_main
 from router_service.config import RouterConfig, default_config_text
 from router_service.domain import Capability, Task
-from router_service.registry import ModelInfo, StaticModelInfo
+from router_service.model_registry import ModelInfo, StaticModelInfo
 from sekha.keys import hash_api_key
 from sekha_runtime.configloader import ConfigError
 

@@ -20,11 +20,16 @@ from pathlib import Path
 
 import pytest
 
+from embedding_service.collection_registry import (
+    CollectionRecord,
+    MigrationRecord,
+    RegistryStore,
+    SqliteRegistry,
+)
 from embedding_service.config import StateConfig
 from embedding_service.domain import DistanceMetric, MigrationState
 from embedding_service.leases import Lease, LeaseLostError, Leases, LocalLeases
 from embedding_service.redis_state import RedisConnection, RedisLeases, RedisRegistry
-from embedding_service.registry import CollectionRecord, MigrationRecord, RegistryStore, SqliteRegistry
 from sekha_runtime.errors import (
     AlreadyExistsError,
     FailedPreconditionError,

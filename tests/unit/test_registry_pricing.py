@@ -28,8 +28,8 @@ from router_service.domain import (
     price_tokens,
 )
 from router_service.litellm_import import import_litellm
+from router_service.model_registry import LiteLLMModelInfo, ModelInfo, Registry, StaticModelInfo
 from router_service.pricing import PriceTable, estimate_cost, real_cost
-from router_service.registry import LiteLLMModelInfo, ModelInfo, Registry, StaticModelInfo
 from router_service.tokens import IMAGE_TOKENS_HIGH_DETAIL, IMAGE_TOKENS_LOW_DETAIL, TokenEstimator
 from sekha_runtime.errors import NotFoundError
 

@@ -10,8 +10,8 @@ import pytest
 from router_service.breaker import BreakerRegistry, BreakerState
 from router_service.config import RouterConfig
 from router_service.domain import Capability, Price, RoutingPreferences, Task
+from router_service.model_registry import Registry, StaticModelInfo
 from router_service.pricing import PriceTable
-from router_service.registry import Registry, StaticModelInfo
 from router_service.routing import Router
 from sekha_runtime.errors import CostLimitExceededError, NoRouteError, NotFoundError, UnavailableError
 

@@ -758,7 +758,7 @@ def plan_migration(
     from router_service.config import RouterConfig
 
     if model_info is None:
-        from router_service.registry import LiteLLMModelInfo
+        from router_service.model_registry import LiteLLMModelInfo
 
         model_info = LiteLLMModelInfo()
     report = MigrationReport(source=source, source_format=source_format)
