@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.telemetry_cost import cpu_per_request  # noqa: E402
+from bench.telemetry_cost import interleaved_rounds  # noqa: E402
 from bench.tracing_overhead import fake_provider  # noqa: E402
 
 BACKENDS = ("memory", "sqlite")
@@ -58,7 +57,6 @@ async def measure(requests: int, rounds: int, directory: Path) -> dict[str, list
     request = rt.ChatRequest(
         messages=[c.user("Say something short about the sea.")], generation=rt.GenerationConfig(max_tokens=32)
     )
-    results: dict[str, list[float]] = {backend: [] for backend in BACKENDS}
     async with FakeProvider(record=False) as fake, contextlib.AsyncExitStack() as stack:
         clients = {}
         for backend in BACKENDS:
@@ -69,15 +67,7 @@ async def measure(requests: int, rounds: int, directory: Path) -> dict[str, list
             for _ in range(300):  # warm-up
                 await client.chat(request)
             clients[backend] = client
-        order = list(BACKENDS)
-        shuffle = random.Random(20261203)
-        for round_index in range(rounds):
-            shuffle.shuffle(order)
-            for backend in order:
-                results[backend].append(await cpu_per_request(clients[backend], request, requests))
-            line = "  ".join(f"{backend} {results[backend][-1]:6.0f}" for backend in BACKENDS)
-            print(f"round {round_index + 1:2d} cpu us/request: {line}", flush=True)
-    return results
+        return await interleaved_rounds(clients, request, requests, rounds, seed=20261203)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -95,7 +95,6 @@ async def measure(collector_port: int, requests: int, rounds: int) -> dict[str, 
     request = rt.ChatRequest(
         messages=[c.user("Say something short about the sea.")], generation=rt.GenerationConfig(max_tokens=32)
     )
-    results: dict[str, list[float]] = {mode: [] for mode in MODES}
     async with FakeProvider() as fake, contextlib.AsyncExitStack() as stack:
         clients = {}
         for mode in MODES:
@@ -109,14 +108,23 @@ async def measure(collector_port: int, requests: int, rounds: int) -> dict[str, 
             for _ in range(300):  # warm-up
                 await client.chat(request)
             clients[mode] = client
-        order = list(MODES)
-        shuffle = random.Random(20261122)
-        for round_index in range(rounds):
-            shuffle.shuffle(order)
-            for mode in order:
-                results[mode].append(await cpu_per_request(clients[mode], request, requests))
-            line = "  ".join(f"{mode} {results[mode][-1]:6.0f}" for mode in MODES)
-            print(f"round {round_index + 1:2d} cpu us/request: {line}", flush=True)
+        return await interleaved_rounds(clients, request, requests, rounds, seed=20261122)
+
+
+async def interleaved_rounds(
+    clients: dict[str, Any], request: Any, requests: int, rounds: int, seed: int
+) -> dict[str, list[float]]:
+    """CPU us per request of each named router, `rounds` times, in a shuffled order each round
+    (a burst of noise then hits a different router each time instead of always the same one)."""
+    results: dict[str, list[float]] = {name: [] for name in clients}
+    order = list(clients)
+    shuffle = random.Random(seed)
+    for round_index in range(rounds):
+        shuffle.shuffle(order)
+        for name in order:
+            results[name].append(await cpu_per_request(clients[name], request, requests))
+        line = "  ".join(f"{name} {results[name][-1]:6.0f}" for name in clients)
+        print(f"round {round_index + 1:2d} cpu us/request: {line}", flush=True)
     return results
 
 

@@ -27,3 +27,23 @@ def ensure_node_modules() -> Path:
         )
         stamp.write_text(digest)
     return NODE_DIR / "node_modules"
+
+
+async def run_npm_script(script: str, env: dict[str, str], timeout_s: float = 120) -> tuple[int, str]:
+    """`npm run <script>` in clients/node on an asyncio subprocess (so the servers under test keep
+    serving on the caller's loop); its exit code and combined output."""
+    import asyncio
+
+    process = await asyncio.create_subprocess_exec(
+        "npm",
+        "run",
+        "--silent",
+        script,
+        cwd=NODE_DIR,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=timeout_s)
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace")

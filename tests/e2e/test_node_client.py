@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import pytest
@@ -17,7 +16,7 @@ from testkit.harness import (
     running_embedding,
     running_router,
 )
-from tests.node_tools import NODE_DIR, ensure_node_modules
+from tests.node_tools import ensure_node_modules, run_npm_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
@@ -46,19 +45,8 @@ async def test_node_client_suite_passes_against_both_services(tmp_path) -> None:
                     "SEKHA_ROUTER_TARGET": f"127.0.0.1:{router_app.port}",
                     "SEKHA_EMBEDDING_TARGET": f"127.0.0.1:{emb_app.port}",
                 }
-                # asyncio subprocess: the servers keep serving on this loop while node runs.
-                process = await asyncio.create_subprocess_exec(
-                    "npm",
-                    "test",
-                    "--silent",
-                    cwd=NODE_DIR,
-                    env=env,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
-                )
-                output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
-    text = output.decode(errors="replace")
-    assert process.returncode == 0, text
+                code, text = await run_npm_script("test", env)
+    assert code == 0, text
     assert "# fail 0" in text and "# pass 0" not in text, text
     # What the Node client's tool request looked like on the provider's wire.
     first, then = [r.json for r in fake.requests if r.model == "toolsmith"]

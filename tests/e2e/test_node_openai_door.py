@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import pytest
 
 from testkit.fake_provider import Behaviour, FakeProvider, FakeToolCall
 from testkit.harness import chat_model, embedding_model, openai_provider, router_config, running_router
-from tests.node_tools import NODE_DIR, ensure_node_modules
+from tests.node_tools import ensure_node_modules, run_npm_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.subprocess]
 
@@ -28,18 +27,6 @@ async def test_openai_node_package_suite_passes_against_the_door() -> None:
         config = router_config([openai_provider("fake", fake.base_url, models)], server={"http_port": 0})
         async with running_router(config) as (app, _):
             env = {**os.environ, "SEKHA_OPENAI_BASE_URL": f"http://127.0.0.1:{app.http_port}/v1"}
-            # asyncio subprocess: the router keeps serving on this loop while node runs.
-            process = await asyncio.create_subprocess_exec(
-                "npm",
-                "run",
-                "--silent",
-                "test:openai",
-                cwd=NODE_DIR,
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
-    text = output.decode(errors="replace")
-    assert process.returncode == 0, text
+            code, text = await run_npm_script("test:openai", env)
+    assert code == 0, text
     assert "# fail 0" in text and "# pass 6" in text, text
