@@ -42,7 +42,7 @@ from router_service.http.schema import (
 from router_service.reload import TrackedGateway
 from sekha.keys import presented_key
 from sekha.tracing import extract_from_metadata
-from sekha_runtime.errors import FieldViolation, InvalidArgumentError, UnauthenticatedError
+from sekha_runtime.errors import FieldViolation, InvalidArgumentError, OverloadedError, UnauthenticatedError
 from sekha_runtime.server.auth import KeyRing
 from sekha_runtime.telemetry import Telemetry
 
@@ -125,7 +125,11 @@ class HttpDoor:
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         # handler_cancellation: a caller that hangs up cancels its request, and with it the
         # provider call it was paying for.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        # shutdown_timeout: the door closes after the gRPC server's grace period, which in-flight
+        # HTTP requests already had; aiohttp's default (60 s) would hold the process past it.
+        self._runner = web.AppRunner(
+            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port or None)
         await site.start()
@@ -160,6 +164,10 @@ class HttpDoor:
         status = 500
         try:
             if request.path not in _OPEN_PATHS:
+                if not self._serving():
+                    # Draining: like the gRPC door, new work is refused (requests already in
+                    # flight finish); a load balancer retries it on another replica.
+                    raise OverloadedError("the router is shutting down", retry_after_s=1.0)
                 request[_CALLER] = self._authenticate(request)  # type: ignore[assignment,misc]
             response = await handler(request)
             status = response.status

@@ -291,7 +291,7 @@ async def test_traceparent_from_the_caller_parents_the_door_span_and_the_provide
     assert sent is not None and sent.split("-")[1] == trace_id
 
 
-async def test_readyz_says_not_serving_once_the_server_drains(fake: FakeProvider) -> None:
+async def test_draining_router_says_not_serving_and_refuses_new_requests(fake: FakeProvider) -> None:
     import aiohttp
 
     async with running_router(door_config(fake)) as (app, _):
@@ -302,6 +302,10 @@ async def test_readyz_says_not_serving_once_the_server_drains(fake: FakeProvider
             await app.serving.set_serving(False)
             async with session.get(f"{url}/readyz") as draining:
                 assert draining.status == 503
+            body = {"model": "chatty", "messages": USER}
+            async with session.post(f"{url}/v1/chat/completions", json=body) as refused:
+                assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+                assert (await refused.json())["error"]["message"] == "the router is shutting down"
             async with session.get(f"{url}/healthz") as alive:
                 assert alive.status == 200
 
