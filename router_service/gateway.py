@@ -80,7 +80,7 @@ from sekha_runtime.errors import (
 )
 from sekha_runtime.events import EventLog
 
-# The UNAVAILABLE message lists attempts up to about this length (the error interceptor caps a
+# The UNAVAILABLE message lists attempts up to about this length (the error guard caps a
 # status message at 512 characters); the details carry them all.
 _MAX_CAUSES_CHARS = 400
 _MAX_NAME_CHARS = 80  # of a `provider/model` name, and of a cause

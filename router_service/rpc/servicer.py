@@ -1,7 +1,7 @@
 """The RouterService servicer: converts protobuf to domain, delegates, converts back.
 
 No decisions are made here. Errors are domain exceptions raised by the
-gateway; the error interceptor turns them into statuses.
+gateway; the error guard turns them into statuses.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Maps domain errors to gRPC statuses with google.rpc details.
 
-One interceptor per server wraps every RPC handler (unary and server
-streaming). It is the only place where an exception becomes a status, so the
-rules of the error table (docs/ARCHITECTURE.md §3) live here and nowhere else:
+One `ErrorGuard` per server wraps every RPC handler (unary and server
+streaming) when it is registered. It is the only place where an exception becomes
+a status, so the rules of the error table (docs/ARCHITECTURE.md §3) live here and
+nowhere else:
 
 * a `sekha_runtime.errors.GatewayError` becomes its code plus rich details
   (BadRequest, PreconditionFailure, QuotaFailure, RetryInfo, ErrorInfo,
@@ -14,6 +15,11 @@ rules of the error table (docs/ARCHITECTURE.md §3) live here and nowhere else:
 
 The same wrapper enforces the server's concurrency limit, because an RPC
 refused for load must be answered fast with RetryInfo, before any work.
+
+The wrapping happens once, at registration (`GuardedRegistry`), not in a server
+interceptor: grpc.aio runs an interceptor as two extra coroutines on every call,
+about 50 us of CPU per RPC on the benchmark machine, the cost of the whole routing
+decision (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import inspect
 import logging
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -194,8 +200,8 @@ def _classify(exc: BaseException, domain: str) -> tuple[int | None, list[Any]]:
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every RPC: concurrency limit first, then domain error -> status mapping."""
+class ErrorGuard:
+    """Wraps every RPC handler: concurrency limit first, then domain error -> status mapping."""
 
     def __init__(
         self,
@@ -215,25 +221,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         # health (never counted here) keeps answering NOT_SERVING meanwhile.
         self.draining = False
         self._drained = asyncio.Event()
-        # method -> (the handler it was made from, the wrapped handler). The wrapping depends only
-        # on the method and its registered handler, so it is built once, not on every call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap_handler(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """`handler` of the fully qualified `method` (`/pkg.Service/Method`), guarded."""
+        return self._wrap_handler(handler, method)
 
     def _wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         limited = not (method.startswith(HEALTH_PREFIX) or method.startswith(REFLECTION_PREFIX))
@@ -372,3 +363,54 @@ def _require_decoded(request: Any) -> None:
 def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
     remaining = context.time_remaining()
     return remaining is not None and remaining <= 0
+
+
+class _GuardedGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose handlers come out guarded (each method's wrapped once)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, guard: ErrorGuard) -> None:
+        self._inner = inner
+        self._guard = guard
+        # method -> (the handler it was made from, the guarded one): a generic handler may build
+        # its handler per call, so the guarded one is kept only while the inner one stays the same.
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._guarded.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        guarded = self._guard.wrap(handler, method)
+        self._guarded[method] = (handler, guarded)
+        return guarded
+
+
+class GuardedRegistry:
+    """The server as service registration sees it: every handler added comes out guarded.
+
+    Generated `add_*Servicer_to_server` functions, health and reflection only call these two
+    methods, so they register through this object unchanged.
+    """
+
+    def __init__(self, server: grpc.aio.Server, guard: ErrorGuard) -> None:
+        self._server = server
+        self._guard = guard
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_GuardedGenericHandler(handler, self._guard) for handler in generic_rpc_handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service_name,
+            {
+                name: self._guard.wrap(handler, f"/{service_name}/{name}")
+                for name, handler in method_handlers.items()
+            },
+        )

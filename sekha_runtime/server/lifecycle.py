@@ -22,7 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from sekha_runtime.server.auth import auth_interceptors
-from sekha_runtime.server.errors import ErrorInterceptor
+from sekha_runtime.server.errors import ErrorGuard, GuardedRegistry
 from sekha_runtime.server.security import AuthConfig, ServerSettings
 from sekha_runtime.server.tls import server_credentials
 
@@ -42,7 +42,7 @@ class ServerOptions:
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = field(default_factory=tuple)
     server_credentials: grpc.ServerCredentials | None = None
     reuse_port: bool = False
-    # Runs on every decoded request of the service before its handler (see ErrorInterceptor).
+    # Runs on every decoded request of the service before its handler (see ErrorGuard).
     request_check: Callable[[Any], None] | None = None
 
 
@@ -54,7 +54,7 @@ class ServingServer:
     health: HealthServicer
     port: int
     service_names: tuple[str, ...]
-    errors: ErrorInterceptor
+    errors: ErrorGuard
     grace_period_s: float
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # What health says, for doors other than gRPC (the router's HTTP /readyz).
@@ -121,15 +121,19 @@ def options_from_config(
 async def start_server(
     options: ServerOptions,
     domain: str,
-    register: Callable[[grpc.aio.Server], None],
+    register: Callable[[GuardedRegistry], None],
     service_names: Sequence[str],
 ) -> ServingServer:
-    """Create, register, bind and start a server; health says SERVING once it listens."""
-    errors = ErrorInterceptor(
+    """Create, register, bind and start a server; health says SERVING once it listens.
+
+    `register` adds the service's handlers (a generated `add_*Servicer_to_server`); each comes out
+    wrapped by the error guard, innermost, after the interceptors (telemetry, auth).
+    """
+    errors = ErrorGuard(
         domain, max_concurrent_rpcs=options.max_concurrent_rpcs, request_check=options.request_check
     )
     server = grpc.aio.server(
-        interceptors=[*options.extra_interceptors, errors],
+        interceptors=list(options.extra_interceptors),
         options=[
             ("grpc.max_send_message_length", options.max_message_bytes),
             ("grpc.max_receive_message_length", options.max_message_bytes),
@@ -139,12 +143,13 @@ async def start_server(
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
-    register(server)
+    registry = GuardedRegistry(server, errors)
+    register(registry)
     health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, registry)
     if options.reflection:
         names = (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), registry)
     address = f"{options.host}:{options.port}"
     if options.server_credentials is not None:
         port = server.add_secure_port(address, options.server_credentials)

@@ -18,6 +18,7 @@ from sekha.embedding.v1 import embedding_service_pb2_grpc as emb_grpc
 from sekha.router.v1 import router_service_pb2 as rt
 from sekha.router.v1 import router_service_pb2_grpc as rt_grpc
 from sekha_runtime import errors as e
+from sekha_runtime.server.errors import GuardedRegistry
 from sekha_runtime.server.lifecycle import ServerOptions, start_server
 
 SECRET = "sk-live-SECRET-123 and the user's prompt"
@@ -52,7 +53,7 @@ async def _serve(make_error, max_concurrent_rpcs: int = 0):  # type: ignore[no-u
         for descriptor, module, name in SERVICES
     ]
 
-    def register(server: grpc.aio.Server) -> None:
+    def register(server: GuardedRegistry) -> None:
         for servicer, module, name in servicers:
             getattr(module, f"add_{name}Servicer_to_server")(servicer, server)
 
