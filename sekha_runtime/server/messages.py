@@ -46,8 +46,26 @@ class _Step:
     is_map: bool
     is_repeated: bool
     enum: Any = None  # the EnumDescriptor of an enum field
+    enum_numbers: frozenset[int] = frozenset()  # the numbers it declares
     limit: int | None = None  # the character limit of a capped string field
     children: tuple[_Step, ...] | None = None  # the plan of a message field's type
+
+
+# A field's path as the parts it is made of, joined into text only for a violation: most requests
+# have none, and formatting a path for every element visited cost more than the checks themselves.
+_Path = tuple[str | int, ...]
+
+
+def _path_text(parts: _Path) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part.startswith("["):  # a map key, already bracketed
+            text += part
+        else:
+            text += f".{part}" if text else part
+    return text
 
 
 class RequestChecker:
@@ -70,7 +88,7 @@ class RequestChecker:
 
     def violations(self, message: Message) -> list[FieldViolation]:
         out: list[FieldViolation] = []
-        self._check(message, self._plan(message.DESCRIPTOR), "", out)
+        self._check(message, self._plan(message.DESCRIPTOR), (), out)
         return out[:_MAX_VIOLATIONS]
 
     def _plan(self, descriptor: Any) -> tuple[_Step, ...]:
@@ -83,7 +101,8 @@ class RequestChecker:
             element = field.message_type.fields_by_name["value"] if _is_map(field) else field
             common = {"name": field.name, "is_map": _is_map(field), "is_repeated": _is_repeated(field)}
             if element.type == FieldDescriptor.TYPE_ENUM:
-                steps.append(_Step(**common, enum=element.enum_type))
+                numbers = frozenset(element.enum_type.values_by_number)
+                steps.append(_Step(**common, enum=element.enum_type, enum_numbers=numbers))
             elif element.type == FieldDescriptor.TYPE_STRING:
                 limit = self._limits.get(f"{descriptor.name}.{field.name}", self._limits.get(field.name))
                 if limit is not None:
@@ -99,7 +118,7 @@ class RequestChecker:
         return plan
 
     def _check(
-        self, message: Message, plan: tuple[_Step, ...], prefix: str, out: list[FieldViolation]
+        self, message: Message, plan: tuple[_Step, ...], prefix: _Path, out: list[FieldViolation]
     ) -> None:
         for step in plan:
             if len(out) >= _MAX_VIOLATIONS:
@@ -107,22 +126,32 @@ class RequestChecker:
             value = getattr(message, step.name)
             if step.is_map:
                 for key in value:
-                    self._element(step, value[key], f"{prefix}{step.name}[{bound(str(key), 64)}]", out)
+                    self._element(step, value[key], (*prefix, step.name, f"[{bound(str(key), 64)}]"), out)
             elif step.is_repeated:
+                if step.children is None and step.enum is not None:
+                    # Repeated enums (capabilities): one set operation decides for the whole list.
+                    if not step.enum_numbers.issuperset(value):
+                        for index, item in enumerate(value):
+                            self._element(step, item, (*prefix, step.name, index), out)
+                    continue
                 for index, item in enumerate(value):
-                    self._element(step, item, f"{prefix}{step.name}[{index}]", out)
+                    self._element(step, item, (*prefix, step.name, index), out)
             elif step.children is None or message.HasField(step.name):
-                self._element(step, value, prefix + step.name, out)
+                self._element(step, value, (*prefix, step.name), out)
 
-    def _element(self, step: _Step, value: Any, path: str, out: list[FieldViolation]) -> None:
+    def _element(self, step: _Step, value: Any, path: _Path, out: list[FieldViolation]) -> None:
         if step.children is not None:
-            self._check(value, step.children, path + ".", out)
+            self._check(value, step.children, path, out)
         elif step.enum is not None:
-            if value not in step.enum.values_by_number:
+            if value not in step.enum_numbers:
                 known = ", ".join(v.name for v in step.enum.values)
-                out.append(FieldViolation(path, f"unknown {step.enum.name} value {value}; one of {known}"))
+                out.append(
+                    FieldViolation(
+                        _path_text(path), f"unknown {step.enum.name} value {value}; one of {known}"
+                    )
+                )
         elif step.limit is not None and len(value) > step.limit:
-            out.append(FieldViolation(path, f"{len(value)} characters, limit {step.limit}"))
+            out.append(FieldViolation(_path_text(path), f"{len(value)} characters, limit {step.limit}"))
 
 
 def bound_strings(message: Message, limit: int) -> None:
