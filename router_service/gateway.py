@@ -79,6 +79,7 @@ from sekha_runtime.errors import (
     UnavailableError,
 )
 from sekha_runtime.events import EventLog
+from sekha_runtime.inuse import InUse
 
 # The UNAVAILABLE message lists attempts up to about this length (the error guard caps a
 # status message at 512 characters); the details carry them all.
@@ -756,6 +757,8 @@ class Gateway:
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
+        # The requests running on this gateway: a config reload closes a replaced one once they end.
+        self.in_use = InUse()
 
     # ----------------------------------------------------------------- routing
 
@@ -837,13 +840,16 @@ class Gateway:
         self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
     ) -> d.ChatResult:
         """`caller` is the API key id when auth is on (None: `metadata["tenant"]` or anonymous)."""
-        request = await self._inline_images(request)
-        decision = self.decide_chat(request)
-        attempts = await Attempts.open(self, decision, "chat", request, self._or_default(deadline), caller)
-        try:
-            return await self._chat(request, attempts)
-        finally:
-            await attempts.close()
+        with self.in_use:
+            request = await self._inline_images(request)
+            decision = self.decide_chat(request)
+            attempts = await Attempts.open(
+                self, decision, "chat", request, self._or_default(deadline), caller
+            )
+            try:
+                return await self._chat(request, attempts)
+            finally:
+                await attempts.close()
 
     async def _chat(self, request: d.ChatRequest, attempts: Attempts) -> d.ChatResult:
         max_tokens = request.generation.max_tokens or self.default_max_tokens
@@ -883,80 +889,78 @@ class Gateway:
         """Yield text (str), tool-call and reasoning pieces, then one ChatResult.
 
         Fallback only while nothing was yielded."""
-        request = await self._inline_images(request)
-        decision = self.decide_chat(request)
-        attempts = await Attempts.open(self, decision, "chat", request, self._or_default(deadline), caller)
-        events = self._stream_chat(request, attempts)
-        try:
-            async for event in events:
-                yield event
-        finally:
-            await events.aclose()  # closes the upstream stream now, not when collected
-            await attempts.close()
-
-    async def _stream_chat(
-        self, request: d.ChatRequest, attempts: Attempts
-    ) -> AsyncGenerator[d.StreamOutput | d.ChatResult, None]:
-        decision = attempts.decision
-        max_tokens = request.generation.max_tokens or self.default_max_tokens
-        async for attempt in attempts:
-            async with attempt:
-                entry = attempt.entry
-                end: StreamEnd | None = None
-                stream = attempt.provider.stream_chat(
-                    entry.model, entry.litellm_model, request, max_tokens, attempt.timeout_s
-                )
-                try:
-                    async for event in stream:
-                        if isinstance(event, StreamEnd):
-                            end = event
-                            continue
-                        output = _stream_output(event)
-                        if output is None:
-                            continue
-                        attempt.delivered(output)
-                        yield output
-                finally:
-                    await _aclose(stream)
-                text = attempt.text
-                usage = self._usage(entry, end.usage if end else None, decision, attempt.generated)
-                response_model = end.response_model if end else ""
-                tool_calls = end.tool_calls if end else ()
-                cost = await attempt.succeed(
-                    usage,
-                    response_model,
-                    text,
-                    output_tool_calls=tool_calls,
-                    output_reasoning=attempt.reasoning,
-                )
-                yield d.ChatResult(
-                    request_id=attempts.request_id,
-                    text=text,
-                    finish_reason=end.finish_reason if end else d.FinishReason.UNSPECIFIED,
-                    usage=usage,
-                    cost=cost,
-                    decision=decision,
-                    attempts=attempts.attempts,
-                    response_model=response_model,
-                    tool_calls=tool_calls,
-                    conformance=check_conformance(request.response_format, text),
-                )
-                return
-        raise attempts.exhausted()
+        with self.in_use:
+            request = await self._inline_images(request)
+            decision = self.decide_chat(request)
+            attempts = await Attempts.open(
+                self, decision, "chat", request, self._or_default(deadline), caller
+            )
+            # One generator, not a wrapper around an inner one: every layer of async generators costs
+            # each streamed chunk a resume. Closing it (the caller went away) runs the finally blocks
+            # below at once: the upstream stream closes, then the reservation is given back.
+            max_tokens = request.generation.max_tokens or self.default_max_tokens
+            try:
+                async for attempt in attempts:
+                    async with attempt:
+                        entry = attempt.entry
+                        end: StreamEnd | None = None
+                        stream = attempt.provider.stream_chat(
+                            entry.model, entry.litellm_model, request, max_tokens, attempt.timeout_s
+                        )
+                        try:
+                            async for event in stream:
+                                if isinstance(event, StreamEnd):
+                                    end = event
+                                    continue
+                                output = _stream_output(event)
+                                if output is None:
+                                    continue
+                                attempt.delivered(output)
+                                yield output
+                        finally:
+                            await _aclose(stream)
+                        text = attempt.text
+                        usage = self._usage(entry, end.usage if end else None, decision, attempt.generated)
+                        response_model = end.response_model if end else ""
+                        tool_calls = end.tool_calls if end else ()
+                        cost = await attempt.succeed(
+                            usage,
+                            response_model,
+                            text,
+                            output_tool_calls=tool_calls,
+                            output_reasoning=attempt.reasoning,
+                        )
+                        yield d.ChatResult(
+                            request_id=attempts.request_id,
+                            text=text,
+                            finish_reason=end.finish_reason if end else d.FinishReason.UNSPECIFIED,
+                            usage=usage,
+                            cost=cost,
+                            decision=decision,
+                            attempts=attempts.attempts,
+                            response_model=response_model,
+                            tool_calls=tool_calls,
+                            conformance=check_conformance(request.response_format, text),
+                        )
+                        return
+                raise attempts.exhausted()
+            finally:
+                await attempts.close()
 
     # ------------------------------------------------------------------ embed
 
     async def embed(
         self, request: d.EmbedRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
     ) -> d.EmbedResult:
-        decision = self.decide_embed(request)
-        attempts = await Attempts.open(
-            self, decision, "embeddings", request, self._or_default(deadline), caller
-        )
-        try:
-            return await self._embed(request, attempts)
-        finally:
-            await attempts.close()
+        with self.in_use:
+            decision = self.decide_embed(request)
+            attempts = await Attempts.open(
+                self, decision, "embeddings", request, self._or_default(deadline), caller
+            )
+            try:
+                return await self._embed(request, attempts)
+            finally:
+                await attempts.close()
 
     async def _embed(self, request: d.EmbedRequest, attempts: Attempts) -> d.EmbedResult:
         async for attempt in attempts:

@@ -20,74 +20,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from router_service import domain as d
 from router_service.breaker import BreakerRegistry
 from router_service.config import RouterConfig
-from router_service.gateway import NO_DEADLINE, Deadline, Gateway
-from sekha_runtime.inuse import InUse
+from router_service.gateway import Gateway
 from sekha_runtime.server.auth import ApiKeyAuthInterceptor, KeyRing
 from sekha_runtime.server.reload import Reloader, changed_settings
 
 if TYPE_CHECKING:
     from router_service.rpc.servicer import RouterServicer
     from router_service.server import RouterApp, RouterCore, RouterDeps
-    from router_service.spend import SpendGuard
 
-__all__ = ["ConfigReloader", "TrackedGateway", "install_sighup", "restart_needed"]
+__all__ = ["ConfigReloader", "install_sighup", "restart_needed"]
 
 log = logging.getLogger(__name__)
-
-
-class TrackedGateway(InUse):
-    """A gateway that counts the requests running on it, so it can be retired once they end.
-
-    It offers what the servicer and the HTTP door use of a `Gateway`: the request methods,
-    counted, and `route` and `spend`, passed through.
-    """
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__()
-        self.gateway = gateway
-
-    @property
-    def spend(self) -> SpendGuard | None:
-        return self.gateway.spend
-
-    def route(
-        self,
-        prefs: d.RoutingPreferences,
-        messages: tuple[d.ChatMessage, ...],
-        inputs: tuple[str, ...],
-        max_tokens: int | None,
-    ) -> d.RoutingDecision:
-        return self.gateway.route(prefs, messages, inputs, max_tokens)
-
-    async def chat(
-        self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
-    ) -> d.ChatResult:
-        with self:
-            return await self.gateway.chat(request, deadline, caller)
-
-    async def embed(
-        self, request: d.EmbedRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
-    ) -> d.EmbedResult:
-        with self:
-            return await self.gateway.embed(request, deadline, caller)
-
-    async def stream_chat(
-        self, request: d.ChatRequest, deadline: Deadline = NO_DEADLINE, caller: str | None = None
-    ) -> AsyncGenerator[d.StreamOutput | d.ChatResult, None]:
-        with self:
-            events = self.gateway.stream_chat(request, deadline, caller)
-            try:
-                async for event in events:
-                    yield event
-            finally:
-                await events.aclose()
 
 
 def restart_needed(running: RouterConfig, new: RouterConfig) -> str | None:
@@ -156,7 +104,7 @@ class ConfigReloader(Reloader[RouterConfig, tuple["RouterCore", bool]]):
         old_gateway = self._servicer.gateway
         # The swap: no await from here to the end of the block, so a new request sees either the
         # old core or the new one, whole.
-        self._servicer.gateway = TrackedGateway(core.gateway)
+        self._servicer.gateway = core.gateway
         self._servicer.catalog = core.catalog
         self._core = core
         self._app.gateway = core.gateway
@@ -203,9 +151,9 @@ class ConfigReloader(Reloader[RouterConfig, tuple["RouterCore", bool]]):
                     extra={"event": "provider_reenabled", "provider": provider_id, "via": "reload"},
                 )
 
-    async def _retire(self, old: RouterCore, gateway: TrackedGateway, keep_embedder: bool) -> None:
+    async def _retire(self, old: RouterCore, gateway: Gateway, keep_embedder: bool) -> None:
         """Close the old core once the requests that started on it have ended."""
-        await gateway.drained()
+        await gateway.in_use.drained()
         await self._close_old(old, keep_embedder)
         log.info("previous config retired after its in-flight requests finished")
 

@@ -29,7 +29,7 @@ from router_service.probes import ProbeScheduler, RecheckBackoff
 from router_service.providers.base import ProviderClient, ProviderSpec
 from router_service.providers.factory import make_provider, provider_address
 from router_service.providers.local import LocalEmbedder, LocalEmbeddingProvider
-from router_service.reload import ConfigReloader, TrackedGateway
+from router_service.reload import ConfigReloader
 from router_service.routing import Router
 from router_service.rpc import convert
 from router_service.rpc.servicer import RouterServicer
@@ -317,7 +317,7 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
     core = await build_core(config, deps, store, state_health)
     if deps.preload_local_model:
         await _preload_local_model(core)
-    servicer = RouterServicer(TrackedGateway(core.gateway), core.catalog)
+    servicer = RouterServicer(core.gateway, core.catalog)
     options = options_from_config(
         config.server,
         config.auth,

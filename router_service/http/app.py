@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from router_service import domain as d
 from router_service.catalog import Catalog
-from router_service.gateway import Deadline
+from router_service.gateway import Deadline, Gateway
 from router_service.http import convert
 from router_service.http.errors import HttpError, http_error
 from router_service.http.schema import (
@@ -39,7 +39,6 @@ from router_service.http.schema import (
     error_path,
     unsupported_fields,
 )
-from router_service.reload import TrackedGateway
 from sekha.keys import presented_key
 from sekha.tracing import extract_from_metadata
 from sekha_runtime.errors import FieldViolation, InvalidArgumentError, OverloadedError, UnauthenticatedError
@@ -57,7 +56,7 @@ _CALLER = web.RequestKey("caller", str)
 class ServingCore(Protocol):
     """Where the current gateway and catalog live (the gRPC servicer; a reload swaps both)."""
 
-    gateway: TrackedGateway
+    gateway: Gateway
     catalog: Catalog
 
 

@@ -358,18 +358,21 @@ class OpenAICompatProvider:
                     raise classify_http(response.status, response.headers, decode_error_body(raw))
                 content = response.content
                 lines = _SSELines(content)
-                while True:
-                    async with asyncio.timeout_at(deadline):
+                # One timer for the whole stream, re-armed per read and disarmed while the caller
+                # holds an event: a fresh asyncio.timeout per chunk was a tenth of a chunk's CPU.
+                async with asyncio.timeout_at(deadline) as idle:
+                    while True:
                         events = await self._next_events(lines, state)
-                    if events is None:
-                        break
-                    for event in events:
-                        yield event
-                    deadline = loop.time() + timeout_s
+                        if events is None:
+                            break
+                        idle.reschedule(None)
+                        for event in events:
+                            yield event
+                        idle.reschedule(loop.time() + timeout_s)
                 check_stream_end(state.finish_reason, state.produced_text, state.tool_calls)
                 if not content.at_eof():
                     # Drain the chunked terminator so the connection can be reused.
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout(timeout_s):
                         await content.read()
             except ProviderError:
                 raise

@@ -12,8 +12,7 @@ import grpc
 
 from router_service.catalog import Catalog
 from router_service.domain import ChatResult
-from router_service.gateway import Deadline
-from router_service.reload import TrackedGateway
+from router_service.gateway import Deadline, Gateway
 from router_service.rpc import convert
 from router_service.spend import visible_caller
 from sekha.router.v1 import router_service_pb2 as pb
@@ -29,7 +28,7 @@ def _caller() -> str | None:
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
-    def __init__(self, gateway: TrackedGateway, catalog: Catalog) -> None:
+    def __init__(self, gateway: Gateway, catalog: Catalog) -> None:
         """`gateway` is swapped for a new one by a config reload (`router_service.reload`)."""
         self.gateway = gateway
         self.catalog = catalog
