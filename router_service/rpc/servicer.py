@@ -6,8 +6,6 @@ gateway; the error guard turns them into statuses.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 
 from router_service.catalog import Catalog
@@ -44,18 +42,18 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         )
         return convert.chat_response_to_pb(result)
 
-    async def StreamChat(
-        self, request: pb.StreamChatRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.StreamChatResponse]:
+    async def StreamChat(self, request: pb.StreamChatRequest, context: grpc.aio.ServicerContext) -> None:
+        # Written with context.write, not yielded: an async-generator handler (and the error guard's
+        # generator around it) would cost every chunk two more generator resumes.
         events = self.gateway.stream_chat(
             convert.chat_request_from_pb(request), Deadline.after(context.time_remaining()), _caller()
         )
         try:
             async for event in events:
                 if isinstance(event, ChatResult):
-                    yield convert.chat_summary_to_pb(event)
+                    await context.write(convert.chat_summary_to_pb(event))
                 else:
-                    yield convert.stream_output_to_pb(event)
+                    await context.write(convert.stream_output_to_pb(event))
         finally:
             await events.aclose()  # closes the upstream request when the caller goes away
 

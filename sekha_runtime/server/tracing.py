@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
@@ -174,8 +175,11 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            # A streaming handler that sends with context.write() is a coroutine, wrapped as one.
+            stream = handler.unary_stream
+            wrap = self._wrap_stream if inspect.isasyncgenfunction(stream) else self._wrap_unary
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, info),
+                wrap(stream, info),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
