@@ -46,9 +46,9 @@ provider; none carries a prompt, a provider's error text or a key.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -275,7 +275,8 @@ class Attempts:
     ) -> Attempts:
         """Start a request's book-keeping; raises RateLimitedError before any provider call."""
         identity = resolve_identity(caller, request.metadata)
-        request_id = request.request_id or uuid.uuid4().hex
+        # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID (a fifth of the cost).
+        request_id = request.request_id or os.urandom(16).hex()
         attempts = cls(gateway, decision, operation, request, deadline, request_id, identity)
         if gateway.spend is not None:
             tokens = decision.estimated_input_tokens + decision.estimated_output_tokens

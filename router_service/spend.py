@@ -37,8 +37,8 @@ from __future__ import annotations
 import asyncio
 import calendar
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -391,7 +391,7 @@ class SpendTicket:
         if amount <= 0:
             return
         guard = self.guard
-        reservation_id = uuid.uuid4().hex
+        reservation_id = os.urandom(16).hex()
         outcome = await guard.store.reserve(
             reservation_id, self.budgets, amount, guard.wall_clock(), guard.reservation_ttl_s
         )
@@ -440,7 +440,7 @@ class SpendTicket:
             reasoning_tokens=usage.reasoning_tokens,
         )
         try:
-            await guard.store.settle(held or uuid.uuid4().hex, self.budgets, record)
+            await guard.store.settle(held or os.urandom(16).hex(), self.budgets, record)
         except Exception as exc:
             logger.error("recording spend failed (%s)", type(exc).__name__)
         used = usage.input_tokens + usage.output_tokens
