@@ -13,6 +13,9 @@ and max per histogram series, and the same overflow series (`otel.metric.overflo
 instrument holds `cardinality_limit` series. Measurements the SDK would drop (negative counter
 increments and histogram values, NaN) are dropped here too.
 
+Attribute mappings are read when first recorded: one handed in again must not have changed in
+between (the services build theirs once and reuse them; see `_Instrument._state`).
+
 How the series reach a reader: `Aggregation.export_through(reader)` wraps the reader's
 `_receive_metrics`, the method every SDK reader implements to receive a collection, so that the
 collection it receives carries these metrics next to the SDK's own (observable instruments) in
@@ -66,6 +69,9 @@ _OVERFLOW_ATTRIBUTES: Mapping[str, Any] = {"otel.metric.overflow": True}
 _OVERFLOW_KEY = frozenset(_OVERFLOW_ATTRIBUTES.items())
 _NO_ATTRIBUTES: Mapping[str, Any] = {}
 _NO_KEY: frozenset[tuple[str, Any]] = frozenset()
+# Mappings remembered by identity per instrument; beyond this (callers building a new mapping
+# per measurement) lookups fall back to the frozenset key.
+_IDENTITY_CACHE_LIMIT = 1024
 
 
 class Adder(Protocol):
@@ -96,11 +102,19 @@ class _Instrument:
         self._lock = threading.Lock()
         # key -> (attributes, start time, state); state is the subclass's mutable list.
         self._series: dict[frozenset[tuple[str, Any]], tuple[Mapping[str, Any], int, list[Any]]] = {}
+        # id(mapping) -> (mapping, state): see `_state`. Touched on the recording thread only.
+        self._by_identity: dict[int, tuple[Mapping[str, Any], list[Any]]] = {}
 
     def _state(self, attributes: Mapping[str, Any] | None) -> list[Any]:
         if not attributes:
             key = _NO_KEY
         else:
+            # The hot callers hand in the same mapping object every time (cached per model,
+            # method, status code): found by identity, no frozenset is built. The entry holds
+            # the mapping, so its id cannot be reused by another object while cached.
+            known = self._by_identity.get(id(attributes))
+            if known is not None and known[0] is attributes:
+                return known[1]
             try:
                 key = frozenset(attributes.items())
             except TypeError:  # OpenTelemetry allows list values; a list is not hashable
@@ -108,6 +122,8 @@ class _Instrument:
         series = self._series.get(key)
         if series is None:
             series = self._new_series(key, attributes or _NO_ATTRIBUTES)
+        if attributes and len(self._by_identity) < _IDENTITY_CACHE_LIMIT:
+            self._by_identity[id(attributes)] = (attributes, series[2])
         return series[2]
 
     def _new_series(

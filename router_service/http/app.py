@@ -109,6 +109,9 @@ class HttpDoor:
         self._tracer = telemetry.tracer if telemetry is not None and telemetry.tracing_enabled else None
         self._duration = telemetry.instruments.http_duration if telemetry is not None else None
         self._attributes: dict[tuple[str, str, int], dict[str, Any]] = {}
+        # Span name and attributes per (method, route): made once, so an unsampled request
+        # formats and assembles nothing for its span (routes are the app's, a bounded set).
+        self._span_starts: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware])
         self.app.router.add_post("/v1/chat/completions", self.chat_completions)
         self.app.router.add_post("/v1/embeddings", self.embeddings)
@@ -142,6 +145,15 @@ class HttpDoor:
 
     # ------------------------------------------------------------------ middleware
 
+    def _span_start(self, method: str, route: str) -> tuple[str, dict[str, str]]:
+        key = (method, route)
+        known = self._span_starts.get(key)
+        if known is None:
+            known = (f"{method} {route}", {"http.request.method": method, "http.route": route})
+            if len(self._span_starts) < 256:  # methods come from callers: keep the table bounded
+                self._span_starts[key] = known
+        return known
+
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         route = (
@@ -152,11 +164,9 @@ class HttpDoor:
         active: otel_context.Context | None = parent
         span = None
         if self._tracer is not None and route not in _OPEN_PATHS:
+            name, span_attributes = self._span_start(request.method, route)
             span = self._tracer.start_span(
-                f"{request.method} {route}",
-                context=parent,
-                kind=SpanKind.SERVER,
-                attributes={"http.request.method": request.method, "http.route": route},
+                name, context=parent, kind=SpanKind.SERVER, attributes=span_attributes
             )
             active = trace.set_span_in_context(span, parent)
         token = otel_context.attach(active) if active is not None else None
@@ -184,10 +194,11 @@ class HttpDoor:
         finally:
             if token is not None:
                 otel_context.detach(token)
-            if span is not None:
+            if span is not None and span.is_recording():
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
+            if span is not None:
                 span.end()
             if self._duration is not None:
                 key = (request.method, route, status)

@@ -67,6 +67,9 @@ def current_rpc() -> RpcScope | None:
     return _CURRENT_RPC.get()
 
 
+# `StatusCode.name` is an enum property, looked up per call otherwise.
+_CODE_NAMES: dict[grpc.StatusCode, str] = {code: code.name for code in grpc.StatusCode}
+
 # Called with the status code's name ("OK", "UNAVAILABLE", ...), so hooks need not import grpc.
 OnFinish = Callable[[RpcScope, str, float], None]
 
@@ -227,7 +230,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         self._finished[key] = self._finished.get(key, 0) + 1
         self._duration.record(duration, info.with_code(code))
         if self._on_finish is not None:
-            self._on_finish(scope, code.name, duration)
+            self._on_finish(scope, _CODE_NAMES[code], duration)
 
     def _wrap_unary(self, behavior: Behavior, info: _Method) -> Behavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
