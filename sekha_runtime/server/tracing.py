@@ -1,9 +1,10 @@
 """Server spans and RPC metrics for every RPC of a service (health and reflection excluded).
 
-`TelemetryInterceptor` goes *outside* the `ErrorInterceptor` (first in the server's interceptor
-list), so by the time an RPC ends the domain error has already become a status: an abort shows
-as `grpc.aio.AbortError` with `context.code()` set, a cancellation as CancelledError (CANCELLED,
-or DEADLINE_EXCEEDED when the deadline passed). That final code goes on the span
+`TelemetryInterceptor` goes *outside* the error guard (`ErrorGuard`, which wraps each handler
+at registration; this interceptor comes first in the server's list), so by the time an RPC ends
+the domain error has already become a status: an abort shows as `grpc.aio.AbortError` with
+`context.code()` set, a cancellation as CancelledError (CANCELLED, or DEADLINE_EXCEEDED when the
+deadline passed). That final code goes on the span
 (`rpc.grpc.status_code`) and on the metrics (`code` label).
 
 Per RPC it:
@@ -100,7 +101,7 @@ def _cancel_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 
 
 class TelemetryInterceptor(grpc.aio.ServerInterceptor):
-    """Server spans, context propagation and RPC metrics; put it before the ErrorInterceptor."""
+    """Server spans, context propagation and RPC metrics, around the error guard's handlers."""
 
     def __init__(
         self,
@@ -162,7 +163,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(HEALTH_PREFIX) or method.startswith(REFLECTION_PREFIX):
             return handler
         # The wrapping depends only on the method and the handler below us, so when that handler
-        # is the same object as last time (the ErrorInterceptor caches its own), so is ours.
+        # is the same object as last time (the error guard wraps each once, at registration), so is ours.
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -244,7 +245,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 code = _cancel_code(context)
                 raise
             except BaseException:
-                # AbortError: the ErrorInterceptor set the status; anything else escaped it.
+                # AbortError: the error guard set the status; anything else escaped it.
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
