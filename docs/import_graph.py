@@ -61,7 +61,7 @@ PARTS = {
     "stubs": "generated stubs<br/>sekha.router.v1, sekha.embedding.v1",
     "cli": "sekha_cli<br/>(sekha-cli: CLI, MCP server)",
     "runtime": "sekha_runtime<br/>errors, config loader, telemetry",
-    "runtime_server": "sekha_runtime.server<br/>interceptors, auth, TLS, lifecycle, reload",
+    "runtime_server": "sekha_runtime.server<br/>handler layers, auth, TLS, lifecycle, reload",
     "router_wiring": "router_service<br/>server, __main__, reload, observability",
     "router_rpc": "router_service.rpc<br/>servicer, convert",
     "router_http": "router_service.http<br/>OpenAI-compatible door",

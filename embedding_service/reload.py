@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from embedding_service.config import EmbeddingConfig
 from sekha_runtime.configloader import ConfigError
-from sekha_runtime.server.auth import ApiKeyAuthInterceptor, KeyRing
+from sekha_runtime.server.auth import ApiKeyAuth, KeyRing
 from sekha_runtime.server.reload import Reloader, changed_settings
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class ConfigReloader(Reloader[EmbeddingConfig, "RouterVectors"]):
         deps: EmbeddingDeps,
         router: RouterVectors,
         *,
-        auth_interceptor: ApiKeyAuthInterceptor | None = None,
+        auth: ApiKeyAuth | None = None,
         path: str | Path | None = None,
     ) -> None:
         """`path` None re-reads the embedded default."""
@@ -75,7 +75,7 @@ class ConfigReloader(Reloader[EmbeddingConfig, "RouterVectors"]):
         self._config = config
         self._deps = deps
         self._router = router
-        self._auth = auth_interceptor
+        self._auth = auth
 
     @property
     def config(self) -> EmbeddingConfig:

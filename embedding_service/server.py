@@ -27,10 +27,10 @@ from sekha.client import ConnectionConfig, RouterClient
 from sekha.embedding.v1 import embedding_service_pb2 as pb
 from sekha.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
 from sekha.tracing import client_interceptors
-from sekha_runtime.server.auth import ApiKeyAuthInterceptor, refuse_if_open
+from sekha_runtime.server.auth import ApiKeyAuth, refuse_if_open
 from sekha_runtime.server.lifecycle import ServingServer, options_from_config, start_server
 from sekha_runtime.server.tls import client_connection
-from sekha_runtime.server.tracing import TelemetryInterceptor
+from sekha_runtime.server.tracing import ServerTelemetry
 from sekha_runtime.telemetry import MetricsEndpoint, Telemetry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
@@ -115,7 +115,7 @@ async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = Non
     options = options_from_config(
         config.server,
         config.auth,
-        telemetry=(TelemetryInterceptor(telemetry),) if telemetry is not None else (),
+        telemetry=(ServerTelemetry(telemetry),) if telemetry is not None else (),
         extra=deps.extra_interceptors,
         credentials=deps.server_credentials,
         request_check=convert.check_request,
@@ -126,8 +126,8 @@ async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = Non
         register=lambda server: pb_grpc.add_EmbeddingServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
     )
-    auth = next((i for i in options.extra_interceptors if isinstance(i, ApiKeyAuthInterceptor)), None)
-    reloader = ConfigReloader(service, config, deps, router, auth_interceptor=auth)
+    auth = next((layer for layer in options.layers if isinstance(layer, ApiKeyAuth)), None)
+    reloader = ConfigReloader(service, config, deps, router, auth=auth)
 
     async def flush_events() -> None:  # the last windows' suppressed counts, once all else stopped
         EVENTS.flush()

@@ -518,7 +518,7 @@ class RouterObserver:
     # -- RPC end -----------------------------------------------------------------------------
 
     def rpc_finished(self, scope: RpcScope, code: str, duration_s: float) -> None:
-        """`TelemetryInterceptor` hook: the router's own share of a successful routed RPC."""
+        """`ServerTelemetry` hook: the router's own share of a successful routed RPC."""
         if code == "OK" and scope.method in _ROUTED_RPCS:
             own = max(0.0, duration_s - scope.upstream_s)
             self._overhead.record(own, self._overhead_attributes[scope.method])

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from router_service.breaker import BreakerRegistry
 from router_service.config import RouterConfig
 from router_service.gateway import Gateway
-from sekha_runtime.server.auth import ApiKeyAuthInterceptor, KeyRing
+from sekha_runtime.server.auth import ApiKeyAuth, KeyRing
 from sekha_runtime.server.reload import Reloader, changed_settings
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class ConfigReloader(Reloader[RouterConfig, tuple["RouterCore", bool]]):
         core: RouterCore,
         deps: RouterDeps,
         *,
-        auth_interceptor: ApiKeyAuthInterceptor | None = None,
+        auth: ApiKeyAuth | None = None,
         path: str | Path | None = None,
     ) -> None:
         """`path` None re-reads $SEKHA_CONFIG, else the embedded default."""
@@ -65,7 +65,7 @@ class ConfigReloader(Reloader[RouterConfig, tuple["RouterCore", bool]]):
         self._servicer = servicer
         self._core = core
         self._deps = deps
-        self._auth = auth_interceptor
+        self._auth = auth
 
     @property
     def core(self) -> RouterCore:

@@ -41,9 +41,9 @@ from router_service.validation import Limits
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
 from sekha_runtime.events import EventLog
-from sekha_runtime.server.auth import ApiKeyAuthInterceptor, refuse_if_open
+from sekha_runtime.server.auth import ApiKeyAuth, refuse_if_open
 from sekha_runtime.server.lifecycle import ServerOptions, ServingServer, options_from_config, start_server
-from sekha_runtime.server.tracing import TelemetryInterceptor
+from sekha_runtime.server.tracing import ServerTelemetry
 from sekha_runtime.telemetry import MetricsEndpoint, Telemetry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -299,13 +299,13 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
     refuse_if_open(config.auth, config.listen_hosts(), "router")
     deps = deps or RouterDeps()
     telemetry = deps.telemetry if deps.telemetry is not None and deps.telemetry.enabled else None
-    telemetry_interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+    telemetry_layers: tuple[ServerTelemetry, ...] = ()
     if telemetry is not None:
         # One observer for the server's life: a config reload rebinds it to the new core.
         observer = deps.observer or RouterObserver(telemetry)
         deps = dataclasses.replace(deps, observer=observer)
         on_finish = observer.rpc_finished if isinstance(observer, RouterObserver) else None
-        telemetry_interceptors = (TelemetryInterceptor(telemetry, on_finish=on_finish),)
+        telemetry_layers = (ServerTelemetry(telemetry, on_finish=on_finish),)
     if deps.events is None:
         deps = dataclasses.replace(
             deps, events=EventLog("router_service.events", config.telemetry.event_log_window_s)
@@ -321,7 +321,7 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
     options = options_from_config(
         config.server,
         config.auth,
-        telemetry=telemetry_interceptors,
+        telemetry=telemetry_layers,
         extra=deps.extra_interceptors,
         credentials=deps.server_credentials,
         request_check=convert.check_request,
@@ -343,7 +343,7 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         state_health=state_health,
     )
     auth = _auth_of(options)
-    app.reloader = ConfigReloader(app, servicer, core, deps, auth_interceptor=auth)
+    app.reloader = ConfigReloader(app, servicer, core, deps, auth=auth)
     if config.server.http_port is not None:
         app.http_port = await _serve_http(config, servicer, auth, telemetry, serving)
     if telemetry is not None and config.server.metrics_port is not None:
@@ -369,7 +369,7 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
 async def _serve_http(
     config: RouterConfig,
     servicer: RouterServicer,
-    auth: ApiKeyAuthInterceptor | None,
+    auth: ApiKeyAuth | None,
     telemetry: Telemetry | None,
     serving: ServingServer,
 ) -> int:
@@ -414,5 +414,5 @@ async def _preload_local_model(core: RouterCore) -> None:
     log.info("local embedding model loaded in %.1f s", time.perf_counter() - started)
 
 
-def _auth_of(options: ServerOptions) -> ApiKeyAuthInterceptor | None:
-    return next((i for i in options.extra_interceptors if isinstance(i, ApiKeyAuthInterceptor)), None)
+def _auth_of(options: ServerOptions) -> ApiKeyAuth | None:
+    return next((layer for layer in options.layers if isinstance(layer, ApiKeyAuth)), None)

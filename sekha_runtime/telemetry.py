@@ -191,7 +191,7 @@ class Instruments:
     With metrics on they are `sekha_runtime.aggregation` instruments (about 1 us per measurement instead
     of the SDK's 11 us), with metrics off the API's no-op ones. Four more are observable (read
     when collected, so they cost nothing per call): `sekha.rpc.requests` and `sekha.rpc.in_flight`
-    (`sekha_runtime.server.tracing.TelemetryInterceptor`), `sekha.router.breaker.state`
+    (`sekha_runtime.server.tracing.ServerTelemetry`), `sekha.router.breaker.state`
     (`router_service.observability.RouterObserver`) and `sekha.metrics.series`
     (`sekha_runtime.aggregation`)."""
 

@@ -1,10 +1,14 @@
-"""API key authentication for both services: a server interceptor and the caller's identity.
+"""API key authentication for both services: a handler layer and the caller's identity.
 
-A caller presents its key as `authorization: Bearer <key>` or `x-api-key: <key>`. The
-interceptor hashes it and compares the hash with every configured hash in constant time
+A caller presents its key as `authorization: Bearer <key>` or `x-api-key: <key>`. `ApiKeyAuth`
+hashes it and compares the hash with every configured hash in constant time
 (`hmac.compare_digest`, no early exit), so neither timing nor the number of keys tells an
 attacker anything. A missing or wrong key is answered UNAUTHENTICATED before the request is
 even deserialized: no handler, no concurrency slot, no parsing of an unknown caller's bytes.
+
+It wraps each handler when the service registers it (`sekha_runtime.server.errors.GuardedRegistry`),
+not as a server interceptor: grpc.aio runs an interceptor as extra coroutines on every call. The
+wrapped handler takes the request's raw bytes and deserializes them only after the key matched.
 
 Health checks need no key (load balancers and kubelets probe without one). Everything else,
 server reflection included, does.
@@ -20,7 +24,7 @@ import contextvars
 import hmac
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +36,9 @@ from sekha_runtime.server.security import AuthConfig, is_loopback, open_listener
 
 __all__ = [
     "ANONYMOUS",
-    "ApiKeyAuthInterceptor",
+    "ApiKeyAuth",
     "Caller",
-    "auth_interceptors",
+    "auth_layers",
     "current_caller",
     "hash_api_key",
 ]
@@ -86,18 +90,12 @@ class KeyRing:
         return found
 
 
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
-
-
-class ApiKeyAuthInterceptor(grpc.aio.ServerInterceptor):
+class ApiKeyAuth:
     """Refuses RPCs without a configured key; records the caller for the handler."""
 
     def __init__(self, keys: KeyRing, open_prefixes: Sequence[str] = _OPEN_PREFIXES) -> None:
         self._open_prefixes = tuple(open_prefixes)
         self.rejected = 0
-        # (method, key id or None for refusals) -> (registered handler, wrapped handler): built once,
-        # not per call; bounded by methods x configured keys.
-        self._wrapped: dict[tuple[str, str | None], tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self.keys = keys
 
     @property
@@ -108,101 +106,71 @@ class ApiKeyAuthInterceptor(grpc.aio.ServerInterceptor):
     def keys(self, keys: KeyRing) -> None:
         """Replaced as a whole on a config reload (key rotation, a key made admin or not)."""
         self._keys = keys
-        self._wrapped = {}  # the wrappers carry each key's Caller, which may have changed
+        # key id -> its Caller, made once per key rather than per call.
+        self._callers: dict[str, Caller] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        if method.startswith(self._open_prefixes):
-            return await continuation(handler_call_details)
-        key_id = self.keys.identify(presented_key(handler_call_details.invocation_metadata))
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler  # unknown method: gRPC answers UNIMPLEMENTED itself
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
+        """Set `current_caller()` for this RPC, or abort it with UNAUTHENTICATED."""
+        key_id = self._keys.identify(presented_key(context.invocation_metadata()))
         if key_id is None:
             self.rejected += 1
-        cached = self._wrapped.get((method, key_id))
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        if key_id is None:
-            wrapped = _refusal(handler)
-        else:
-            caller = Caller(key_id=key_id, authenticated=True, admin=key_id in self.keys.admins)
-            wrapped = _with_caller(handler, caller)
-        self._wrapped[(method, key_id)] = (handler, wrapped)
-        return wrapped
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+            return  # not reached: abort raises
+        caller = self._callers.get(key_id)
+        if caller is None:
+            caller = Caller(key_id=key_id, authenticated=True, admin=key_id in self._keys.admins)
+            self._callers[key_id] = caller
+        # Awaited on the RPC's own task: the value holds for the rest of the call and dies with it.
+        _caller.set(caller)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """`handler`, run only for a known key with `current_caller()` set; health stays open."""
+        if method.startswith(self._open_prefixes):
+            return handler
+        deserialize = handler.request_deserializer or _as_is
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def call_unary(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+                await self._authenticate(context)
+                return await unary(deserialize(raw), context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                call_unary, response_serializer=handler.response_serializer
+            )
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+            writer = handler.unary_stream  # a coroutine that sends with context.write()
+
+            async def call_writer(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+                await self._authenticate(context)
+                return await writer(deserialize(raw), context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                call_writer, response_serializer=handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def call_stream(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await self._authenticate(context)
+                async for response in stream(deserialize(raw), context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                call_stream, response_serializer=handler.response_serializer
+            )
+        return handler  # client streaming RPCs are not part of our contracts
 
 
-def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same shape that answers UNAUTHENTICATED without reading the request."""
-
-    async def refuse_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
-
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
-        yield  # pragma: no cover - abort raises; this makes the function a generator
-
-    # No deserializer: the unknown caller's bytes are never parsed.
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(refuse_unary)
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
-    return grpc.unary_unary_rpc_method_handler(refuse_unary)
+def _as_is(raw: Any) -> Any:
+    return raw
 
 
-def _with_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMethodHandler:
-    """The same handler, run with `current_caller()` set to `caller`."""
-    if handler.unary_unary is not None:
-        unary = handler.unary_unary
-
-        async def call_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            _caller.set(caller)  # each RPC runs in its own task, so the value dies with it
-            return await unary(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            call_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
-        writer = handler.unary_stream  # a coroutine that sends with context.write()
-
-        async def call_writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            _caller.set(caller)
-            return await writer(request, context)
-
-        return grpc.unary_stream_rpc_method_handler(
-            call_writer,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        stream = handler.unary_stream
-
-        async def call_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            _caller.set(caller)
-            async for response in stream(request, context):
-                yield response
-
-        return grpc.unary_stream_rpc_method_handler(
-            call_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return handler  # client streaming RPCs are not part of our contracts
-
-
-def auth_interceptors(config: AuthConfig) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors `config` asks for: one ApiKeyAuthInterceptor, or none when auth is off."""
+def auth_layers(config: AuthConfig) -> list[ApiKeyAuth]:
+    """The handler layers `config` asks for: one ApiKeyAuth, or none when auth is off."""
     if not config.enabled:
         return []
-    return [ApiKeyAuthInterceptor(KeyRing.from_config(config))]
+    return [ApiKeyAuth(KeyRing.from_config(config))]
 
 
 def refuse_if_open(config: AuthConfig, hosts: Sequence[str], service: str) -> None:

@@ -30,7 +30,7 @@ import logging
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -365,43 +365,58 @@ def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
     return remaining is not None and remaining <= 0
 
 
-class _GuardedGenericHandler(grpc.GenericRpcHandler):
-    """A generic handler whose handlers come out guarded (each method's wrapped once)."""
+class HandlerLayer(Protocol):
+    """Wraps one RPC handler once, when it is registered (telemetry, API-key auth, the guard)."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler, guard: ErrorGuard) -> None:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler: ...
+
+
+class _LayeredGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose handlers come out wrapped (each method's wrapped once)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, registry: GuardedRegistry) -> None:
         self._inner = inner
-        self._guard = guard
-        # method -> (the handler it was made from, the guarded one): a generic handler may build
-        # its handler per call, so the guarded one is kept only while the inner one stays the same.
-        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._registry = registry
+        # method -> (the handler it was made from, the wrapped one): a generic handler may build
+        # its handler per call, so the wrapped one is kept only while the inner one stays the same.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
-        cached = self._guarded.get(method)
+        cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        guarded = self._guard.wrap(handler, method)
-        self._guarded[method] = (handler, guarded)
-        return guarded
+        wrapped = self._registry.wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
 class GuardedRegistry:
-    """The server as service registration sees it: every handler added comes out guarded.
+    """The server as service registration sees it: every handler added comes out wrapped by the
+    layers (outermost first) around the error guard.
 
     Generated `add_*Servicer_to_server` functions, health and reflection only call these two
     methods, so they register through this object unchanged.
     """
 
-    def __init__(self, server: grpc.aio.Server, guard: ErrorGuard) -> None:
+    def __init__(
+        self, server: grpc.aio.Server, guard: ErrorGuard, layers: Sequence[HandlerLayer] = ()
+    ) -> None:
         self._server = server
-        self._guard = guard
+        self._layers: tuple[HandlerLayer, ...] = (*layers, guard)  # outermost first
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """`handler` of the fully qualified `method` (`/pkg.Service/Method`), every layer around it."""
+        for layer in reversed(self._layers):  # the guard first: it is the innermost
+            handler = layer.wrap(handler, method)
+        return handler
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(
-            tuple(_GuardedGenericHandler(handler, self._guard) for handler in generic_rpc_handlers)
+            tuple(_LayeredGenericHandler(handler, self) for handler in generic_rpc_handlers)
         )
 
     def add_registered_method_handlers(
@@ -410,7 +425,7 @@ class GuardedRegistry:
         self._server.add_registered_method_handlers(
             service_name,
             {
-                name: self._guard.wrap(handler, f"/{service_name}/{name}")
+                name: self.wrap(handler, f"/{service_name}/{name}")
                 for name, handler in method_handlers.items()
             },
         )

@@ -21,8 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from sekha_runtime.server.auth import auth_interceptors
-from sekha_runtime.server.errors import ErrorGuard, GuardedRegistry
+from sekha_runtime.server.auth import auth_layers
+from sekha_runtime.server.errors import ErrorGuard, GuardedRegistry, HandlerLayer
 from sekha_runtime.server.security import AuthConfig, ServerSettings
 from sekha_runtime.server.tls import server_credentials
 
@@ -39,6 +39,11 @@ class ServerOptions:
     max_concurrent_rpcs: int = 256
     reflection: bool = False
     grace_period_s: float = 10.0
+    # Wrap every handler at registration, outermost first, around the error guard: telemetry, then
+    # API-key auth (`options_from_config`). Layers, not interceptors: grpc.aio runs an interceptor
+    # as extra coroutines on every call (docs/ARCHITECTURE.md §2).
+    layers: Sequence[HandlerLayer] = field(default_factory=tuple)
+    # Real interceptors (tests inject some); they run before any layer.
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = field(default_factory=tuple)
     server_credentials: grpc.ServerCredentials | None = None
     reuse_port: bool = False
@@ -94,14 +99,14 @@ def options_from_config(
     server: ServerSettings,
     auth: AuthConfig,
     *,
-    telemetry: Sequence[grpc.aio.ServerInterceptor] = (),
+    telemetry: Sequence[HandlerLayer] = (),
     extra: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
     request_check: Callable[[Any], None] | None = None,
 ) -> ServerOptions:
     """ServerOptions from a service's `server` and `auth` config sections (both services share them).
 
-    Interceptor order matters: telemetry first, so it sees every RPC with its final status, the
+    Layer order matters: telemetry outermost, so it sees every RPC with its final status, the
     ones refused by auth or the concurrency limit included.
     """
     return ServerOptions(
@@ -112,7 +117,8 @@ def options_from_config(
         reflection=server.reflection,
         grace_period_s=server.grace_period_s,
         reuse_port=server.reuse_port,
-        extra_interceptors=(*telemetry, *extra, *auth_interceptors(auth)),
+        layers=(*telemetry, *auth_layers(auth)),
+        extra_interceptors=tuple(extra),
         server_credentials=credentials or server_credentials(server.tls),
         request_check=request_check,
     )
@@ -127,7 +133,7 @@ async def start_server(
     """Create, register, bind and start a server; health says SERVING once it listens.
 
     `register` adds the service's handlers (a generated `add_*Servicer_to_server`); each comes out
-    wrapped by the error guard, innermost, after the interceptors (telemetry, auth).
+    wrapped by `options.layers` around the error guard.
     """
     errors = ErrorGuard(
         domain, max_concurrent_rpcs=options.max_concurrent_rpcs, request_check=options.request_check
@@ -143,7 +149,7 @@ async def start_server(
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
-    registry = GuardedRegistry(server, errors)
+    registry = GuardedRegistry(server, errors, options.layers)
     register(registry)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, registry)

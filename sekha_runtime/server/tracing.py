@@ -1,11 +1,12 @@
 """Server spans and RPC metrics for every RPC of a service (health and reflection excluded).
 
-`TelemetryInterceptor` goes *outside* the error guard (`ErrorGuard`, which wraps each handler
-at registration; this interceptor comes first in the server's list), so by the time an RPC ends
-the domain error has already become a status: an abort shows as `grpc.aio.AbortError` with
-`context.code()` set, a cancellation as CancelledError (CANCELLED, or DEADLINE_EXCEEDED when the
-deadline passed). That final code goes on the span
-(`rpc.grpc.status_code`) and on the metrics (`code` label).
+`ServerTelemetry` wraps each handler when the service registers it, outermost: outside API-key
+auth and the error guard (`sekha_runtime.server.errors.GuardedRegistry`; not an interceptor,
+which grpc.aio would run as extra coroutines on every call). So by the time an RPC ends the
+domain error or the auth refusal has become a status: an abort shows as `grpc.aio.AbortError`
+with `context.code()` set, a cancellation as CancelledError (CANCELLED, or DEADLINE_EXCEEDED when
+the deadline passed). That final code goes on the span (`rpc.grpc.status_code`) and on the
+metrics (`code` label).
 
 Per RPC it:
 
@@ -28,7 +29,7 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,7 @@ from sekha.tracing import end_rpc_span, extract_from_metadata, rpc_attributes, s
 from sekha_runtime.server.errors import HEALTH_PREFIX, REFLECTION_PREFIX
 from sekha_runtime.telemetry import Telemetry
 
-__all__ = ["RpcScope", "TelemetryInterceptor", "current_rpc"]
+__all__ = ["RpcScope", "ServerTelemetry", "current_rpc"]
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
@@ -100,7 +101,7 @@ def _cancel_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.CANCELLED
 
 
-class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+class ServerTelemetry:
     """Server spans, context propagation and RPC metrics, around the error guard's handlers."""
 
     def __init__(
@@ -115,7 +116,6 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         self._on_finish = on_finish
         self._clock = clock
         self._methods: dict[str, _Method] = {}
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         # Mutated on the event loop only; read (copied) by the collection callbacks.
         self._in_flight: dict[_Method, int] = {}
         self._finished: dict[tuple[_Method, grpc.StatusCode], int] = {}
@@ -153,23 +153,11 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             self._methods[full_method] = known
         return known
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(HEALTH_PREFIX) or method.startswith(REFLECTION_PREFIX):
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """`handler` of `method` with a span and metrics per call (health and reflection as they are)."""
+        if method.startswith(HEALTH_PREFIX) or method.startswith(REFLECTION_PREFIX):
             return handler
-        # The wrapping depends only on the method and the handler below us, so when that handler
-        # is the same object as last time (the error guard wraps each once, at registration), so is ours.
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap_handler(handler, self._describe(method))
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return self._wrap_handler(handler, self._describe(method))
 
     def _wrap_handler(self, handler: grpc.RpcMethodHandler, info: _Method) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:

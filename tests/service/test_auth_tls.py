@@ -21,9 +21,9 @@ from sekha.router.v1 import router_service_pb2_grpc as rt_grpc
 from sekha_runtime.configloader import ConfigError
 from sekha_runtime.server.auth import (
     ANONYMOUS,
-    ApiKeyAuthInterceptor,
+    ApiKeyAuth,
     KeyRing,
-    auth_interceptors,
+    auth_layers,
     current_caller,
 )
 from sekha_runtime.server.lifecycle import ServerOptions, start_server
@@ -126,9 +126,9 @@ async def test_caller_identity_reaches_the_handler_and_refused_calls_never_run_i
             seen.append(current_caller().key_id)
             return rt.RouteResponse(decision=rt.RoutingDecision(reason=current_caller().key_id))
 
-    interceptor = ApiKeyAuthInterceptor(KeyRing([(k["id"], k["hash"]) for k in KEYS]))
+    auth = ApiKeyAuth(KeyRing([(k["id"], k["hash"]) for k in KEYS]))
     serving = await start_server(
-        ServerOptions(port=0, extra_interceptors=(interceptor,)),
+        ServerOptions(port=0, layers=(auth,)),
         "test.sekha.dev",
         lambda server: rt_grpc.add_RouterServiceServicer_to_server(Echo(), server),
         ["sekha.router.v1.RouterService"],
@@ -148,13 +148,13 @@ async def test_caller_identity_reaches_the_handler_and_refused_calls_never_run_i
     finally:
         await serving.stop(0)
     assert seen == ["alice", "embedding-svc", "alice"]
-    assert interceptor.rejected == 1
+    assert auth.rejected == 1
     assert serving.errors.in_flight == 0
     assert current_caller() is ANONYMOUS  # nothing leaked into the test's own context
 
 
 def test_auth_config_is_explicit_and_checked() -> None:
-    assert auth_interceptors(AuthConfig()) == []  # off unless enabled
+    assert auth_layers(AuthConfig()) == []  # off unless enabled
     with pytest.raises(ValueError, match="no keys"):
         AuthConfig(enabled=True)
     with pytest.raises(ValueError, match="sha256"):
