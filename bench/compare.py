@@ -55,6 +55,7 @@ from bench.procs import (
     cpu_seconds_by_process,
     established_connections,
     memory_kib,
+    stop_all,
 )
 from bench.stats import method_text
 
@@ -418,8 +419,9 @@ def run_gateway(settings: GatewaySettings, work_dir: Path, out_dir: Path) -> dic
             }
     finally:
         loadgen.close()
-        for run in running.values():
-            run.target.stop()
+        # Routers before their redis-servers; all routers at once, so their grace periods overlap.
+        stop_all([run.target.process for run in running.values() if run.target.owns_process])
+        stop_all([c for run in running.values() for c in run.target.companions])
         fake.stop()
         if collector is not None:
             report["otlp_collector_received"] = tracing_overhead.stop_collector(collector)

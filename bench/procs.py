@@ -151,16 +151,23 @@ class ManagedProcess:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM the process group this process leads, then SIGKILL it if it lingers."""
-        if self.popen.poll() is not None:
-            return
+        stop_all([self], timeout_s)
+
+
+def stop_all(processes: Sequence[ManagedProcess], timeout_s: float = 10.0) -> None:
+    """Stop several processes at once: all get SIGTERM first, so their grace periods overlap."""
+    running = [p for p in processes if p.popen.poll() is None]
+    for process in running:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
+            os.killpg(process.popen.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for process in running:
         try:
-            self.popen.wait(timeout=timeout_s)
+            process.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=5)
+                os.killpg(process.popen.pid, signal.SIGKILL)
+            process.popen.wait(timeout=5)
 
 
 def start_process(

@@ -38,7 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import litellm_venv, portkey_gateway
 from bench.loadgen import MAX_TOKENS, SYSTEM_TEXT, USER_TEXT
-from bench.procs import ROOT, ManagedProcess, free_port, start_process, tcp_open, wait_ready
+from bench.procs import ROOT, ManagedProcess, free_port, start_process, stop_all, tcp_open, wait_ready
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
 
@@ -64,12 +64,6 @@ class Target:
     workers: int = 1  # router processes sharing the port
     # Processes the target needs and that count towards its CPU (a router's own redis-server).
     companions: list[ManagedProcess] = field(default_factory=list)
-
-    def stop(self) -> None:
-        if self.owns_process:
-            self.process.stop()
-        for companion in self.companions:
-            companion.stop()
 
 
 @dataclass(frozen=True)
@@ -364,8 +358,7 @@ def start_router_variant(
             env["OTEL_TRACES_SAMPLER_ARG"] = TRACE_SAMPLE_RATIO
         target = start_router(work_dir, config, name, source=source, env=env, workers=variant.workers)
     except BaseException:
-        for companion in companions:
-            companion.stop()
+        stop_all(companions)
         raise
     target.channels = variant.channels
     target.workers = variant.workers
