@@ -162,7 +162,7 @@ def _job(target: targets.Target, workload: str, concurrency: int) -> dict[str, A
     }
 
 
-BALANCE_ATTEMPTS = 20
+BALANCE_ATTEMPTS = 40  # an even 4/4 split comes once in about 4 tries
 
 
 def _balance_connections(
