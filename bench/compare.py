@@ -3,8 +3,14 @@
 The targets (``bench.targets``): ``direct`` (the fake provider called by the load generator:
 the floor), ``echo`` (bare grpc.aio answering from the request: the ceiling of gRPC alone),
 ``reference`` (grpc.aio forwarding to the same fake over one pooled aiohttp session and
-nothing else: the ceiling of a Python gRPC gateway), ``router`` (ours), ``litellm_proxy`` and
-``portkey`` (the peers, HTTP). Before any of them starts, ``bench.startup`` times fresh starts
+nothing else: the ceiling of a Python gRPC gateway), ``router`` (ours: SQLite state, the
+shipped default, with a budget and a rate limit as in production), ``litellm_proxy`` and
+``portkey`` (the peers, HTTP). The router's variants each differ in one setting from the
+target they are compared with (``VARIANT_COMPARISONS``): ``router_memory`` (memory state),
+``router_telemetry`` (Prometheus metrics and 10% of traces to a loopback OTLP collector),
+``router_redis`` (Redis state) and ``router_workers2`` (Redis state, two worker processes).
+They run only on the cells their ratios are read from (``VARIANT_CELLS``), which bounds the
+time of the full run. Before any of them starts, ``bench.startup`` times fresh starts
 of the router, the reference and Portkey: process start to serving, and the first chat.
 
 All targets are started one after the other (each timed to SERVING while nothing else runs),
@@ -19,6 +25,9 @@ Per cell the target's CPU (utime + stime of its process tree, from ``/proc``) is
 the measured job only, and its RSS right after. "Added latency" is the target's percentile
 minus the direct call's percentile for the same workload and concurrency. For streams, CPU per
 text chunk is the CPU around the measured job divided by the chunks the load generator received.
+A router with worker processes is one process tree (supervisor and workers); its own
+redis-server counts too, reported apart as well (``companion_cpu_ms_per_request``). The OTLP
+collector's CPU does not count: in production it runs elsewhere.
 Portkey's stream handler waits 25 ms before its first chunk by design, so its time to first
 token carries those 25 ms.
 
@@ -29,19 +38,57 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench import litellm_venv, portkey_gateway, profiling, startup, targets
+from bench import litellm_venv, portkey_gateway, profiling, startup, targets, tracing_overhead
 from bench.machine import machine_info
-from bench.procs import LoadGenProcess, ManagedProcess, cpu_seconds, free_port, memory_kib
+from bench.procs import (
+    LoadGenProcess,
+    ManagedProcess,
+    cpu_seconds,
+    cpu_seconds_by_process,
+    established_connections,
+    memory_kib,
+    stop_all,
+)
 from bench.stats import method_text
 
 RESULTS = Path(__file__).parent / "results"
-TARGET_ORDER = ("direct", "echo", "reference", "router", "router_http", "litellm_proxy", "portkey")
+TARGET_ORDER = (
+    "direct",
+    "echo",
+    "reference",
+    "router",
+    "router_memory",
+    "router_telemetry",
+    "router_redis",
+    "router_workers2",
+    "router_http",
+    "litellm_proxy",
+    "portkey",
+)
 STARTUP_TARGETS = ("router", "reference", "portkey")
+# Where each variant runs: (workloads, concurrencies); no concurrencies means every one of the
+# run. A variant whose concurrencies are all outside the run gets the run's highest.
+VARIANT_CELLS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    "router_memory": (("chat",), ()),
+    "router_telemetry": (("chat", "stream"), (1, 32)),
+    "router_redis": (("chat",), (32, 128)),
+    "router_workers2": (("chat",), (32, 128)),
+}
+# (name, target, baseline): each ratio is target over baseline, two routers that differ in
+# exactly one setting (bench.targets.ROUTER_VARIANTS).
+VARIANT_COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("sqlite_over_memory", "router", "router_memory"),
+    ("telemetry_over_none", "router_telemetry", "router"),
+    ("workers2_over_workers1", "router_workers2", "router_redis"),
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +111,19 @@ class GatewaySettings:
     profile_concurrency: int = 32
     targets: tuple[str, ...] = TARGET_ORDER
     router_source: str | None = None  # another checkout to take the router from (A/B of a patch)
+    target_cells: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = field(
+        default_factory=lambda: dict(VARIANT_CELLS)
+    )
+
+    def cells_for(self, name: str) -> list[tuple[str, int]]:
+        """The (workload, concurrency) cells target ``name`` runs: every cell unless restricted."""
+        if name not in self.target_cells:
+            return [(w, c) for w in self.workloads for c in self.concurrencies]
+        workloads, wanted = self.target_cells[name]
+        concurrencies = [c for c in self.concurrencies if not wanted or c in wanted]
+        if not concurrencies and self.concurrencies:
+            concurrencies = [max(self.concurrencies)]
+        return [(w, c) for w in self.workloads if w in workloads for c in concurrencies]
 
     @classmethod
     def quick(cls, **overrides: Any) -> GatewaySettings:
@@ -98,7 +158,35 @@ def _job(target: targets.Target, workload: str, concurrency: int) -> dict[str, A
         "embed_model": targets.EMBED_MODEL if http else "",
         "api_key": target.api_key,
         "headers": target.headers,
+        "channels": target.channels,
     }
+
+
+BALANCE_ATTEMPTS = 40  # an even 4/4 split comes once in about 4 tries
+
+
+def _balance_connections(
+    loadgen: LoadGenProcess,
+    target: targets.Target,
+    warm_up: Callable[[], dict[str, Any]],
+    warmup: dict[str, Any],
+) -> tuple[dict[str, Any], dict[int, int]]:
+    """Reconnect until the workers hold the load generator's connections evenly (or give up).
+
+    The kernel hands each new connection to a worker by a hash of its addresses, so 8 channels
+    may well land 6 on one worker and 2 on the other, and the calls (spread evenly over the
+    channels) would follow. Many clients even that out in production; one load generator
+    does not, so it reconnects (new source ports) until the split is even.
+    """
+    port = int(target.address.rsplit(":", 1)[1])
+    counts: dict[int, int] = {}
+    for _ in range(BALANCE_ATTEMPTS):
+        counts = {p: n for p, n in established_connections(target.process.pid, port).items() if n}
+        if len(counts) == target.workers and max(counts.values()) - min(counts.values()) <= 1:
+            break
+        loadgen.reset()  # closes every channel; other targets reconnect in their own warm-up
+        warmup = warm_up()
+    return warmup, counts
 
 
 def measure_cell(
@@ -111,32 +199,55 @@ def measure_cell(
 ) -> dict[str, Any]:
     """Warm up, then one measured closed-loop job; CPU read around the measured job only."""
     job = _job(target, workload, concurrency)
-    warmup = loadgen.run(
-        **job,
-        requests=max(settings.warmup_requests, settings.warmup_per_worker * concurrency),
-        max_duration_s=settings.warmup_max_s,
-    )
+
+    def warm_up() -> dict[str, Any]:
+        return loadgen.run(
+            **job,
+            requests=max(settings.warmup_requests, settings.warmup_per_worker * concurrency),
+            max_duration_s=settings.warmup_max_s,
+        )
+
+    warmup = warm_up()
+    connections = None
+    if target.workers > 1:
+        warmup, connections = _balance_connections(loadgen, target, warm_up, warmup)
     pid = target.process.pid
-    cpu_before, upstream_before = cpu_seconds(pid), cpu_seconds(upstream.pid)
+    companions = [c.pid for c in target.companions]
+    by_process_before, upstream_before = cpu_seconds_by_process(pid), cpu_seconds(upstream.pid)
+    companion_before = sum(cpu_seconds(c) for c in companions)
     result = loadgen.run(**job, requests=settings.requests, max_duration_s=settings.max_duration_s)
-    cpu_used = cpu_seconds(pid) - cpu_before
+    by_process = cpu_seconds_by_process(pid)
     upstream_used = cpu_seconds(upstream.pid) - upstream_before
+    companion_used = sum(cpu_seconds(c) for c in companions) - companion_before
+    # A process of the tree that ended meanwhile takes its counted time with it; one that
+    # started meanwhile counts from zero.
+    per_process = {p: by_process[p] - by_process_before.get(p, 0.0) for p in by_process}
+    cpu_used = sum(per_process.values())
     rss, peak = memory_kib(pid)
     done = max(result["ok"] + result["errors"], 1)
     chunks = result.get("chunks") or 0
+    elapsed = result["elapsed_s"]
     result.update(
         {
             "warmup_errors": warmup["errors"],
             "target_cpu_s": round(cpu_used, 3),
             "target_cpu_ms_per_request": round(cpu_used / done * 1000, 4),
             "target_cpu_ms_per_chunk": round(cpu_used / chunks * 1000, 4) if chunks else None,
-            "target_cpu_cores": round(cpu_used / result["elapsed_s"], 3) if result["elapsed_s"] else None,
+            "target_cpu_cores": round(cpu_used / elapsed, 3) if elapsed else None,
             "upstream_cpu_ms_per_request": round(upstream_used / done * 1000, 4),
             "client_cpu_ms_per_request": round(result["client_cpu_s"] / done * 1000, 4),
             "target_rss_kib": rss,
             "target_peak_rss_kib": peak,
         }
     )
+    if len(per_process) > 1:
+        # Supervisor and workers: how evenly the connections spread the work.
+        result["target_cpu_s_by_process"] = {str(p): round(v, 3) for p, v in sorted(per_process.items())}
+    if connections is not None:
+        result["connections_by_process"] = {str(p): n for p, n in sorted(connections.items())}
+    if companions:
+        result["companion_cpu_ms_per_request"] = round(companion_used / done * 1000, 4)
+        result["companion_cpu_cores"] = round(companion_used / elapsed, 3) if elapsed else None
     return result
 
 
@@ -148,6 +259,7 @@ def _start(
     settings: GatewaySettings,
     report: dict[str, Any],
     portkey: portkey_gateway.PortkeyInstall | None,
+    collector_port: int | None = None,
 ) -> targets.Target | None:
     if name == "direct":
         target = targets.direct_target(fake, fake_url)
@@ -157,10 +269,9 @@ def _start(
         return targets.start_echo(work_dir)
     if name == "reference":
         return targets.start_reference(work_dir, fake_url)
-    if name == "router":
-        config = targets.router_config(free_port(), [targets.fake_provider_entry(fake_url)])
+    if name in targets.ROUTER_VARIANTS:
         source = Path(settings.router_source) if settings.router_source else None
-        return targets.start_router(work_dir, config, source=source)
+        return targets.start_router_variant(name, work_dir, fake_url, collector_port, source)
     if name == "router_http":
         source = Path(settings.router_source) if settings.router_source else None
         return targets.start_router_http(work_dir, fake_url, source=source)
@@ -250,12 +361,16 @@ def run_gateway(settings: GatewaySettings, work_dir: Path, out_dir: Path) -> dic
     }
     loadgen = LoadGenProcess(work_dir)
     running: dict[str, Running] = {}
+    collector: subprocess.Popen[str] | None = None
+    collector_port: int | None = None
     try:
         portkey: portkey_gateway.PortkeyInstall | None = None
+        if any(targets.ROUTER_VARIANTS.get(n, targets.RouterVariant()).telemetry for n in settings.targets):
+            collector, collector_port = tracing_overhead.start_collector()
 
         def start(name: str) -> None:
             try:
-                target = _start(name, work_dir, fake, fake_url, settings, report, portkey)
+                target = _start(name, work_dir, fake, fake_url, settings, report, portkey, collector_port)
             except Exception as exc:
                 report["unavailable"][name] = f"failed to start: {exc}"
                 return
@@ -275,7 +390,9 @@ def run_gateway(settings: GatewaySettings, work_dir: Path, out_dir: Path) -> dic
         for workload in settings.workloads:
             for concurrency in settings.concurrencies:
                 for name, run in running.items():
-                    if not run.target.process.alive():
+                    if not run.target.process.alive() or (workload, concurrency) not in settings.cells_for(
+                        name
+                    ):
                         continue
                     cell = measure_cell(loadgen, run.target, workload, concurrency, settings, fake)
                     run.cells[f"{workload}/c{concurrency}"] = cell
@@ -302,10 +419,12 @@ def run_gateway(settings: GatewaySettings, work_dir: Path, out_dir: Path) -> dic
             }
     finally:
         loadgen.close()
-        for run in running.values():
-            if run.target.owns_process:
-                run.target.process.stop()
+        # Routers before their redis-servers; all routers at once, so their grace periods overlap.
+        stop_all([run.target.process for run in running.values() if run.target.owns_process])
+        stop_all([c for run in running.values() for c in run.target.companions])
         fake.stop()
+        if collector is not None:
+            report["otlp_collector_received"] = tracing_overhead.stop_collector(collector)
     report["derived"] = derive(report, settings)
     report["machine"] = machine_info(
         litellm_proxy_version=(report.get("litellm_install") or {}).get("version")
@@ -375,6 +494,69 @@ def _over_reference(
     return entry
 
 
+def _with_companions(cell: dict[str, Any]) -> float:
+    return float(cell["target_cpu_ms_per_request"]) + float(cell.get("companion_cpu_ms_per_request") or 0.0)
+
+
+def _worker_shares(cell: dict[str, Any], root_pid: int | None) -> list[float] | None:
+    """Each worker's share of the workers' CPU (the supervisor left out), largest first."""
+    by_process = cell.get("target_cpu_s_by_process")
+    if not by_process:
+        return None
+    workers = [v for p, v in by_process.items() if int(p) != root_pid]
+    total = sum(workers)
+    return sorted((round(v / total, 3) for v in workers), reverse=True) if total else None
+
+
+def variant_ratios(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each variant over the router it differs from in one setting, cell by cell (both measured)."""
+    nproc = os.cpu_count() or 1
+    found: dict[str, dict[str, Any]] = {}
+    for comparison, name, base in VARIANT_COMPARISONS:
+        ours_target, base_target = report["targets"].get(name), report["targets"].get(base)
+        if not ours_target or not base_target:
+            continue
+        entries = {}
+        for key, cell in ours_target["cells"].items():
+            other = base_target["cells"].get(key)
+            if not other:
+                continue
+            entry: dict[str, Any] = {
+                "throughput_rps": cell["throughput_rps"],
+                "baseline_throughput_rps": other["throughput_rps"],
+                "throughput_ratio": _ratio(cell["throughput_rps"], other["throughput_rps"], 3),
+                "cpu_ms_per_request": cell["target_cpu_ms_per_request"],
+                "baseline_cpu_ms_per_request": other["target_cpu_ms_per_request"],
+                "cpu_per_request_ratio": _ratio(
+                    cell["target_cpu_ms_per_request"], other["target_cpu_ms_per_request"], 3
+                ),
+                # The router's share of the machine while it ran the cell (CPU seconds / wall / cores).
+                "machine_share": _ratio(cell["target_cpu_cores"], nproc, 3),
+                "baseline_machine_share": _ratio(other["target_cpu_cores"], nproc, 3),
+                "p50_ms": _p(cell, "latency_ms", "p50"),
+                "baseline_p50_ms": _p(other, "latency_ms", "p50"),
+            }
+            if key.startswith("stream/"):
+                entry["cpu_per_chunk_ratio"] = _ratio(
+                    cell.get("target_cpu_ms_per_chunk"), other.get("target_cpu_ms_per_chunk"), 3
+                )
+                entry["cpu_ms_per_chunk"] = cell.get("target_cpu_ms_per_chunk")
+                entry["baseline_cpu_ms_per_chunk"] = other.get("target_cpu_ms_per_chunk")
+                entry["ttft_p50_ms"] = _p(cell, "ttft_ms", "p50")
+                entry["baseline_ttft_p50_ms"] = _p(other, "ttft_ms", "p50")
+            if "companion_cpu_ms_per_request" in cell or "companion_cpu_ms_per_request" in other:
+                entry["cpu_with_redis_ms_per_request"] = round(_with_companions(cell), 4)
+                entry["baseline_cpu_with_redis_ms_per_request"] = round(_with_companions(other), 4)
+                entry["cpu_with_redis_ratio"] = _ratio(_with_companions(cell), _with_companions(other), 3)
+            shares = _worker_shares(cell, ours_target.get("pid"))
+            if shares:
+                entry["worker_cpu_shares"] = shares
+            entries[key] = entry
+        if entries:
+            found[comparison] = {"target": name, "baseline": base, "cells": entries}
+    return found
+
+
 def derive(report: dict[str, Any], settings: GatewaySettings) -> dict[str, Any]:
     """Added latency over the direct floor, and the ratios the goals are stated in."""
     cells = {name: t["cells"] for name, t in report["targets"].items()}
@@ -417,7 +599,13 @@ def derive(report: dict[str, Any], settings: GatewaySettings) -> dict[str, Any]:
         ratios[key] = entry
     memory = {name: t["rss_kib_after_run"] for name, t in report["targets"].items()}
     errors = {name: sum(c["errors"] for c in t["cells"].values()) for name, t in report["targets"].items()}
-    return {"added_latency_ms": added, "router_ratios": ratios, "rss_kib_after_run": memory, "errors": errors}
+    return {
+        "added_latency_ms": added,
+        "router_ratios": ratios,
+        "variant_ratios": variant_ratios(report),
+        "rss_kib_after_run": memory,
+        "errors": errors,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,11 +3,13 @@
 ``concurrency`` workers each issue requests back to back (a new one as soon as the previous
 answer is complete) until ``requests`` were issued in total or ``max_duration_s`` passed.
 gRPC targets (router, echo server) are driven over one ``grpc.aio`` channel with the generated
-``RouterService`` stubs; HTTP targets (LiteLLM proxy, the fake provider itself) with one pooled
-keep-alive ``aiohttp`` session, speaking the OpenAI API, with any extra headers the target
-needs (Portkey names its upstream in headers). Both send the same conversation,
-the same embedding input, and both check each answer is complete (a stream counts only when it
-ended properly: a gRPC summary message, an SSE ``[DONE]``).
+``RouterService`` stubs (or ``channels`` channels, each its own TCP connection, calls spread over
+them in turn: a router with several worker processes on one port only spreads connections);
+HTTP targets (LiteLLM proxy, the fake provider itself) with one pooled keep-alive ``aiohttp``
+session, speaking the OpenAI API, with any extra headers the target needs (Portkey names its
+upstream in headers). Both send the same conversation, the same embedding input, and both
+check each answer is complete (a stream counts only when it ended properly: a gRPC summary
+message, an SSE ``[DONE]``).
 
 Latency is measured from just before the call to the complete answer; for streams the time to
 the first text chunk is kept too, and the text chunks are counted (CPU per chunk). Failed calls
@@ -64,6 +66,7 @@ class Job:
     headers: dict[str, str] | None = None  # extra HTTP headers (http targets only)
     texts: tuple[str, ...] = (EMBED_TEXT,)  # embed inputs, one per request, cycled
     call_timeout_s: float = CALL_TIMEOUT_S
+    channels: int = 1  # gRPC connections the calls are spread over (grpc targets only)
 
 
 @dataclass
@@ -91,17 +94,19 @@ Call = Callable[[int], Awaitable[tuple[float, int] | None]]
 
 
 class GrpcTarget:
-    """Calls over one channel with the generated stubs."""
+    """Calls over one channel (or several, each its own connection) with the generated stubs."""
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-            ],
-        )
-        self.stub = pb_grpc.RouterServiceStub(self.channel)
+    def __init__(self, address: str, channels: int = 1) -> None:
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ]
+        if channels > 1:
+            # Channels with the same arguments share one connection through the global
+            # subchannel pool; a local pool per channel gives each its own TCP connection.
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        self.channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(channels)]
+        self.stubs = [pb_grpc.RouterServiceStub(channel) for channel in self.channels]
 
     def call(self, job: Job) -> Call:
         messages = [
@@ -112,13 +117,14 @@ class GrpcTarget:
         routing = pb.RoutingPreferences(preferred_model=job.chat_model) if job.chat_model else None
         embed_routing = pb.RoutingPreferences(preferred_model=job.embed_model) if job.embed_model else None
         timeout = job.call_timeout_s
-        stub = self.stub
+        stubs = self.stubs
+        count = len(stubs)
 
         if job.workload == "chat":
             request = pb.ChatRequest(messages=messages, generation=generation, routing=routing)
 
             async def chat(index: int) -> tuple[float, int] | None:
-                reply = await stub.Chat(request, timeout=timeout)
+                reply = await stubs[index % count].Chat(request, timeout=timeout)
                 if not reply.text:
                     raise IncompleteAnswer("empty chat text")
                 return None
@@ -132,7 +138,7 @@ class GrpcTarget:
                 first: float | None = None
                 chunks = 0
                 finished = False
-                async for message in stub.StreamChat(stream_request, timeout=timeout):
+                async for message in stubs[index % count].StreamChat(stream_request, timeout=timeout):
                     kind = message.WhichOneof("event")
                     if kind == "delta":
                         if message.delta.text:
@@ -150,6 +156,7 @@ class GrpcTarget:
             embed_requests = [pb.EmbedRequest(inputs=[text], routing=embed_routing) for text in job.texts]
 
             async def embed(index: int) -> tuple[float, int] | None:
+                stub = stubs[index % count]
                 reply = await stub.Embed(embed_requests[index % len(embed_requests)], timeout=timeout)
                 if len(reply.embeddings) != 1 or not reply.embeddings[0].values:
                     raise IncompleteAnswer("wrong number of vectors")
@@ -159,7 +166,8 @@ class GrpcTarget:
         raise ValueError(f"unknown workload {job.workload!r}")
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
 
 class HttpTarget:
@@ -315,11 +323,11 @@ class LoadGenerator:
         self._targets: dict[tuple[Any, ...], GrpcTarget | HttpTarget] = {}
 
     def _target(self, job: Job) -> GrpcTarget | HttpTarget:
-        key = (job.kind, job.address, job.api_key, tuple(sorted((job.headers or {}).items())))
+        key = (job.kind, job.address, job.api_key, tuple(sorted((job.headers or {}).items())), job.channels)
         target = self._targets.get(key)
         if target is None:
             target = (
-                GrpcTarget(job.address)
+                GrpcTarget(job.address, job.channels)
                 if job.kind == "grpc"
                 else HttpTarget(job.address, job.api_key, job.headers)
             )

@@ -59,15 +59,48 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and its live descendants, in seconds."""
-    total = 0
+def cpu_seconds_by_process(pid: int) -> dict[int, float]:
+    """utime + stime of ``pid`` and of each of its live descendants, in seconds, by pid."""
+    seconds = {}
     for member in process_tree(pid):
         with contextlib.suppress(OSError):
             stat = Path(f"/proc/{member}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / _CLOCK_TICKS
+            # utime, stime (fields 14 and 15 of stat)
+            seconds[member] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return seconds
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its live descendants, in seconds."""
+    return sum(cpu_seconds_by_process(pid).values())
+
+
+def established_connections(pid: int, port: int) -> dict[int, int]:
+    """Established TCP connections on local ``port`` held by ``pid`` and each of its descendants.
+
+    Worker processes sharing a port (SO_REUSEPORT) each accept their own connections; this says
+    which worker holds how many (sockets matched by inode between ``/proc/net/tcp*`` and fds).
+    """
+    established: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+                    established.add(fields[9])
+    counts: dict[int, int] = {}
+    for member in process_tree(pid):
+        held = 0
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{member}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd.path)
+                    if link.startswith("socket:[") and link[8:-1] in established:
+                        held += 1
+        counts[member] = held
+    return counts
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -118,16 +151,23 @@ class ManagedProcess:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM the process group this process leads, then SIGKILL it if it lingers."""
-        if self.popen.poll() is not None:
-            return
+        stop_all([self], timeout_s)
+
+
+def stop_all(processes: Sequence[ManagedProcess], timeout_s: float = 10.0) -> None:
+    """Stop several processes at once: all get SIGTERM first, so their grace periods overlap."""
+    running = [p for p in processes if p.popen.poll() is None]
+    for process in running:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
+            os.killpg(process.popen.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for process in running:
         try:
-            self.popen.wait(timeout=timeout_s)
+            process.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=5)
+                os.killpg(process.popen.pid, signal.SIGKILL)
+            process.popen.wait(timeout=5)
 
 
 def start_process(

@@ -12,6 +12,8 @@ GOAL_TTFT_OVERHEAD_MS = 1.0  # issue 19 (was 2 ms)
 GOAL_CPU_OVER_REFERENCE = 1.5  # router server CPU per unary chat / per stream chunk vs the reference
 GOAL_RSS_FRACTION_OF_PROXY = 0.5
 GOAL_BATCHING = 0.8
+GOAL_STATE_THROUGHPUT_COST = 0.10  # default SQLite state vs memory, budget + rate limit on both
+GOAL_TELEMETRY_THROUGHPUT_COST = 0.10  # metrics + 10% of traces vs no telemetry
 THROUGHPUT_CONCURRENCY = 32
 
 
@@ -48,6 +50,38 @@ def _reference_goals(ratios: dict[str, Any]) -> list[dict[str, Any]]:
                 None if worst is None else f"{worst[0]:.2f}x ({worst[1]})",
                 None if worst is None else worst[0] <= GOAL_CPU_OVER_REFERENCE,
                 "" if worst is not None else "reference not measured",
+            )
+        )
+    return goals
+
+
+def _variant_goals(variants: dict[str, Any]) -> list[dict[str, Any]]:
+    """The throughput a setting may cost, judged where the other throughput goals are (chat, c=32)."""
+    goals = []
+    key = f"chat/c{THROUGHPUT_CONCURRENCY}"
+    for comparison, what, limit in (
+        (
+            "sqlite_over_memory",
+            "default SQLite state vs memory state (budget + rate limit on both): throughput cost",
+            GOAL_STATE_THROUGHPUT_COST,
+        ),
+        (
+            "telemetry_over_none",
+            "metrics + 10% of traces (OTLP) vs no telemetry: throughput cost",
+            GOAL_TELEMETRY_THROUGHPUT_COST,
+        ),
+    ):
+        entry = (variants.get(comparison) or {}).get("cells", {}).get(key) or {}
+        ratio, cpu = entry.get("throughput_ratio"), entry.get("cpu_per_request_ratio")
+        goals.append(
+            _goal(
+                f"{what} ({key})",
+                f"<= {limit:.0%}",
+                None
+                if ratio is None
+                else f"{1 - ratio:+.1%} (throughput ratio {ratio:.3f}; CPU per request ratio {_fmt(cpu, 3)})",
+                None if ratio is None else 1 - ratio <= limit,
+                "" if ratio is not None else f"{key} of both routers not measured",
             )
         )
     return goals
@@ -134,6 +168,7 @@ def evaluate_goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             )
         )
         goals += _reference_goals(derived["router_ratios"])
+        goals += _variant_goals(derived.get("variant_ratios") or {})
         goals += _startup_goals(gateway.get("startup") or {})
         memory = derived["rss_kib_after_run"]
         router_rss, proxy_rss = memory.get("router"), memory.get("litellm_proxy")
@@ -151,12 +186,13 @@ def evaluate_goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             )
         )
         errors = derived["errors"]
+        routers = [name for name in errors if name.startswith("router")]
         goals.append(
             _goal(
-                "no errors (router, every cell)",
+                "no errors (router and its variants, every cell)",
                 "0",
                 ", ".join(f"{name}: {count}" for name, count in errors.items()),
-                errors.get("router") == 0 if "router" in errors else None,
+                all(errors[name] == 0 for name in routers) if routers else None,
             )
         )
     batching = results.get("batching")
@@ -296,6 +332,62 @@ def _http_door_table(gateway: dict[str, Any]) -> list[str]:
     return lines
 
 
+VARIANT_LABELS = {
+    "sqlite_over_memory": "SQLite state / memory state",
+    "telemetry_over_none": "telemetry / none",
+    "workers2_over_workers1": "2 workers / 1 worker (Redis state)",
+}
+
+
+def _variant_table(gateway: dict[str, Any]) -> list[str]:
+    """Each router variant against the router it differs from in one setting."""
+    variants = gateway["derived"].get("variant_ratios") or {}
+    if not variants:
+        return []
+    lines = [
+        "",
+        "Router settings, each pair differing in one setting (A over B, same cells, interleaved). "
+        "CPU is the router's process tree per request (per text chunk for streams); with Redis, "
+        "'+ redis' adds the router's own redis-server; machine share is CPU seconds per wall "
+        "second over all cores.",
+        "",
+        "| A / B | workload | c | A req/s | B req/s | throughput A/B | A CPU ms | B CPU ms | CPU A/B "
+        "| CPU + redis A/B | A machine share | B machine share | worker CPU shares |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for comparison, found in variants.items():
+        label = f"{VARIANT_LABELS.get(comparison, comparison)} ({found['target']} / {found['baseline']})"
+        for key, entry in found["cells"].items():
+            workload, concurrency = key.split("/c")
+            stream = workload == "stream"
+            cpu_ratio = entry.get("cpu_per_chunk_ratio") if stream else entry.get("cpu_per_request_ratio")
+            shares = entry.get("worker_cpu_shares")
+            cpu = "cpu_ms_per_chunk" if stream else "cpu_ms_per_request"
+            row = [
+                label,
+                f"{workload} (CPU per chunk)" if stream else workload,
+                concurrency,
+                _fmt(entry["throughput_rps"], 0),
+                _fmt(entry["baseline_throughput_rps"], 0),
+                _fmt(entry["throughput_ratio"], 3),
+                _fmt(entry.get(cpu), 3),
+                _fmt(entry.get(f"baseline_{cpu}"), 3),
+                _fmt(cpu_ratio, 3),
+                _fmt(entry.get("cpu_with_redis_ratio"), 3),
+                _fmt(entry.get("machine_share")),
+                _fmt(entry.get("baseline_machine_share")),
+                " / ".join(f"{share:.0%}" for share in shares) if shares else "-",
+            ]
+            lines.append("| " + " | ".join(str(v) for v in row) + " |")
+    received = gateway.get("otlp_collector_received")
+    if received:
+        lines.append(
+            f"\nThe OTLP collector received {received.get('spans')} spans, "
+            f"{received.get('metric_exports')} metric exports and {received.get('log_records')} log records."
+        )
+    return lines
+
+
 def _startup_table(gateway: dict[str, Any]) -> list[str]:
     startup = gateway.get("startup")
     if not startup or not startup.get("targets"):
@@ -387,6 +479,7 @@ def markdown(summary: dict[str, Any], results: dict[str, dict[str, Any]]) -> str
             lines.append(f"\n{name} unavailable: {reason}")
         lines += _reference_table(gateway)
         lines += _http_door_table(gateway)
+        lines += _variant_table(gateway)
         lines += _startup_table(gateway)
     emb = results.get("embedding")
     if emb:

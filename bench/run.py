@@ -9,7 +9,9 @@ Sections (``--sections``, comma-separated; default: all):
 * ``gateway``: router vs the reference gateway (minimal grpc.aio forwarding to the same fake)
   vs the LiteLLM proxy vs the Portkey gateway vs the fake provider called directly (the floor)
   vs a bare grpc.aio echo server, each its own process, one load generator process; unary
-  chat, streaming chat and embeddings at concurrency 1, 8, 32, 128 (``bench.compare``); first
+  chat, streaming chat and embeddings at concurrency 1, 8, 32, 128 (``bench.compare``); the
+  router's variants (memory state, telemetry, Redis state, two workers) on the cells their
+  ratios need, about 3 minutes of the run; first
   the start-up and first request of the router, the reference and Portkey (``bench.startup``,
   ``--startup-runs`` fresh starts each); with ``--profile-seconds`` > 0, py-spy profiles the
   router at concurrency 32 afterwards;

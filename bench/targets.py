@@ -3,7 +3,12 @@
 * the fake provider (``testkit.fake_provider``): the upstream of everything, and the
   "direct" floor when the load generator calls it itself;
 * our router (``python -m router_service serve --config <generated yaml>``) with one
-  ``openai_compatible`` provider at the fake's ``/v1`` (transport ``auto``: the lean path);
+  ``openai_compatible`` provider at the fake's ``/v1`` (transport ``auto``: the lean path), in
+  the shipped default state backend (SQLite) with a daily budget and a per-caller rate limit, so
+  every request reserves and settles spend and books the limiter as in production; and its
+  variants (``ROUTER_VARIANTS``), each differing from the router it is compared with in one
+  setting: memory state, telemetry on (Prometheus metrics and 10% of traces over OTLP to a
+  loopback collector), Redis state, two worker processes;
 * the bare grpc.aio echo server (``bench.echo_server``): the ceiling of Python gRPC;
 * the reference gateway (``bench.reference_server``): grpc.aio forwarding to the same fake over
   one pooled aiohttp session and nothing else, the ceiling of a Python gRPC gateway;
@@ -19,11 +24,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import litellm_venv, portkey_gateway
 from bench.loadgen import MAX_TOKENS, SYSTEM_TEXT, USER_TEXT
-from bench.procs import ROOT, ManagedProcess, free_port, start_process, wait_ready
+from bench.procs import ROOT, ManagedProcess, free_port, start_process, stop_all, tcp_open, wait_ready
 from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
 
@@ -54,6 +60,36 @@ class Target:
     startup_s: float | None = None
     first_success_s: float | None = None
     owns_process: bool = True  # False for "direct": the fake provider outlives it
+    channels: int = 1  # gRPC connections the load generator spreads its calls over
+    workers: int = 1  # router processes sharing the port
+    # Processes the target needs and that count towards its CPU (a router's own redis-server).
+    companions: list[ManagedProcess] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RouterVariant:
+    """How one router target is configured; see ``ROUTER_VARIANTS``."""
+
+    state: str = "sqlite"  # memory | sqlite | redis
+    telemetry: bool = False  # Prometheus metrics + OTLP traces sampled at TRACE_SAMPLE_RATIO
+    workers: int = 1
+    channels: int = 1
+
+
+# Each variant differs in exactly one setting from the target its ratio is taken against
+# (``bench.compare.VARIANT_COMPARISONS``). The Redis pair uses several connections because
+# worker processes sharing a port with SO_REUSEPORT receive whole connections, never calls.
+ROUTER_VARIANTS: dict[str, RouterVariant] = {
+    "router": RouterVariant(),
+    "router_memory": RouterVariant(state="memory"),
+    "router_telemetry": RouterVariant(telemetry=True),
+    "router_redis": RouterVariant(state="redis", channels=8),
+    "router_workers2": RouterVariant(state="redis", workers=2, channels=8),
+}
+TRACE_SAMPLE_RATIO = "0.1"
+# Limits that never bite in a benchmark but make every request do the bookkeeping.
+DAILY_BUDGET_USD = 1_000_000
+REQUESTS_PER_MINUTE = 10_000_000
 
 
 def _http_ok(url: str, timeout_s: float = 1.0) -> bool:
@@ -166,6 +202,24 @@ def router_config(port: int, providers: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def with_state(
+    config: dict[str, Any], backend: str, work_dir: Path, name: str, redis_url: str | None = None
+) -> dict[str, Any]:
+    """``config`` with a state backend, a daily budget and a per-caller rate limit (as production)."""
+    state: dict[str, Any] = {"backend": backend}
+    if backend == "sqlite":
+        state["sqlite_path"] = str(work_dir / f"{name}-state.sqlite3")
+    elif backend == "redis":
+        state["redis_url"] = redis_url
+        state["key_prefix"] = f"bench-{name}"
+    return {
+        **config,
+        "state": state,
+        "budgets": {"default_caller": {"daily_usd": DAILY_BUDGET_USD}},
+        "rate_limits": {"default_caller": {"requests_per_minute": REQUESTS_PER_MINUTE}},
+    }
+
+
 def fake_provider_entry(fake_base_url: str) -> dict[str, Any]:
     """The fake as an ``openai_compatible`` provider (transport auto: the lean HTTP path)."""
     return {
@@ -204,35 +258,129 @@ def router_launch(
     return argv, env, source or ROOT
 
 
+def _router_environment(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment without OTEL_* (a router without telemetry must have none)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env.update(extra)
+    return env
+
+
+def _serving_lines(process: ManagedProcess) -> int:
+    try:
+        return process.log_path.read_text(errors="replace").count(" serving on port ")
+    except OSError:
+        return 0
+
+
 def start_router(
     work_dir: Path,
     config: dict[str, Any],
     name: str = "router",
     check_chat: bool = True,
     source: Path | None = None,
+    env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> Target:
     """``python -m router_service serve --config <yaml>``; JSON is valid YAML, so the file is JSON.
 
     ``source`` runs the router from another checkout of this repository (A/B of a patch): its
-    ``router_service`` and ``clients/python`` come first on the import path.
+    ``router_service`` and ``clients/python`` come first on the import path. With ``workers``
+    > 1 it is ready once every worker has logged that it serves: a worker that binds the shared
+    port late would get none of the connections the load generator opened before.
     """
     port = int(config["server"]["port"])
-    argv, env, cwd = router_launch(work_dir, config, name, source)
-    process = start_process(name, argv, work_dir, env=env, cwd=cwd)
+    argv, launch_env, cwd = router_launch(work_dir, config, name, source)
+    process = start_process(
+        name,
+        argv,
+        work_dir,
+        env=_router_environment({**launch_env, **(env or {})}),
+        cwd=cwd,
+        replace_env=True,
+    )
     target = Target(name=name, kind="grpc", address=f"127.0.0.1:{port}", process=process)
-    target.startup_s = wait_ready(process, lambda: _grpc_serving(port), STARTUP_TIMEOUT_S)
+    target.startup_s = wait_ready(
+        process, lambda: _grpc_serving(port) and _serving_lines(process) >= workers, STARTUP_TIMEOUT_S
+    )
     if check_chat:
         target.first_success_s = _first_success(process, lambda: grpc_chat(port), STARTUP_TIMEOUT_S)
     return target
 
 
+def start_redis(work_dir: Path, name: str) -> tuple[ManagedProcess, str]:
+    """A redis-server of the target's own on a free loopback port, no persistence; its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = start_process(name, argv, work_dir, cwd=work_dir)
+    wait_ready(process, lambda: tcp_open(port), STARTUP_TIMEOUT_S)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+def start_router_variant(
+    name: str,
+    work_dir: Path,
+    fake_base_url: str,
+    collector_port: int | None = None,
+    source: Path | None = None,
+) -> Target:
+    """The router target ``name`` of ``ROUTER_VARIANTS`` (its redis-server too, when it needs one).
+
+    Telemetry as production turns it on: ``server.metrics_port`` (Prometheus) and
+    ``telemetry.otlp_endpoint`` (traces, OTLP metrics and logs to the collector on
+    ``collector_port``), with the SDK's standard sampler variables asking for 10% of traces.
+    """
+    variant = ROUTER_VARIANTS[name]
+    companions: list[ManagedProcess] = []
+    redis_url = None
+    if variant.state == "redis":
+        redis, redis_url = start_redis(work_dir, f"{name}_redis")
+        companions.append(redis)
+    try:
+        config = with_state(
+            router_config(free_port(), [fake_provider_entry(fake_base_url)]),
+            variant.state,
+            work_dir,
+            name,
+            redis_url,
+        )
+        env: dict[str, str] = {}
+        if variant.workers > 1:
+            config["server"]["workers"] = variant.workers
+        if variant.telemetry:
+            if collector_port is None:
+                raise RuntimeError("no OTLP collector")
+            config["server"]["metrics_port"] = free_port()
+            config["telemetry"] = {"otlp_endpoint": f"http://127.0.0.1:{collector_port}"}
+            env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+            env["OTEL_TRACES_SAMPLER_ARG"] = TRACE_SAMPLE_RATIO
+        target = start_router(work_dir, config, name, source=source, env=env, workers=variant.workers)
+    except BaseException:
+        stop_all(companions)
+        raise
+    target.channels = variant.channels
+    target.workers = variant.workers
+    target.companions = companions
+    if variant.telemetry:
+        metrics = f"http://127.0.0.1:{config['server']['metrics_port']}/metrics"
+        if not _http_ok(metrics):
+            raise RuntimeError(f"{name}: no Prometheus metrics at {metrics}")
+    return target
+
+
 def start_router_http(work_dir: Path, fake_base_url: str, source: Path | None = None) -> Target:
-    """The same router, driven through its OpenAI-compatible HTTP door (server.http_port)."""
+    """The router target's config, driven through its OpenAI-compatible HTTP door (server.http_port)."""
     port, http_port = free_port(), free_port()
-    config = router_config(port, [fake_provider_entry(fake_base_url)])
+    config = with_state(
+        router_config(port, [fake_provider_entry(fake_base_url)]), "sqlite", work_dir, "router_http"
+    )
     config["server"]["http_port"] = http_port
     argv, env, cwd = router_launch(work_dir, config, "router_http", source)
-    process = start_process("router_http", argv, work_dir, env=env, cwd=cwd)
+    process = start_process(
+        "router_http", argv, work_dir, env=_router_environment(env), cwd=cwd, replace_env=True
+    )
     target = Target(
         name="router_http",
         kind="http",

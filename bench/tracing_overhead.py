@@ -69,13 +69,14 @@ PATTERNS = {"sequential": 1, "concurrency_32": 32}
 
 
 def serve_collector() -> None:
-    """Run an OTLP/gRPC collector that counts spans and drops them; prints its port, then on
-    SIGTERM the number of spans it received."""
+    """Run an OTLP/gRPC collector that counts spans, metric exports and log records and drops
+    them; prints its port, then on SIGTERM what it received."""
     import grpc
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
     from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-    received = {"spans": 0, "metric_exports": 0}
+    received = {"spans": 0, "metric_exports": 0, "log_records": 0}
     lock = threading.Lock()
 
     class Traces(trace_service_pb2_grpc.TraceServiceServicer):
@@ -91,7 +92,17 @@ def serve_collector() -> None:
                 received["metric_exports"] += 1
             return metrics_service_pb2.ExportMetricsServiceResponse()
 
+    # A router with telemetry.otlp_endpoint sends its logs there too; a collector without the
+    # logs service would answer UNIMPLEMENTED and the exporter would retry.
+    class Logs(logs_service_pb2_grpc.LogsServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:  # the generated API's name
+            count = sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
+            with lock:
+                received["log_records"] += count
+            return logs_service_pb2.ExportLogsServiceResponse()
+
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
     port = server.add_insecure_port("127.0.0.1:0")

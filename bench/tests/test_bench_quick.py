@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bench.compare import VARIANT_COMPARISONS, GatewaySettings
 from bench.loadgen import USER_TEXT
 from bench.profiling import summarize_folded
 from bench.stats import percentile, summarize_ms
@@ -55,7 +56,9 @@ def test_gateway_section_has_every_target_cell_and_no_errors(quick_run: Path) ->
     settings = gateway["settings"]
     assert settings["concurrencies"] == [1, 8]
     portkey = "portkey" in gateway["targets"]
-    expected = {"direct", "echo", "reference", "router", "router_http"} | ({"portkey"} if portkey else set())
+    variants = {"router_memory", "router_telemetry", "router_redis", "router_workers2"}
+    expected = {"direct", "echo", "reference", "router", "router_http"} | variants
+    expected |= {"portkey"} if portkey else set()
     assert set(gateway["targets"]) == expected
     assert "skipped" in gateway["unavailable"]["litellm_proxy"]
     if portkey:
@@ -65,9 +68,7 @@ def test_gateway_section_has_every_target_cell_and_no_errors(quick_run: Path) ->
     for name, target in gateway["targets"].items():
         assert target["startup_s"] > 0 and target["first_success_s"] >= target["startup_s"], name
         assert target["rss_kib_after_run"] > 0 and target["alive_at_end"], name
-        assert set(target["cells"]) == {
-            f"{w}/c{c}" for w in settings["workloads"] for c in settings["concurrencies"]
-        }
+        assert set(target["cells"]) == {f"{w}/c{c}" for w, c in GatewaySettings.quick().cells_for(name)}
         for key, cell in target["cells"].items():
             assert cell["errors"] == 0 and cell["warmup_errors"] == 0, (name, key, cell["error_kinds"])
             assert cell["ok"] == settings["requests"] or cell["elapsed_s"] >= settings["max_duration_s"]
@@ -94,6 +95,27 @@ def test_gateway_section_has_every_target_cell_and_no_errors(quick_run: Path) ->
     if importlib.util.find_spec("matplotlib") is not None:
         for png in ("latency_vs_concurrency.png", "throughput_vs_concurrency.png"):
             assert (quick_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_router_variants_are_compared_with_the_router_they_differ_from(quick_run: Path) -> None:
+    gateway = _load(quick_run, "gateway.json")
+    variants = gateway["derived"]["variant_ratios"]
+    assert {(name, v["target"], v["baseline"]) for name, v in variants.items()} == set(VARIANT_COMPARISONS)
+    assert set(variants["sqlite_over_memory"]["cells"]) == {"chat/c1", "chat/c8"}
+    assert set(variants["telemetry_over_none"]["cells"]) == {"chat/c1", "stream/c1"}
+    assert set(variants["workers2_over_workers1"]["cells"]) == {"chat/c8"}
+    for found in variants.values():
+        for entry in found["cells"].values():
+            assert entry["throughput_ratio"] > 0 and entry["machine_share"] > 0
+    assert variants["telemetry_over_none"]["cells"]["stream/c1"]["cpu_per_chunk_ratio"] is not None
+    workers = variants["workers2_over_workers1"]["cells"]["chat/c8"]
+    assert len(workers["worker_cpu_shares"]) == 2 and workers["cpu_with_redis_ratio"] > 0
+    # The load generator's 8 connections end up split evenly between the two workers.
+    cell = gateway["targets"]["router_workers2"]["cells"]["chat/c8"]
+    assert sorted(cell["connections_by_process"].values()) == [4, 4]
+    assert gateway["targets"]["router_redis"]["cells"]["chat/c8"]["companion_cpu_ms_per_request"] >= 0
+    # 10% of the router_telemetry's traces reached the collector (the sampler is random).
+    assert 0 < gateway["otlp_collector_received"]["spans"]
 
 
 def test_startup_runs_each_gateway_afresh(quick_run: Path) -> None:
@@ -136,13 +158,27 @@ def test_summary_lists_the_goals_and_no_failed_section(quick_run: Path) -> None:
     assert summary["quick"] is True and summary["failed"] == {}
     assert set(summary["sections"]) == {"gateway", "routing", "embedding", "batching"}
     goals = {g["goal"]: g for g in summary["goals"]}
-    assert goals["no errors (router, every cell)"]["pass"] is True
+    assert goals["no errors (router and its variants, every cell)"]["pass"] is True
+    [state] = [g for name, g in goals.items() if name.startswith("default SQLite state vs memory state")]
+    assert state["pass"] is None and state["note"]  # the quick run has no c=32
     # Without the proxy, the goals stated against it are not judged either way.
     assert goals["router added latency p50 vs LiteLLM proxy's (chat, c=1)"]["pass"] is None
     assert goals["router server CPU per unary chat vs the reference gateway (worst concurrency)"]["measured"]
     markdown = (quick_run / "summary.md").read_text(encoding="utf-8")
     assert "| goal | target | measured | met |" in markdown
     assert "| router/reference CPU |" in markdown and "| serving signal |" in markdown
+    assert "| throughput A/B |" in markdown
+
+
+def test_variants_run_only_on_their_cells() -> None:
+    full = GatewaySettings()
+    assert full.cells_for("router") == [(w, c) for w in ("chat", "stream", "embed") for c in (1, 8, 32, 128)]
+    assert full.cells_for("router_memory") == [("chat", c) for c in (1, 8, 32, 128)]
+    assert full.cells_for("router_telemetry") == [("chat", 1), ("chat", 32), ("stream", 1), ("stream", 32)]
+    assert full.cells_for("router_workers2") == [("chat", 32), ("chat", 128)]
+    # Concurrencies the run does not have fall back to its highest.
+    assert GatewaySettings(concurrencies=(1, 8)).cells_for("router_redis") == [("chat", 8)]
+    assert GatewaySettings(workloads=("embed",)).cells_for("router_memory") == []
 
 
 def test_percentiles_are_nearest_rank() -> None:
@@ -176,3 +212,17 @@ def test_profile_summary_counts_self_inclusive_and_buckets() -> None:
     assert inclusive["Chat (router_service/rpc/servicer.py)"] == 90.0
     buckets = {e["frame"]: e["percent"] for e in summary["buckets_self"]}
     assert buckets == {"router: servicer + convert": 60.0, "aiohttp client": 30.0, "event loop": 10.0}
+
+
+def test_profile_buckets_know_the_runtime_package() -> None:
+    folded = "\n".join(
+        [
+            "intercept (sekha_runtime/server/tracing.py:80) 3",
+            "record (sekha_runtime/aggregation.py:40) 1",
+        ]
+    )
+    buckets = {e["frame"]: e["percent"] for e in summarize_folded(folded)["buckets_self"]}
+    assert buckets == {
+        "sekha_runtime.server: interceptor, lifecycle": 75.0,
+        "sekha_runtime: telemetry, aggregation, events": 25.0,
+    }
