@@ -596,6 +596,12 @@ def derive(report: dict[str, Any], settings: GatewaySettings) -> dict[str, Any]:
             entry["throughput_vs_echo"] = round(cell["throughput_rps"] / echo[key]["throughput_rps"], 3)
         if key in reference:
             entry.update(_over_reference(key, cell, reference[key], added))
+            # The unary goal holds for the default (SQLite) state and for memory state alike.
+            memory_cell = cells.get("router_memory", {}).get(key)
+            if memory_cell:
+                entry["memory_state_cpu_per_request_over_reference"] = _ratio(
+                    memory_cell["target_cpu_ms_per_request"], reference[key]["target_cpu_ms_per_request"]
+                )
         ratios[key] = entry
     memory = {name: t["rss_kib_after_run"] for name, t in report["targets"].items()}
     errors = {name: sum(c["errors"] for c in t["cells"].values()) for name, t in report["targets"].items()}
