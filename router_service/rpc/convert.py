@@ -243,7 +243,7 @@ def generation_from_pb(msg: pb.GenerationConfig, violations: list[FieldViolation
         max_tokens=max_tokens,
         temperature=temperature,
         top_p=top_p,
-        stop_sequences=tuple(msg.stop_sequences),
+        stop_sequences=tuple(msg.stop_sequences[:]),
         seed=msg.seed if msg.HasField("seed") else None,
         presence_penalty=penalties["presence_penalty"],
         frequency_penalty=penalties["frequency_penalty"],
@@ -276,10 +276,10 @@ def _struct_to_dict(value: struct_pb2.Struct, path: str, violations: list[FieldV
     return converted
 
 
-def tools_from_pb(tools: Iterable[pb.Tool], violations: list[FieldViolation]) -> tuple[d.Tool, ...]:
+def tools_from_pb(tools: Sequence[pb.Tool], violations: list[FieldViolation]) -> tuple[d.Tool, ...]:
     converted = []
     seen: set[str] = set()
-    for i, tool in enumerate(tools):
+    for i, tool in enumerate(tools[:]):
         if not tool.name:
             violations.append(FieldViolation(f"tools[{i}].name", "is required"))
         elif tool.name in seen:
@@ -381,7 +381,7 @@ def chat_request_from_pb(msg: pb.ChatRequest | pb.StreamChatRequest) -> d.ChatRe
         routing=routing,
         generation=generation,
         request_id=msg.request_id,
-        metadata=dict(msg.metadata),
+        metadata=dict(msg.metadata) if msg.metadata else {},
         tools=tools,
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
@@ -398,7 +398,10 @@ def embed_request_from_pb(msg: pb.EmbedRequest) -> d.EmbedRequest:
     if violations:
         raise InvalidArgumentError(violations)
     return d.EmbedRequest(
-        inputs=tuple(msg.inputs), routing=routing, request_id=msg.request_id, metadata=dict(msg.metadata)
+        inputs=tuple(msg.inputs[:]),
+        routing=routing,
+        request_id=msg.request_id,
+        metadata=dict(msg.metadata) if msg.metadata else {},
     )
 
 

@@ -128,13 +128,15 @@ class RequestChecker:
                 for key in value:
                     self._element(step, value[key], (*prefix, step.name, f"[{bound(str(key), 64)}]"), out)
             elif step.is_repeated:
+                # Sliced into a list first: iterating a upb container directly costs ~3x, even empty.
+                items = value[:]
+                if not items:
+                    continue
                 if step.children is None and step.enum is not None:
                     # Repeated enums (capabilities): one set operation decides for the whole list.
-                    if not step.enum_numbers.issuperset(value):
-                        for index, item in enumerate(value):
-                            self._element(step, item, (*prefix, step.name, index), out)
-                    continue
-                for index, item in enumerate(value):
+                    if step.enum_numbers.issuperset(items):
+                        continue
+                for index, item in enumerate(items):
                     self._element(step, item, (*prefix, step.name, index), out)
             elif step.children is None or message.HasField(step.name):
                 self._element(step, value, (*prefix, step.name), out)
