@@ -223,6 +223,6 @@ def test_profile_buckets_know_the_runtime_package() -> None:
     )
     buckets = {e["frame"]: e["percent"] for e in summarize_folded(folded)["buckets_self"]}
     assert buckets == {
-        "sekha_runtime.server: interceptor, lifecycle": 75.0,
+        "sekha_runtime.server: error guard, handler layers": 75.0,
         "sekha_runtime: telemetry, aggregation, events": 25.0,
     }
