@@ -163,7 +163,9 @@ def test_summary_lists_the_goals_and_no_failed_section(quick_run: Path) -> None:
     assert state["pass"] is None and state["note"]  # the quick run has no c=32
     # Without the proxy, the goals stated against it are not judged either way.
     assert goals["router added latency p50 vs LiteLLM proxy's (chat, c=1)"]["pass"] is None
-    assert goals["router server CPU per unary chat vs the reference gateway (worst concurrency)"]["measured"]
+    for state in ("default SQLite state", "memory state"):
+        goal = f"router server CPU per unary chat ({state}) vs the reference gateway (worst concurrency)"
+        assert goals[goal]["measured"]
     markdown = (quick_run / "summary.md").read_text(encoding="utf-8")
     assert "| goal | target | measured | met |" in markdown
     assert "| router/reference CPU |" in markdown and "| serving signal |" in markdown
