@@ -8,6 +8,10 @@ provider reports (`router_service.pricing`).
 
 from __future__ import annotations
 
+import binascii
+import contextlib
+import threading
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +24,8 @@ __all__ = [
     "TiktokenCounter",
     "TokenEstimate",
     "TokenEstimator",
+    "load_encoding",
+    "start_loading_encoding",
 ]
 
 # Images are not tokenised locally: LiteLLM would fetch an image URL to learn its size, and
@@ -169,10 +175,7 @@ class TiktokenCounter:
     def _encoder(self, model: str) -> Callable[[str], list[int]]:
         encoder = self._encoders.get(model)
         if encoder is None:
-            _use_bundled_tiktoken_files()
-            import tiktoken
-
-            encoder = self._encoders[model] = tiktoken.get_encoding(self.ENCODINGS[model]).encode_ordinary
+            encoder = self._encoders[model] = load_encoding(self.ENCODINGS[model]).encode_ordinary
         return encoder
 
     def count_text(self, model: str, text: str) -> int:
@@ -192,6 +195,84 @@ class TiktokenCounter:
         for message in messages or ():
             total += 3 + sum(self.count_text(model, v) for v in message.values() if isinstance(v, str))
         return total
+
+
+_encoding_lock = threading.Lock()
+
+
+def load_encoding(name: str) -> Any:
+    """tiktoken's encoding `name`, built once per process and shared through tiktoken's registry.
+
+    Built like `tiktoken.get_encoding` (same constructor, same bundled file, same hash check),
+    but the rank file is parsed about twice as fast (`_read_ranks`): o200k_base takes about
+    0.3 s instead of 0.47, most of what remains in tiktoken's Rust constructor, which holds the
+    GIL. Concurrent callers wait for the one that builds it.
+    """
+    import tiktoken
+    from tiktoken.registry import ENCODINGS
+
+    encoding = ENCODINGS.get(name)
+    if encoding is not None:
+        return encoding
+    with _encoding_lock:
+        encoding = ENCODINGS.get(name)
+        if encoding is None:
+            _use_bundled_tiktoken_files()
+            arguments = _encoding_arguments(name)
+            if arguments is None:
+                return tiktoken.get_encoding(name)
+            encoding = ENCODINGS.setdefault(name, tiktoken.Encoding(**arguments))
+        return encoding
+
+
+def start_loading_encoding(name: str = TiktokenCounter.ENCODINGS[_DEFAULT_TOKENIZER_MODEL]) -> None:
+    """Begin building an encoding in a background thread, so it overlaps the rest of start-up.
+
+    Whoever needs it next (`TokenEstimator.preload`) gets it from `load_encoding`, waiting for
+    this thread if it is not done. A failure here is left for that caller to meet again.
+    """
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            load_encoding(name)
+
+    threading.Thread(target=load, name=f"load-{name}", daemon=True).start()
+
+
+def _encoding_arguments(name: str) -> dict[str, Any] | None:
+    """tiktoken_ext.openai_public's constructor for `name`, run with `_read_ranks` as its loader.
+
+    A copy of the constructor function with the faster loader in its globals: tiktoken's own
+    module is left alone. None when the constructor is not one this applies to (tiktoken's
+    plain path is taken then).
+    """
+    from tiktoken_ext import openai_public
+
+    constructor = openai_public.ENCODING_CONSTRUCTORS.get(name)
+    if (
+        not isinstance(constructor, types.FunctionType)
+        or constructor.__closure__ is not None
+        or "load_tiktoken_bpe" not in constructor.__code__.co_names
+    ):
+        return None
+    namespace = dict(constructor.__globals__, load_tiktoken_bpe=_read_ranks)
+    arguments: dict[str, Any] = types.FunctionType(constructor.__code__, namespace)()
+    return arguments
+
+
+def _read_ranks(tiktoken_bpe_file: str, expected_hash: str | None = None) -> dict[bytes, int]:
+    """`tiktoken.load.load_tiktoken_bpe`, the same dict built from whole-file splits.
+
+    The file ("<base64 token> <rank>" per line) is read through tiktoken's cache with its
+    hash check; decoding all tokens with one `map` instead of a Python loop per line halves
+    the time (0.27 -> 0.12 s for o200k_base).
+    """
+    from tiktoken.load import read_file_cached
+
+    fields = read_file_cached(tiktoken_bpe_file, expected_hash).split()
+    if len(fields) % 2:
+        raise ValueError(f"{tiktoken_bpe_file}: not one token and one rank per line")
+    return dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]), strict=True))
 
 
 def _use_bundled_tiktoken_files() -> None:
