@@ -231,6 +231,9 @@ def start_loading_encoding(name: str = TiktokenCounter.ENCODINGS[_DEFAULT_TOKENI
     Whoever needs it next (`TokenEstimator.preload`) gets it from `load_encoding`, waiting for
     this thread if it is not done. A failure here is left for that caller to meet again.
     """
+    # os.environ changes here, on the calling thread: a new variable set from the loading thread
+    # could land while start-up iterates the environment (config overrides) and break that loop.
+    _use_bundled_tiktoken_files()
 
     def load() -> None:
         with contextlib.suppress(Exception):
@@ -285,7 +288,9 @@ def _use_bundled_tiktoken_files() -> None:
     if spec is None or not spec.submodule_search_locations:
         return
     bundled = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
-    os.environ["TIKTOKEN_CACHE_DIR"] = os.environ.get("CUSTOM_TIKTOKEN_CACHE_DIR") or str(bundled)
+    directory = os.environ.get("CUSTOM_TIKTOKEN_CACHE_DIR") or str(bundled)
+    if os.environ.get("TIKTOKEN_CACHE_DIR") != directory:
+        os.environ["TIKTOKEN_CACHE_DIR"] = directory
 
 
 def _tokenizer_is_offline(model: str) -> bool:
