@@ -9,7 +9,6 @@ provider reports (`router_service.pricing`).
 from __future__ import annotations
 
 import binascii
-import contextlib
 import threading
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +24,6 @@ __all__ = [
     "TokenEstimate",
     "TokenEstimator",
     "load_encoding",
-    "start_loading_encoding",
 ]
 
 # Images are not tokenised locally: LiteLLM would fetch an image URL to learn its size, and
@@ -205,8 +203,9 @@ def load_encoding(name: str) -> Any:
 
     Built like `tiktoken.get_encoding` (same constructor, same bundled file, same hash check),
     but the rank file is parsed about twice as fast (`_read_ranks`): o200k_base takes about
-    0.3 s instead of 0.47, most of what remains in tiktoken's Rust constructor, which holds the
-    GIL. Concurrent callers wait for the one that builds it.
+    0.3 s instead of 0.47. Most of what remains is tiktoken's Rust constructor, which holds the
+    GIL throughout, so building in a thread alongside the start-up imports gained nothing
+    measurable (issue 19). Concurrent callers wait for the one that builds it.
     """
     import tiktoken
     from tiktoken.registry import ENCODINGS
@@ -223,23 +222,6 @@ def load_encoding(name: str) -> Any:
                 return tiktoken.get_encoding(name)
             encoding = ENCODINGS.setdefault(name, tiktoken.Encoding(**arguments))
         return encoding
-
-
-def start_loading_encoding(name: str = TiktokenCounter.ENCODINGS[_DEFAULT_TOKENIZER_MODEL]) -> None:
-    """Begin building an encoding in a background thread, so it overlaps the rest of start-up.
-
-    Whoever needs it next (`TokenEstimator.preload`) gets it from `load_encoding`, waiting for
-    this thread if it is not done. A failure here is left for that caller to meet again.
-    """
-    # os.environ changes here, on the calling thread: a new variable set from the loading thread
-    # could land while start-up iterates the environment (config overrides) and break that loop.
-    _use_bundled_tiktoken_files()
-
-    def load() -> None:
-        with contextlib.suppress(Exception):
-            load_encoding(name)
-
-    threading.Thread(target=load, name=f"load-{name}", daemon=True).start()
 
 
 def _encoding_arguments(name: str) -> dict[str, Any] | None:

@@ -83,11 +83,10 @@ def test_the_fast_rank_reader_builds_tiktokens_own_encoding_arguments(name: str)
 
 
 @pytest.mark.usefixtures("bundled_encodings")
-def test_load_encoding_shares_tiktokens_registry_and_waits_for_a_load_in_progress() -> None:
+def test_load_encoding_builds_once_for_concurrent_callers_and_shares_tiktokens_registry() -> None:
     import tiktoken
 
     name = tokens.TiktokenCounter.ENCODINGS["gpt-4o"]
-    tokens.start_loading_encoding(name)  # what serve does first; the caller below may meet it half-way
     results: list[object] = []
     callers = [threading.Thread(target=lambda: results.append(tokens.load_encoding(name))) for _ in range(3)]
     for caller in callers:
