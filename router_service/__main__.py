@@ -17,6 +17,7 @@ grace period.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -124,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         from router_service.check_config import check_config_main
 
         return check_config_main(args.file)
+    # Start-up allocates a lot and frees little: the collector's passes over the growing heap
+    # (about 70 ms in all) find next to nothing. serve_service collects once, freezes what is
+    # left, and turns the collector back on once the server is built.
+    gc.disable()
     config_path = getattr(args, "serve_config", None) or args.config
     workers = getattr(args, "workers", None)
     if workers is None and os.environ.get("SEKHA_WORKER_INDEX") is None:
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         from router_service.workers import supervise
         from sekha_runtime.server.logs import configure_logging, resolve_log_level
 
+        gc.enable()  # the supervisor lives as long as its workers
         configure_logging(resolve_log_level())
         return supervise(config_path, workers)
     from sekha_runtime.server.process import run

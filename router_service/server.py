@@ -20,7 +20,6 @@ from router_service.catalog import Catalog
 from router_service.config import ProviderConfig, RouterConfig
 from router_service.events import StateBackendHealth, log_breaker_transitions
 from router_service.gateway import Gateway, Observer, RetryPolicy
-from router_service.http.app import HttpDoor
 from router_service.image_fetch import ImageFetcher, image_inliner_for
 from router_service.model_registry import ModelInfoSource, Registry
 from router_service.observability import RouterObserver, inject_trace_headers
@@ -374,6 +373,10 @@ async def _serve_http(
     serving: ServingServer,
 ) -> int:
     """Start the OpenAI-compatible door on the servicer's gateway and the gRPC server's keys."""
+    # Imported here: aiohttp.web and the door's request schemas cost about 50 ms of start-up,
+    # paid only by a router that opens the door (server.http_port).
+    from router_service.http.app import HttpDoor
+
     door = HttpDoor(
         servicer,
         keys=lambda: auth.keys if auth is not None else None,

@@ -8,6 +8,10 @@ and responses.
 
 Schemas are compiled once per distinct schema (by its canonical JSON) and kept in a small
 bounded cache: agents send the same schema with every request.
+
+`jsonschema` (with `referencing` and the bundled meta-schemas, about 45 ms) is imported by the
+first request that names a JSON schema, not when the router starts: most deployments never
+send one, and start-up is on the clock (issue 19).
 """
 
 from __future__ import annotations
@@ -16,14 +20,10 @@ import json
 from collections import OrderedDict
 from typing import Any
 
-import jsonschema
-from jsonschema.exceptions import SchemaError, best_match
-
 from router_service.domain import Conformance, ResponseFormat, ResponseFormatType
 
 __all__ = ["check_conformance", "schema_problem"]
 
-_VALIDATOR = jsonschema.Draft202012Validator
 _CACHE_SIZE = 256
 _validators: OrderedDict[str, Any] = OrderedDict()
 
@@ -34,8 +34,11 @@ NOT_AN_OBJECT = Conformance(conforms=False, reason="not a JSON object")
 
 def schema_problem(schema: dict[str, Any]) -> str | None:
     """Why `schema` is not a usable JSON Schema (Draft 2020-12), or None when it is."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     try:
-        _VALIDATOR.check_schema(schema)
+        Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         where = exc.json_path if exc.path else "$"
         return f"not a valid JSON Schema: {where}: {exc.validator} rule of the meta-schema"
@@ -46,7 +49,9 @@ def _validator(schema: dict[str, Any]) -> Any:
     key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
     validator = _validators.get(key)
     if validator is None:
-        validator = _VALIDATOR(schema)
+        from jsonschema import Draft202012Validator
+
+        validator = Draft202012Validator(schema)
         _validators[key] = validator
         if len(_validators) > _CACHE_SIZE:
             _validators.popitem(last=False)
@@ -73,6 +78,8 @@ def check_conformance(response_format: ResponseFormat, text: str) -> Conformance
         return NOT_JSON
     if response_format.type is ResponseFormatType.JSON_OBJECT:
         return CONFORMS if isinstance(value, dict) else NOT_AN_OBJECT
+    from jsonschema.exceptions import best_match
+
     error = best_match(_validator(response_format.schema or {}).iter_errors(value))
     if error is None:
         return CONFORMS

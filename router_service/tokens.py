@@ -8,6 +8,9 @@ provider reports (`router_service.pricing`).
 
 from __future__ import annotations
 
+import binascii
+import threading
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -20,6 +23,7 @@ __all__ = [
     "TiktokenCounter",
     "TokenEstimate",
     "TokenEstimator",
+    "load_encoding",
 ]
 
 # Images are not tokenised locally: LiteLLM would fetch an image URL to learn its size, and
@@ -171,11 +175,7 @@ class TiktokenCounter:
     def _encoder(self, model: str) -> Callable[[str], list[int]]:
         encoder = self._encoders.get(model)
         if encoder is None:
-            _use_bundled_tiktoken_files()
-            import tiktoken
-
-            encoding = tiktoken.get_encoding(self.ENCODINGS[model])
-            encoder = self._encoders[model] = _fast_encoder(encoding)
+            encoder = self._encoders[model] = _fast_encoder(load_encoding(self.ENCODINGS[model]))
         return encoder
 
     def count_text(self, model: str, text: str) -> int:
@@ -231,6 +231,71 @@ def _fast_encoder(encoding: Any) -> Callable[[str], list[int]]:
     return encode
 
 
+_encoding_lock = threading.Lock()
+
+
+def load_encoding(name: str) -> Any:
+    """tiktoken's encoding `name`, built once per process and shared through tiktoken's registry.
+
+    Built like `tiktoken.get_encoding` (same constructor, same bundled file, same hash check),
+    but the rank file is parsed about twice as fast (`_read_ranks`): o200k_base takes about
+    0.3 s instead of 0.47. Most of what remains is tiktoken's Rust constructor, which holds the
+    GIL throughout, so building in a thread alongside the start-up imports gained nothing
+    measurable (issue 19). Concurrent callers wait for the one that builds it.
+    """
+    import tiktoken
+    from tiktoken.registry import ENCODINGS
+
+    encoding = ENCODINGS.get(name)
+    if encoding is not None:
+        return encoding
+    with _encoding_lock:
+        encoding = ENCODINGS.get(name)
+        if encoding is None:
+            _use_bundled_tiktoken_files()
+            arguments = _encoding_arguments(name)
+            if arguments is None:
+                return tiktoken.get_encoding(name)
+            encoding = ENCODINGS.setdefault(name, tiktoken.Encoding(**arguments))
+        return encoding
+
+
+def _encoding_arguments(name: str) -> dict[str, Any] | None:
+    """tiktoken_ext.openai_public's constructor for `name`, run with `_read_ranks` as its loader.
+
+    A copy of the constructor function with the faster loader in its globals: tiktoken's own
+    module is left alone. None when the constructor is not one this applies to (tiktoken's
+    plain path is taken then).
+    """
+    from tiktoken_ext import openai_public
+
+    constructor = openai_public.ENCODING_CONSTRUCTORS.get(name)
+    if (
+        not isinstance(constructor, types.FunctionType)
+        or constructor.__closure__ is not None
+        or "load_tiktoken_bpe" not in constructor.__code__.co_names
+    ):
+        return None
+    namespace = dict(constructor.__globals__, load_tiktoken_bpe=_read_ranks)
+    arguments: dict[str, Any] = types.FunctionType(constructor.__code__, namespace)()
+    return arguments
+
+
+def _read_ranks(tiktoken_bpe_file: str, expected_hash: str | None = None) -> dict[bytes, int]:
+    """`tiktoken.load.load_tiktoken_bpe`, the same dict built from whole-file splits.
+
+    The file ("<base64 token> <rank>" per line) is read through tiktoken's cache with its
+    hash check; decoding all tokens with one `map` instead of a Python loop per line halves
+    the time (0.27 -> 0.12 s for o200k_base).
+    """
+    from tiktoken.load import read_file_cached
+
+    fields = read_file_cached(tiktoken_bpe_file, expected_hash).split()
+    if len(fields) % 2:
+        raise ValueError(f"{tiktoken_bpe_file}: not one token and one rank per line")
+    return dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]), strict=True))
+
+
 def _use_bundled_tiktoken_files() -> None:
     """Point tiktoken at the encodings LiteLLM ships (what LiteLLM itself does on import)."""
     import importlib.util
@@ -241,7 +306,9 @@ def _use_bundled_tiktoken_files() -> None:
     if spec is None or not spec.submodule_search_locations:
         return
     bundled = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
-    os.environ["TIKTOKEN_CACHE_DIR"] = os.environ.get("CUSTOM_TIKTOKEN_CACHE_DIR") or str(bundled)
+    directory = os.environ.get("CUSTOM_TIKTOKEN_CACHE_DIR") or str(bundled)
+    if os.environ.get("TIKTOKEN_CACHE_DIR") != directory:
+        os.environ["TIKTOKEN_CACHE_DIR"] = directory
 
 
 def _tokenizer_is_offline(model: str) -> bool:

@@ -37,12 +37,15 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import metrics, trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sekha_runtime.aggregation import Adder, Aggregation, Recorder
+if TYPE_CHECKING:
+    # The aggregation imports the OpenTelemetry metrics SDK (about 40 ms); it is imported only
+    # when metrics are on, so a router without metrics starts without it.
+    from sekha_runtime.aggregation import Adder, Recorder
 
 __all__ = [
     "CAPTURE_CONTENT_ENV",
@@ -425,6 +428,8 @@ def setup_telemetry(
     if readers:
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        from sekha_runtime.aggregation import Aggregation
 
         resource = resource or _resource(service_name)
         meter_provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
