@@ -149,6 +149,17 @@ async def test_two_router_processes_share_budget_and_breaker(
             assert report.total_cost_usd <= 1.1 + ESTIMATE_CEILING
             assert sum(r.request_count for r in report.rows) == served
 
+        # Successes reach the shared breaker on the next sync (failures at once), so a success of
+        # replica 1 still queued could land between replica 0's two failures below and reset the
+        # consecutive count: wait until replica 0 sees every served call in the shared window.
+        for _ in range(100):
+            primary = (
+                await clients[0].get_provider_status(rt.GetProviderStatusRequest(provider_id="primary"))
+            ).providers[0]
+            if primary.breaker.window_calls >= served:
+                break
+            await asyncio.sleep(0.05)
+
         # failures seen by replica 0 open the breaker for replica 1
         fake.script("alpha", Behaviour(status=503), Behaviour(status=503))
         for _ in range(2):
