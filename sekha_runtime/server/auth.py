@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextvars
 import hmac
-import inspect
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import grpc
 
 from sekha.keys import hash_api_key, presented_key
 from sekha_runtime.configloader import ConfigError
+from sekha_runtime.server.errors import Behavior, rewrap
 from sekha_runtime.server.security import AuthConfig, is_loopback, open_listener_problem
 
 __all__ = [
@@ -124,42 +124,30 @@ class ApiKeyAuth:
         _caller.set(caller)
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        """`handler`, run only for a known key with `current_caller()` set; health stays open."""
+        """`handler`, run only for a known key with `current_caller()` set; health stays open.
+
+        The wrapped handler gets the raw bytes (no deserializer) and parses them after the check.
+        """
         if method.startswith(self._open_prefixes):
             return handler
         deserialize = handler.request_deserializer or _as_is
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
 
-            async def call_unary(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+        def around_coroutine(behavior: Behavior) -> Behavior:
+            async def call(raw: Any, context: grpc.aio.ServicerContext) -> Any:
                 await self._authenticate(context)
-                return await unary(deserialize(raw), context)
+                return await behavior(deserialize(raw), context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                call_unary, response_serializer=handler.response_serializer
-            )
-        if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
-            writer = handler.unary_stream  # a coroutine that sends with context.write()
+            return call
 
-            async def call_writer(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+        def around_generator(behavior: Behavior) -> Behavior:
+            async def call(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 await self._authenticate(context)
-                return await writer(deserialize(raw), context)
-
-            return grpc.unary_stream_rpc_method_handler(
-                call_writer, response_serializer=handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            stream = handler.unary_stream
-
-            async def call_stream(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await self._authenticate(context)
-                async for response in stream(deserialize(raw), context):
+                async for response in behavior(deserialize(raw), context):
                     yield response
 
-            return grpc.unary_stream_rpc_method_handler(
-                call_stream, response_serializer=handler.response_serializer
-            )
-        return handler  # client streaming RPCs are not part of our contracts
+            return call
+
+        return rewrap(handler, around_coroutine, around_generator, request_deserializer=None)
 
 
 def _as_is(raw: Any) -> Any:

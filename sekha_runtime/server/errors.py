@@ -224,24 +224,13 @@ class ErrorGuard:
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """`handler` of the fully qualified `method` (`/pkg.Service/Method`), guarded."""
-        return self._wrap_handler(handler, method)
-
-    def _wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         limited = not (method.startswith(HEALTH_PREFIX) or method.startswith(REFLECTION_PREFIX))
-        deserializer = _tolerant(handler.request_deserializer)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method, limited),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method, limited),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # client streaming RPCs are not part of our contracts
+        return rewrap(
+            handler,
+            lambda behavior: self._wrap_unary(behavior, method, limited),
+            lambda behavior: self._wrap_stream(behavior, method, limited),
+            _tolerant(handler.request_deserializer),
+        )
 
     def _check(self, request: Any, limited: bool) -> None:
         _require_decoded(request)
@@ -297,11 +286,6 @@ class ErrorGuard:
         return wrapped
 
     def _wrap_stream(self, behavior: Behavior, method: str, limited: bool) -> Behavior:
-        if not inspect.isasyncgenfunction(behavior):
-            # A streaming handler may also be a coroutine that sends with context.write()
-            # (grpc's own Health.Watch does): it is wrapped like a unary one.
-            return self._wrap_unary(behavior, method, limited)
-
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             admitted = False
             try:
@@ -363,6 +347,33 @@ def _require_decoded(request: Any) -> None:
 def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
     remaining = context.time_remaining()
     return remaining is not None and remaining <= 0
+
+
+def rewrap(
+    handler: grpc.RpcMethodHandler,
+    around_coroutine: Callable[[Behavior], Behavior],
+    around_generator: Callable[[Behavior], Behavior],
+    request_deserializer: Callable[[bytes], Any] | None,
+) -> grpc.RpcMethodHandler:
+    """`handler` of the same shape with its behaviour wrapped: unary handlers, and streaming ones
+    that send with context.write() (grpc's own Health.Watch, our StreamChat), are coroutines and
+    go through `around_coroutine`; async-generator streams through `around_generator`. Client
+    streaming is not part of our contracts and comes back as it is."""
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            around_coroutine(handler.unary_unary),
+            request_deserializer=request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        stream = handler.unary_stream
+        around = around_generator if inspect.isasyncgenfunction(stream) else around_coroutine
+        return grpc.unary_stream_rpc_method_handler(
+            around(stream),
+            request_deserializer=request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
 
 
 class HandlerLayer(Protocol):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import time
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
@@ -41,7 +40,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind
 
 from sekha.tracing import end_rpc_span, extract_from_metadata, rpc_attributes, split_method
-from sekha_runtime.server.errors import HEALTH_PREFIX, REFLECTION_PREFIX
+from sekha_runtime.server.errors import HEALTH_PREFIX, REFLECTION_PREFIX, rewrap
 from sekha_runtime.telemetry import Telemetry
 
 __all__ = ["RpcScope", "ServerTelemetry", "current_rpc"]
@@ -157,25 +156,13 @@ class ServerTelemetry:
         """`handler` of `method` with a span and metrics per call (health and reflection as they are)."""
         if method.startswith(HEALTH_PREFIX) or method.startswith(REFLECTION_PREFIX):
             return handler
-        return self._wrap_handler(handler, self._describe(method))
-
-    def _wrap_handler(self, handler: grpc.RpcMethodHandler, info: _Method) -> grpc.RpcMethodHandler:
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, info),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            # A streaming handler that sends with context.write() is a coroutine, wrapped as one.
-            stream = handler.unary_stream
-            wrap = self._wrap_stream if inspect.isasyncgenfunction(stream) else self._wrap_unary
-            return grpc.unary_stream_rpc_method_handler(
-                wrap(stream, info),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # client streaming RPCs are not part of our contracts
+        info = self._describe(method)
+        return rewrap(
+            handler,
+            lambda behavior: self._wrap_unary(behavior, info),
+            lambda behavior: self._wrap_stream(behavior, info),
+            handler.request_deserializer,
+        )
 
     # -- per call -----------------------------------------------------------------------------
 
