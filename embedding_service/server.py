@@ -27,7 +27,7 @@ from sekha.client import ConnectionConfig, RouterClient
 from sekha.embedding.v1 import embedding_service_pb2 as pb
 from sekha.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
 from sekha.tracing import client_interceptors
-from sekha_runtime.server.auth import ApiKeyAuth, refuse_if_open
+from sekha_runtime.server.auth import refuse_if_open
 from sekha_runtime.server.lifecycle import ServingServer, options_from_config, start_server
 from sekha_runtime.server.tls import client_connection
 from sekha_runtime.server.tracing import ServerTelemetry
@@ -126,7 +126,7 @@ async def build_server(config: EmbeddingConfig, deps: EmbeddingDeps | None = Non
         register=lambda server: pb_grpc.add_EmbeddingServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
     )
-    auth = next((layer for layer in options.layers if isinstance(layer, ApiKeyAuth)), None)
+    auth = options.auth
     reloader = ConfigReloader(service, config, deps, router, auth=auth)
 
     async def flush_events() -> None:  # the last windows' suppressed counts, once all else stopped

@@ -41,7 +41,7 @@ from sekha.router.v1 import router_service_pb2 as pb
 from sekha.router.v1 import router_service_pb2_grpc as pb_grpc
 from sekha_runtime.events import EventLog
 from sekha_runtime.server.auth import ApiKeyAuth, refuse_if_open
-from sekha_runtime.server.lifecycle import ServerOptions, ServingServer, options_from_config, start_server
+from sekha_runtime.server.lifecycle import ServingServer, options_from_config, start_server
 from sekha_runtime.server.tracing import ServerTelemetry
 from sekha_runtime.telemetry import MetricsEndpoint, Telemetry
 
@@ -341,7 +341,7 @@ async def build_server(config: RouterConfig, deps: RouterDeps | None = None) -> 
         store=store,
         state_health=state_health,
     )
-    auth = _auth_of(options)
+    auth = options.auth
     app.reloader = ConfigReloader(app, servicer, core, deps, auth=auth)
     if config.server.http_port is not None:
         app.http_port = await _serve_http(config, servicer, auth, telemetry, serving)
@@ -415,7 +415,3 @@ async def _preload_local_model(core: RouterCore) -> None:
         log.error("local embedding model failed to load (%s); serving without it", type(exc).__name__)
         return
     log.info("local embedding model loaded in %.1f s", time.perf_counter() - started)
-
-
-def _auth_of(options: ServerOptions) -> ApiKeyAuth | None:
-    return next((layer for layer in options.layers if isinstance(layer, ApiKeyAuth)), None)

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from sekha_runtime.server.auth import auth_layers
+from sekha_runtime.server.auth import ApiKeyAuth, auth_layers
 from sekha_runtime.server.errors import ErrorGuard, GuardedRegistry, HandlerLayer
 from sekha_runtime.server.security import AuthConfig, ServerSettings
 from sekha_runtime.server.tls import server_credentials
@@ -49,6 +49,11 @@ class ServerOptions:
     reuse_port: bool = False
     # Runs on every decoded request of the service before its handler (see ErrorGuard).
     request_check: Callable[[Any], None] | None = None
+
+    @property
+    def auth(self) -> ApiKeyAuth | None:
+        """The API-key layer, when auth is on: a config reload swaps its keys."""
+        return next((layer for layer in self.layers if isinstance(layer, ApiKeyAuth)), None)
 
 
 @dataclass
